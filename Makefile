@@ -1,0 +1,39 @@
+# Quick start: `make demo` (set up, convert the bundled example, print the report) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+BUNDLE ?= build/digits-bundle
+
+.PHONY: demo test lint typecheck example clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# One stamp per install set; re-run when the project's requirements change.
+$(VENV)/.demo-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e '.[onnx]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e '.[all,dev]' --config-settings editable_mode=strict
+	touch $@ $(VENV)/.demo-installed
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/edgekit convert examples/digits/digits.onnx \
+		--calibration examples/digits/digits.npz \
+		--target onnx-web --target onnx-web-fp16 --target onnx-web-int8 \
+		--name digits --version 1.0.0 --out $(BUNDLE) --overwrite
+	$(BIN)/edgekit inspect $(BUNDLE)
+
+test: $(VENV)/.test-installed
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
+	$(BIN)/python -m pytest
+
+# Regenerate examples/digits (trains the CNN; needs the torch extra).
+example: $(VENV)/.test-installed
+	$(BIN)/python examples/digits/make_digits.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

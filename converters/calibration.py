@@ -1,0 +1,142 @@
+"""Calibration and validation samples: read from a ``.npz`` file, or generated from the input specs."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.bundle import CalibrationInfo, TensorSpec, hash_path
+from edgekit.errors import CalibrationError
+
+GENERATED_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class Samples:
+    """One batch of inputs keyed by input name, with optional integer labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    info: CalibrationInfo | None  # None when the samples were generated
+
+    @property
+    def count(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+
+def load_calibration(path: str | Path, inputs: tuple[TensorSpec, ...], *, labels_key: str = "y") -> Samples:
+    """Read ``DATA.npz``: arrays named like the model's inputs (or one ``x``), and optional labels.
+
+    Args:
+        path: The ``.npz`` file; its arrays hold one batch each (first axis = samples).
+        inputs: The source model's inputs.
+        labels_key: The array holding integer labels, unless a model input has that name.
+
+    Raises:
+        CalibrationError: The file is missing or unreadable, or does not fit the model's inputs.
+    """
+    file = Path(path)
+    fix = "write it with numpy.savez(path, x=inputs, y=labels)"
+    if not file.is_file():
+        raise CalibrationError(f"calibration file {file} does not exist; {fix}")
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CalibrationError(f"cannot read calibration file {file} as .npz ({exc}); {fix}") from exc
+    names = [spec.name for spec in inputs]
+    feeds: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        if spec.name in arrays:
+            feeds[spec.name] = arrays[spec.name]
+        elif len(inputs) == 1 and "x" in arrays:
+            feeds[spec.name] = arrays["x"]
+        else:
+            raise CalibrationError(
+                f"calibration file {file} has no array for the model input {spec.name!r} (it has: "
+                f"{', '.join(sorted(arrays)) or 'nothing'}); name each array like the model input it feeds"
+                + (" or store a single input as 'x'" if len(inputs) == 1 else "")
+            )
+    labels = None
+    if labels_key in arrays and labels_key not in names:
+        labels = arrays[labels_key]
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise CalibrationError(
+                f"labels {labels_key!r} in {file} must be a 1-D integer array, got {labels.dtype} {labels.shape}"
+            )
+    samples = check_samples(feeds, inputs, where=str(file))
+    count = next(iter(samples.values())).shape[0]
+    if labels is not None and labels.shape[0] != count:
+        raise CalibrationError(f"{file} has {count} samples but {labels.shape[0]} labels; they must match")
+    digest, _ = hash_path(file)
+    info = CalibrationInfo(file=file.name, sha256=digest, n_samples=int(count), has_labels=labels is not None)
+    return Samples(samples, labels, info)
+
+
+def check_samples(feeds: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], *, where: str) -> dict[str, np.ndarray]:
+    """Check rank, fixed dims and dtype of each feed; cast safely to the model's dtype.
+
+    Raises:
+        CalibrationError: A feed does not fit its input spec.
+    """
+    out: dict[str, np.ndarray] = {}
+    counts = set()
+    for spec in inputs:
+        array = np.asarray(feeds[spec.name])
+        if array.ndim != len(spec.shape):
+            raise CalibrationError(
+                f"{where}: input {spec.name!r} needs rank {len(spec.shape)} (shape {list(spec.shape)}), "
+                f"got shape {list(array.shape)}; the first axis counts samples"
+            )
+        for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
+            if axis > 0 and isinstance(want, int) and want >= 0 and want != got:
+                raise CalibrationError(
+                    f"{where}: input {spec.name!r} needs size {want} on axis {axis}, got shape {list(array.shape)}"
+                )
+        want_dtype = np.dtype(spec.dtype)
+        if array.dtype != want_dtype:
+            same_family = (np.issubdtype(array.dtype, np.floating) and np.issubdtype(want_dtype, np.floating)) or (
+                np.issubdtype(array.dtype, np.integer) and np.issubdtype(want_dtype, np.integer)
+            )
+            if not same_family:
+                raise CalibrationError(f"{where}: input {spec.name!r} needs {spec.dtype}, got {array.dtype}")
+            array = array.astype(want_dtype)
+        counts.add(array.shape[0])
+        out[spec.name] = array
+    if len(counts) > 1:
+        raise CalibrationError(f"{where}: the inputs have different sample counts {sorted(counts)}; they must match")
+    return out
+
+
+def generate_samples(inputs: tuple[TensorSpec, ...], *, seed: int = 0) -> Samples:
+    """Random inputs of the right shapes and dtypes, for models converted without calibration data.
+
+    Raises:
+        CalibrationError: An input has a dynamic dimension other than the first (batch) one.
+    """
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        first = spec.shape[0] if spec.shape else None
+        count = first if isinstance(first, int) and first > 0 else GENERATED_SAMPLES
+        shape = [count]
+        for axis, dim in enumerate(spec.shape[1:], start=1):
+            if not isinstance(dim, int) or dim < 0:
+                raise CalibrationError(
+                    f"input {spec.name!r} has a dynamic dimension ({dim!r}) on axis {axis}, so edgekit cannot "
+                    "make test inputs for it; pass --calibration DATA.npz with real samples"
+                )
+            shape.append(dim)
+        dtype = np.dtype(spec.dtype)
+        if np.issubdtype(dtype, np.floating):
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
+        elif np.issubdtype(dtype, np.integer):
+            feeds[spec.name] = rng.integers(0, 10, shape).astype(dtype)
+        else:
+            raise CalibrationError(f"input {spec.name!r} has dtype {spec.dtype}; pass --calibration with real samples")
+    return Samples(check_samples(feeds, inputs, where="generated inputs"), None, None)

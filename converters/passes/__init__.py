@@ -1,0 +1,115 @@
+"""Conversion passes: each consumes one artifact kind and produces another.
+
+The base class owns the invariants (input kind, optional dependencies, wrapping third-party errors
+into edgekit's); a pass fills in :meth:`Pass._run`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgekit._deps import require
+from edgekit.bundle import TensorSpec
+from edgekit.converters.registry import PassInfo
+from edgekit.errors import ConversionError, EdgekitError, InternalError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Value:
+    """An artifact between passes: its kind, and a file or an in-memory object."""
+
+    kind: str
+    path: Path | None = None
+    obj: Any = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def file(self) -> Path:
+        """The artifact's file; only file-backed kinds have one."""
+        if self.path is None:
+            raise InternalError(f"a {self.kind} value held in memory was used as a file")
+        return self.path
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What every pass may read: a scratch directory, the model's I/O and the calibration samples."""
+
+    workdir: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    samples: dict[str, np.ndarray]  # the validation/calibration inputs, one batch
+    has_calibration: bool
+    example_inputs: tuple[Any, ...] | None = None
+    progress: Callable[[str], None] = lambda _msg: None
+
+    def scratch(self, name: str) -> Path:
+        """A fresh path in the work directory (the file does not exist yet)."""
+        path = self.workdir / name
+        stem, suffix, i = path.stem, path.suffix, 1
+        while path.exists():
+            path = self.workdir / f"{stem}-{i}{suffix}"
+            i += 1
+        return path
+
+
+class Pass:
+    """Base class of all passes. Subclasses set the class attributes and implement ``_run``."""
+
+    name: ClassVar[str]
+    consumes: ClassVar[str]
+    produces: ClassVar[str]
+    modules: ClassVar[tuple[str, ...]] = ()
+
+    def run(self, value: Value, ctx: PassContext) -> Value:
+        """Check the input kind and dependencies, run the pass and wrap library errors.
+
+        Raises:
+            MissingDependencyError: A module the pass needs is not installed.
+            ConversionError: The converter library failed on this model.
+        """
+        if value.kind != self.consumes:
+            raise InternalError(f"pass {self.name} consumes {self.consumes}, was given {value.kind}")
+        for module in self.modules:
+            require(module, purpose=f"run the {self.name} conversion pass")
+        log.info("pass %s: %s -> %s", self.name, self.consumes, self.produces)
+        try:
+            out = self._run(value, ctx)
+        except EdgekitError:
+            raise
+        except Exception as exc:  # third-party converters raise anything; say which pass failed
+            first_line = (str(exc).strip().splitlines() or [""])[0][:500]
+            raise ConversionError(
+                f"the {self.name} pass ({self.consumes} -> {self.produces}) failed: "
+                f"{type(exc).__name__}: {first_line}. The model may use an operator or construct this "
+                f"converter does not support; try another target or simplify the model."
+            ) from exc
+        if out.kind != self.produces:
+            raise InternalError(f"pass {self.name} produced {out.kind}, declared {self.produces}")
+        return out
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        raise NotImplementedError
+
+
+def load_pass(info: PassInfo) -> Pass:
+    """Import and instantiate the pass a registry entry names.
+
+    Raises:
+        MissingDependencyError: One of the pass's modules is not installed.
+    """
+    for module in info.modules:
+        require(module, purpose=f"run the {info.name} conversion pass")
+    module_name, _, cls_name = info.impl.partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    instance: Pass = cls()
+    return instance

@@ -1,0 +1,152 @@
+"""The ONNX-web family: optimized fp32, float16 and int8 ONNX for onnxruntime-web, plus ORT format."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.converters.passes import Pass, PassContext, Value
+from edgekit.converters.registry import Kind
+
+log = logging.getLogger(__name__)
+
+MAX_WEB_IR_VERSION = 13  # onnxruntime-web 1.30 rejects IR 14, which onnx 1.23 writes by default
+CALIBRATION_CHUNK = 32
+
+
+def save_for_web(model: Any, path: Path) -> None:
+    """Save ``model`` as one file with an IR version onnxruntime-web accepts."""
+    import onnx
+    from onnx import helper
+
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    if model.ir_version > MAX_WEB_IR_VERSION:
+        model.ir_version = max(MAX_WEB_IR_VERSION, needed)
+    onnx.save(model, str(path))
+
+
+def ort_optimize(src: Path, dst: Path, *, ort_format: bool = False) -> None:
+    """Run onnxruntime's portable (basic) graph optimizations offline and save the result.
+
+    Basic optimizations (constant folding, redundant node removal, semantics-preserving fusions)
+    are provider-independent; the extended and layout levels emit CPU-specific contrib ops that
+    onnxruntime-web and other execution providers may lack, so they are left to load time.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(dst)
+    options.log_severity_level = 3
+    if ort_format:
+        options.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(src), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def write_ort_format(src: Path, dst: Path) -> None:
+    """Write the ORT (flatbuffer) format of an ONNX model, for smaller files and faster loads."""
+    ort_optimize(src, dst, ort_format=True)
+
+
+class OptimizeForWeb(Pass):
+    """Simplify with onnxslim, then apply onnxruntime's basic offline optimizer."""
+
+    name = "onnx-web-optimize"
+    consumes = Kind.ONNX
+    produces = Kind.ONNX_WEB
+    modules = ("onnx", "onnxslim", "onnxruntime")
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        import onnx
+        import onnxslim
+
+        slim_path = ctx.scratch("slim.onnx")
+        slim = onnxslim.slim(onnx.load(str(value.file)))
+        onnx.save(slim, str(slim_path))
+        optimized = ctx.scratch("web.onnx")
+        ort_optimize(slim_path, optimized)
+        save_for_web(onnx.load(str(optimized)), optimized)
+        return Value(Kind.ONNX_WEB, path=optimized,
+                     notes={"optimizations": f"onnxslim {onnxslim.__version__}, onnxruntime basic offline"})
+
+
+class Float16(Pass):
+    """Convert weights and compute to float16, keeping float32 inputs and outputs."""
+
+    name = "onnx-fp16"
+    consumes = Kind.ONNX_WEB
+    produces = Kind.ONNX_WEB_FP16
+    modules = ("onnx", "onnxconverter_common")
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        import onnx
+        from onnxconverter_common import float16
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = float16.convert_float_to_float16(onnx.load(str(value.file)), keep_io_types=True)
+        truncated = sum("truncated" in str(w.message) for w in caught)
+        if truncated:  # tiny weights flush to fp16's smallest normal; log, don't spam the terminal
+            log.info("float16: %d weights outside the float16 range were clamped", truncated)
+        out = ctx.scratch("web-fp16.onnx")
+        save_for_web(model, out)
+        return Value(Kind.ONNX_WEB_FP16, path=out, notes={"method": "onnxconverter-common float16, fp32 I/O"})
+
+
+class _Reader:
+    """An onnxruntime CalibrationDataReader over the calibration samples, in small chunks."""
+
+    def __init__(self, samples: dict[str, np.ndarray], chunk: int):
+        count = next(iter(samples.values())).shape[0]
+        self._chunks: Iterator[dict[str, np.ndarray]] = iter(
+            [{k: v[i:i + chunk] for k, v in samples.items()} for i in range(0, count, chunk)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._chunks, None)
+
+
+class Int8(Pass):
+    """Quantize to int8: static QDQ (per-channel weights) with calibration data, else dynamic."""
+
+    name = "onnx-int8"
+    consumes = Kind.ONNX_WEB
+    produces = Kind.ONNX_WEB_INT8
+    modules = ("onnx", "onnxruntime")
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        import onnx
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        source = ctx.scratch("int8-pre.onnx")
+        try:
+            quant_pre_process(str(value.file), str(source), skip_symbolic_shape=False)
+        except Exception as exc:  # pre-processing is an optimization; quantize without it
+            log.warning("quantization pre-processing failed (%s); quantizing the model as is", exc)
+            source = value.file
+        out = ctx.scratch("web-int8.onnx")
+        start = time.perf_counter()
+        if ctx.has_calibration:
+            first = ctx.inputs[0].shape[0] if ctx.inputs[0].shape else None
+            chunk = first if isinstance(first, int) and first > 0 else CALIBRATION_CHUNK
+            quantize_static(
+                str(source), str(out), _Reader(ctx.samples, chunk),
+                quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            )
+            count = next(iter(ctx.samples.values())).shape[0]
+            method = f"static QDQ, per-channel int8 weights, int8 activations, MinMax on {count} samples"
+        else:
+            # ConvInteger, which dynamic quantization emits for Conv, only has uint8 kernels.
+            quantize_dynamic(str(source), str(out), weight_type=QuantType.QUInt8)
+            method = "dynamic (no calibration data): uint8 weights, activations quantized at run time"
+        log.info("int8 quantization took %.2fs", time.perf_counter() - start)
+        save_for_web(onnx.load(str(out)), out)
+        return Value(Kind.ONNX_WEB_INT8, path=out, notes={"method": method})

@@ -1,0 +1,239 @@
+"""``convert``: load the source, plan routes, run passes, validate every artifact, write the bundle."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import __version__
+from edgekit._deps import require
+from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, hash_path
+from edgekit.converters.calibration import Samples, generate_samples, load_calibration
+from edgekit.converters.passes import PassContext, Value, load_pass
+from edgekit.converters.planner import plan, resolve_targets
+from edgekit.converters.registry import RUNTIME_OF_FORMAT, TARGETS, VARIANTS, TargetInfo
+from edgekit.converters.sources import Source, load_source
+from edgekit.converters.validation import compare, describe_failure, run_batched
+from edgekit.errors import ParityError, UserError
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+LOAD_TIMING_REPEATS = 5
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What :func:`convert` produced: the written bundle and the targets that failed (if kept)."""
+
+    bundle: Bundle
+    failures: tuple[Failure, ...]
+    seconds: float
+
+
+def _open(fmt: str, path: Path) -> Any:
+    module, _, cls = RUNTIME_OF_FORMAT[fmt].partition(":")
+    return getattr(importlib.import_module(module), cls)().open(path)
+
+
+def _load_seconds(fmt: str, path: Path) -> float:
+    return statistics.median(_open(fmt, path).load_seconds for _ in range(LOAD_TIMING_REPEATS))
+
+
+def convert(
+    model: Any,
+    targets: Sequence[str],
+    *,
+    out: str | Path,
+    calibration: str | Path | None = None,
+    example_inputs: tuple[Any, ...] | None = None,
+    name: str | None = None,
+    version: str = "0.1.0",
+    labels_key: str = "y",
+    overwrite: bool = False,
+    accept_parity_failure: bool = False,
+    keep_partial: bool = False,
+    progress: Progress | None = None,
+) -> ConversionResult:
+    """Convert ``model`` to each target, validate every artifact and write one bundle to ``out``.
+
+    Args:
+        model: A model file path (.onnx, .pt2, .keras) or a torch.nn.Module / keras.Model object.
+        targets: Target ids, for example ``["onnx-web", "onnx-web-int8"]``.
+        out: The bundle directory to create; it is written atomically.
+        calibration: A ``.npz`` of input samples (and optional labels) for calibration and parity.
+        example_inputs: Example tensors, required for a torch.nn.Module.
+        name: The bundle's model name (default: the model file's stem or class name).
+        version: The bundle's version string.
+        labels_key: The array of ``calibration`` holding labels (unless an input has that name).
+        overwrite: Replace ``out`` if it exists.
+        accept_parity_failure: Keep artifacts that drift beyond tolerance (recorded as accepted).
+        keep_partial: Write the targets that succeeded when others fail, recording the failures.
+        progress: Called with a short message at each step.
+
+    Raises:
+        UserError: Any problem the user can fix (bad model or calibration, unknown target, no route,
+            missing extra, parity failure); nothing is written then.
+    """
+    started = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    infos = resolve_targets(list(targets))
+    if Path(out).exists() and not overwrite:
+        BundleWriter(out)  # raises OutputExistsError before any work
+    say("loading the source model")
+    source = load_source(model, example_inputs)
+    routes = {t.id: plan(source.kind, t) for t in infos}
+    for route in routes.values():  # every dependency is checked before the first pass runs
+        for step in route:
+            for module in step.modules:
+                require(module, purpose=f"run the {step.name} conversion pass")
+    samples = (load_calibration(calibration, source.inputs, labels_key=labels_key)
+               if calibration is not None else generate_samples(source.inputs))
+    say(f"running the source model on {samples.count} samples")
+    reference = run_batched(source.run, samples.inputs, source.inputs)
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-") as tmp, BundleWriter(out, overwrite=overwrite) as writer:
+        ctx = PassContext(Path(tmp), source.inputs, source.outputs, samples.inputs,
+                          has_calibration=samples.info is not None, example_inputs=source.example_inputs,
+                          progress=say)
+        cache: dict[str, tuple[Value, tuple[str, ...], float]] = {source.kind: (source.value, (), 0.0)}
+        artifacts: list[Artifact] = []
+        failures: list[tuple[Failure, UserError]] = []
+        for target in infos:
+            try:
+                artifacts.extend(_build_target(target, routes[target.id], cache, ctx, writer.staging, source,
+                                               samples, reference, accept_parity_failure, say))
+            except UserError as exc:
+                log.warning("target %s failed: %s", target.id, exc)
+                say(f"{target.id}: FAILED: {exc}")
+                failures.append((Failure(target.id, str(exc), kind=type(exc).__name__), exc))
+        if failures and (not keep_partial or not artifacts):
+            if len(failures) == 1:
+                raise failures[0][1]
+            first = failures[0][1]
+            raise type(first)(" | ".join(f"{f.target}: {f.error}" for f, _ in failures))
+        artifacts = _with_size_ratios(artifacts, cache)
+        manifest = Manifest(
+            name=name or _default_name(model, source),
+            version=version,
+            created_by=f"edgekit {__version__}",
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            source=source.info,
+            inputs=source.inputs,
+            outputs=source.outputs,
+            calibration=samples.info,
+            artifacts=tuple(artifacts),
+            failures=tuple(f for f, _ in failures) or None,
+        )
+        say("writing the bundle")
+        bundle = writer.commit(manifest)
+    return ConversionResult(bundle, tuple(f for f, _ in failures), time.perf_counter() - started)
+
+
+def _default_name(model: Any, source: Source) -> str:
+    raw = Path(model).stem if isinstance(model, (str, Path)) else type(model).__name__
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in raw).lstrip("._-")
+    return cleaned or source.kind.replace(".", "-")
+
+
+def _build_target(
+    target: TargetInfo, route: list[Any], cache: dict[str, tuple[Value, tuple[str, ...], float]],
+    ctx: PassContext, staging: Path, source: Source, samples: Samples, reference: dict[str, np.ndarray],
+    accept_parity_failure: bool, say: Progress,
+) -> list[Artifact]:
+    """Run the missing passes of ``route``, then copy, validate and describe the target's artifacts."""
+    value, steps, seconds = cache[source.kind]
+    for step in route:
+        if step.produces in cache:
+            value, steps, seconds = cache[step.produces]
+            continue
+        say(f"{target.id}: {step.name} ({step.consumes} -> {step.produces})")
+        start = time.perf_counter()
+        value = load_pass(step).run(value, ctx)
+        seconds += time.perf_counter() - start
+        steps = (*steps, step.name)
+        cache[step.produces] = (value, steps, seconds)
+
+    made = [_finish(target, target.format, value.file, staging / f"{target.id}{target.suffix}", steps, seconds,
+                    value.notes, source, samples, reference, accept_parity_failure, say)]
+    for fmt in target.variants:
+        impl, suffix = VARIANTS[fmt]
+        module, _, func = impl.partition(":")
+        dst = staging / f"{target.id}{suffix}"
+        start = time.perf_counter()
+        try:
+            getattr(importlib.import_module(module), func)(value.file, dst)
+            variant = _finish(target, fmt, dst, dst, (*steps, f"to-{fmt}"),
+                              seconds + time.perf_counter() - start, value.notes, source, samples, reference,
+                              accept_parity_failure, say)
+        except Exception as exc:  # a variant is optional: record why it was not kept
+            log.info("%s: no %s variant: %s", target.id, fmt, exc)
+            dst.unlink(missing_ok=True)
+            continue
+        verdict = _variant_pays_off(made[0], variant, staging)
+        if verdict:
+            made.append(replace(variant, extra={**variant.extra, "kept_because": verdict}))
+        else:
+            dst.unlink(missing_ok=True)
+    return made
+
+
+def _variant_pays_off(base: Artifact, variant: Artifact, staging: Path) -> str:
+    """Why a format variant is worth shipping ('' when it is not): smaller or faster to load."""
+    reasons = []
+    if variant.size_bytes < base.size_bytes:
+        reasons.append(f"{variant.size_bytes / base.size_bytes:.2f}x the size")
+    base_load = _load_seconds(base.format, staging / base.file)
+    variant_load = _load_seconds(variant.format, staging / variant.file)
+    if variant_load < base_load:
+        reasons.append(f"loads in {variant_load * 1e3:.1f} ms vs {base_load * 1e3:.1f} ms")
+    return "; ".join(reasons)
+
+
+def _finish(
+    target: TargetInfo, fmt: str, produced: Path, dst: Path, steps: tuple[str, ...], seconds: float,
+    notes: dict[str, Any], source: Source, samples: Samples, reference: dict[str, np.ndarray],
+    accept_parity_failure: bool, say: Progress,
+) -> Artifact:
+    """Place one artifact in the bundle, run it on the samples and measure parity."""
+    if produced != dst:
+        shutil.copyfile(produced, dst)
+    say(f"{target.id}: validating the {fmt} artifact on {samples.count} samples")
+    session = _open(fmt, dst)
+    actual = run_batched(session.run, samples.inputs, source.inputs)
+    parity, accuracy = compare(reference, actual, source.outputs, target.tolerance, samples.labels)
+    if not parity.passed:
+        if not accept_parity_failure:
+            raise ParityError(describe_failure(f"{target.id} ({fmt})", parity))
+        parity = replace(parity, accepted=True)
+    digest, size = hash_path(dst)
+    return Artifact(
+        target=target.id, format=fmt, precision=target.precision, file=dst.name, size_bytes=size, sha256=digest,
+        route=steps, parity=parity, accuracy=accuracy, convert_seconds=round(seconds, 3),
+        extra={"conversion": dict(notes)} if notes else {},
+    )
+
+
+def _with_size_ratios(artifacts: list[Artifact],
+                      cache: dict[str, tuple[Value, tuple[str, ...], float]]) -> list[Artifact]:
+    """Fill ``size_ratio``: size over the fp32 artifact of the same format (or the fp32 intermediate)."""
+    fp32 = {(a.format, TARGETS[a.target].family): a.size_bytes for a in artifacts if a.precision == "fp32"}
+    out = []
+    for art in artifacts:
+        info = TARGETS[art.target]
+        base = fp32.get((art.format, info.family))
+        if base is None and art.format == info.format and info.reference_kind in cache:
+            base = hash_path(cache[info.reference_kind][0].file)[1]
+        out.append(replace(art, size_ratio=round(art.size_bytes / base, 4) if base else None))
+    return out
+

@@ -1,0 +1,57 @@
+"""Find the chain of passes from a source kind to each target's kind (breadth-first, shortest)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from edgekit.converters.registry import PASSES, TARGETS, PassInfo, TargetInfo
+from edgekit.errors import NoRouteError, UnknownTargetError
+
+
+def resolve_targets(ids: list[str] | tuple[str, ...]) -> list[TargetInfo]:
+    """Turn target ids into target records, in order and without repeats.
+
+    Raises:
+        UnknownTargetError: An id is not a known target; the message lists the known ones.
+    """
+    if not ids:
+        raise UnknownTargetError(f"no target given; pass --target with one of: {', '.join(TARGETS)}")
+    out: list[TargetInfo] = []
+    for tid in ids:
+        if tid not in TARGETS:
+            raise UnknownTargetError(
+                f"unknown target {tid!r}; known targets: {', '.join(TARGETS)} (list them with: edgekit targets)"
+            )
+        if TARGETS[tid] not in out:
+            out.append(TARGETS[tid])
+    return out
+
+
+def reachable_kinds(source: str, passes: tuple[PassInfo, ...] = PASSES) -> dict[str, list[PassInfo]]:
+    """Every kind reachable from ``source``, each with the shortest route to it."""
+    routes: dict[str, list[PassInfo]] = {source: []}
+    queue = deque([source])
+    while queue:
+        kind = queue.popleft()
+        for step in passes:
+            if step.consumes == kind and step.produces not in routes:
+                routes[step.produces] = routes[kind] + [step]
+                queue.append(step.produces)
+    return routes
+
+
+def plan(source: str, target: TargetInfo, passes: tuple[PassInfo, ...] = PASSES) -> list[PassInfo]:
+    """The shortest list of passes that turns a ``source`` kind into ``target``'s kind.
+
+    Raises:
+        NoRouteError: No route exists; the message names the kinds and targets that are reachable.
+    """
+    routes = reachable_kinds(source, passes)
+    if target.kind in routes:
+        return routes[target.kind]
+    reachable_targets = [t.id for t in TARGETS.values() if t.kind in routes]
+    raise NoRouteError(
+        f"no conversion route from a {source} model to target {target.id!r} ({target.kind}); "
+        f"from {source} edgekit reaches the kinds {', '.join(sorted(routes))}"
+        + (f" and the targets {', '.join(reachable_targets)}" if reachable_targets else "")
+    )

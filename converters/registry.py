@@ -1,0 +1,132 @@
+"""The tables of artifact kinds, passes and targets: plain data, no framework imports.
+
+Passes are named here by module path and imported when a route runs, so the CLI can list targets,
+check flags and plan routes without importing a framework. Adding a target family means adding
+kinds, passes and targets to these tables (and the pass modules); the planner and the pipeline
+need no edits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class Kind:
+    """Artifact kinds: the nodes of the conversion graph."""
+
+    TORCH_MODULE = "torch.module"  # an nn.Module object with example inputs (Python API)
+    TORCH_EXPORT = "torch.export"  # a saved torch.export ExportedProgram (.pt2)
+    KERAS = "keras"  # a Keras model object or .keras file
+    ONNX = "onnx"  # any ONNX model: a source file or an exported one
+    ONNX_WEB = "onnx.web"  # simplified + offline-optimized fp32 ONNX, IR <= 13
+    ONNX_WEB_FP16 = "onnx.web.fp16"
+    ONNX_WEB_INT8 = "onnx.web.int8"
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    """One edge of the conversion graph."""
+
+    name: str
+    impl: str  # "module:Class"
+    consumes: str
+    produces: str
+    modules: tuple[str, ...]  # Python modules the pass imports; checked before any work starts
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """When an artifact's outputs count as matching the source's.
+
+    ``max_rel_error`` bounds each output's max abs error divided by the largest magnitude of the
+    source output. For outputs that look like class scores, ``min_top1_agreement`` (when set)
+    replaces the error bound: quantized models move logits but must keep the decisions.
+    """
+
+    max_rel_error: float
+    min_top1_agreement: float | None = None
+
+    def to_dict(self) -> dict[str, float]:
+        out = {"max_rel_error": self.max_rel_error}
+        if self.min_top1_agreement is not None:
+            out["min_top1_agreement"] = self.min_top1_agreement
+        return out
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """A target id users ask for, the kind that satisfies it and how its artifact is written."""
+
+    id: str
+    kind: str
+    format: str
+    precision: str
+    family: str
+    description: str
+    tolerance: Tolerance
+    reference_kind: str  # the fp32 kind of the same format, the base of size_ratio
+    suffix: str = ".onnx"
+    variants: tuple[str, ...] = ()  # other formats of the same model, kept when they load and pay off
+
+
+PASSES: tuple[PassInfo, ...] = (
+    PassInfo("torch-export-onnx", "edgekit.converters.passes.torch_onnx:TorchModuleToOnnx",
+             Kind.TORCH_MODULE, Kind.ONNX, ("torch", "onnxscript", "onnx")),
+    PassInfo("torch-program-onnx", "edgekit.converters.passes.torch_onnx:TorchProgramToOnnx",
+             Kind.TORCH_EXPORT, Kind.ONNX, ("torch", "onnxscript", "onnx")),
+    PassInfo("tf2onnx", "edgekit.converters.passes.keras_onnx:KerasToOnnx",
+             Kind.KERAS, Kind.ONNX, ("tensorflow", "tf2onnx", "onnx")),
+    PassInfo("onnx-web-optimize", "edgekit.converters.passes.onnx_web:OptimizeForWeb",
+             Kind.ONNX, Kind.ONNX_WEB, ("onnx", "onnxslim", "onnxruntime")),
+    PassInfo("onnx-fp16", "edgekit.converters.passes.onnx_web:Float16",
+             Kind.ONNX_WEB, Kind.ONNX_WEB_FP16, ("onnx", "onnxconverter_common")),
+    PassInfo("onnx-int8", "edgekit.converters.passes.onnx_web:Int8",
+             Kind.ONNX_WEB, Kind.ONNX_WEB_INT8, ("onnx", "onnxruntime")),
+)
+
+TARGETS: dict[str, TargetInfo] = {
+    t.id: t
+    for t in (
+        TargetInfo("onnx-web", Kind.ONNX_WEB, "onnx", "fp32", "onnx-web",
+                   "fp32 ONNX for onnxruntime-web, simplified and offline-optimized",
+                   Tolerance(max_rel_error=1e-3), Kind.ONNX_WEB, variants=("ort",)),
+        TargetInfo("onnx-web-fp16", Kind.ONNX_WEB_FP16, "onnx", "fp16", "onnx-web",
+                   "float16 weights and compute, float32 inputs and outputs",
+                   Tolerance(max_rel_error=2e-2), Kind.ONNX_WEB, variants=("ort",)),
+        TargetInfo("onnx-web-int8", Kind.ONNX_WEB_INT8, "onnx", "int8", "onnx-web",
+                   "int8 weights (static QDQ with calibration data, else dynamic)",
+                   Tolerance(max_rel_error=0.25, min_top1_agreement=0.97), Kind.ONNX_WEB, variants=("ort",)),
+    )
+}
+
+# Other formats of a finished artifact: format -> (function "module:name", file suffix). The function
+# takes (source path, destination path) and writes the variant.
+VARIANTS: dict[str, tuple[str, str]] = {
+    "ort": ("edgekit.converters.passes.onnx_web:write_ort_format", ".ort"),
+}
+
+# The runtime that validates each artifact format (edgekit.runtimes, the same code apps embed).
+RUNTIME_OF_FORMAT: dict[str, str] = {
+    "onnx": "edgekit.runtimes.onnxruntime:OrtRuntime",
+    "ort": "edgekit.runtimes.onnxruntime:OrtRuntime",
+}
+
+# The extra that brings each optional module, for `edgekit targets` and error messages.
+EXTRA_OF_MODULE = {
+    "torch": "torch", "onnxscript": "torch",
+    "tensorflow": "tensorflow", "tf2onnx": "tensorflow", "keras": "tensorflow",
+    "onnx": "onnx", "onnxslim": "onnx", "onnxconverter_common": "onnx",
+    "onnxruntime": "(base)",
+}
+
+
+def target_modules(target: TargetInfo) -> tuple[str, ...]:
+    """Modules every route to ``target`` needs from the ONNX hub on (source passes excluded)."""
+    needed: list[str] = []
+    kind = target.kind
+    by_product = {p.produces: p for p in PASSES if p.produces != Kind.ONNX}
+    while kind in by_product:
+        step = by_product[kind]
+        needed.extend(m for m in step.modules if m not in needed)
+        kind = step.consumes
+    return tuple(needed)

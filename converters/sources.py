@@ -1,0 +1,298 @@
+"""Source models: recognise what the user gave, describe its I/O, and run it as the reference."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit._deps import require
+from edgekit.bundle import SourceInfo, TensorSpec, hash_path
+from edgekit.converters.passes import Value
+from edgekit.converters.registry import Kind
+from edgekit.errors import InvalidModelError, UnsupportedModelError
+
+ReferenceFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+SUFFIXES = {".onnx": Kind.ONNX, ".pt2": Kind.TORCH_EXPORT, ".keras": Kind.KERAS, ".h5": Kind.KERAS}
+ACCEPTED = (
+    "an ONNX file (.onnx), a saved torch.export program (.pt2), a Keras model (.keras, .h5), "
+    "or in Python a torch.nn.Module with example_inputs or a keras.Model object"
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """The model to convert, ready for the planner and the validator."""
+
+    kind: str
+    value: Value
+    info: SourceInfo
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    run: ReferenceFn
+    example_inputs: tuple[Any, ...] | None = None
+
+
+def load_source(model: Any, example_inputs: tuple[Any, ...] | None = None) -> Source:
+    """Recognise ``model`` (a path or a framework object) and load it as a :class:`Source`.
+
+    Raises:
+        InvalidModelError: The file is missing or is not a readable model of its kind.
+        UnsupportedModelError: edgekit does not take this kind of model.
+        MissingDependencyError: The framework needed to read it is not installed.
+    """
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.exists():
+            raise InvalidModelError(f"model file {path} does not exist; check the path")
+        kind = SUFFIXES.get(path.suffix.lower())
+        if kind is None or not path.is_file():
+            raise UnsupportedModelError(f"edgekit cannot read {path}: it takes {ACCEPTED}")
+        if kind == Kind.ONNX:
+            return _onnx_source(path)
+        if kind == Kind.TORCH_EXPORT:
+            return _torch_program_source(path)
+        return _keras_source(path)
+    module = type(model).__module__.split(".")[0]
+    if module == "torch" or _is_torch_module(model):
+        if example_inputs is None:
+            raise UnsupportedModelError(
+                "a torch.nn.Module needs example inputs to be traced: pass example_inputs=(tensor, ...)"
+            )
+        return _torch_module_source(model, tuple(example_inputs))
+    if module in ("keras", "tf_keras") or _is_keras_model(model):
+        return _keras_source(None, model)
+    raise UnsupportedModelError(f"edgekit cannot convert a {type(model).__name__} object: it takes {ACCEPTED}")
+
+
+def _is_torch_module(obj: Any) -> bool:
+    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(obj).__mro__)
+
+
+def _is_keras_model(obj: Any) -> bool:
+    return any(c.__module__.startswith("keras") and c.__name__ in ("Model", "Layer") for c in type(obj).__mro__)
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def onnx_io(model: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Input and output specs of an ONNX ModelProto (initializers are not inputs)."""
+    from onnx import helper
+
+    def spec(value_info: Any) -> TensorSpec:
+        tensor = value_info.type.tensor_type
+        shape: list[int | str | None] = []
+        for d in tensor.shape.dim:
+            if d.HasField("dim_value"):
+                shape.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                shape.append(d.dim_param)
+            else:
+                shape.append(None)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        return TensorSpec(name=value_info.name, shape=tuple(shape), dtype=dtype)
+
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = tuple(spec(v) for v in model.graph.input if v.name not in initializers)
+    outputs = tuple(spec(v) for v in model.graph.output)
+    return inputs, outputs
+
+
+def _onnx_source(path: Path) -> Source:
+    onnx = require("onnx", purpose="read ONNX models")
+    from google.protobuf.message import DecodeError
+
+    fix = "re-export the model, or check that the file was copied completely"
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise InvalidModelError(f"{path} is not a valid ONNX model: it could not be parsed ({exc}); {fix}") from exc
+    if not model.graph.node or not model.graph.output or not model.opset_import:
+        raise InvalidModelError(f"{path} is not a valid ONNX model: it has no graph, outputs or opset; {fix}")
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidModelError(f"{path} is not a valid ONNX model: {first}; {fix}") from exc
+    inputs, outputs = onnx_io(model)
+    if not inputs:
+        raise UnsupportedModelError(f"{path} has no inputs (all values are constants); nothing to convert")
+
+    from edgekit.runtimes.onnxruntime import OrtRuntime
+
+    try:
+        session = OrtRuntime().open(path, optimization="none")
+    except Exception as exc:
+        raise InvalidModelError(f"onnxruntime cannot load the source model {path}: {exc}") from exc
+    digest, size = hash_path(path)
+    info = SourceInfo(format="onnx", file=path.name, sha256=digest, size_bytes=size,
+                      extra={"opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))})
+    return Source(Kind.ONNX, Value(Kind.ONNX, path=path), info, inputs, outputs, session.run)
+
+
+# ---------------------------------------------------------------- PyTorch
+
+
+def _torch_dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _flatten_outputs(result: Any) -> list[Any]:
+    if isinstance(result, dict):
+        return list(result.values())
+    if isinstance(result, (tuple, list)):
+        return list(result)
+    return [result]
+
+
+def _output_names(result: Any) -> list[str]:
+    if isinstance(result, dict):
+        return [str(k) for k in result]
+    count = len(_flatten_outputs(result))
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def _torch_reference(call: Callable[..., Any], names: list[str], out_names: list[str]) -> ReferenceFn:
+    import torch
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            result = call(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names])
+        return {n: t.detach().cpu().numpy() for n, t in zip(out_names, _flatten_outputs(result), strict=True)}
+
+    return run
+
+
+def _torch_specs(names: list[str], tensors: list[Any], dynamic_batch: bool) -> tuple[TensorSpec, ...]:
+    specs = []
+    for name, t in zip(names, tensors, strict=True):
+        shape: list[int | str | None] = [int(d) for d in t.shape]
+        if dynamic_batch and shape:
+            shape[0] = "batch"
+        specs.append(TensorSpec(name=name, shape=tuple(shape), dtype=_torch_dtype_name(t.dtype)))
+    return tuple(specs)
+
+
+def _torch_module_source(module: Any, example_inputs: tuple[Any, ...]) -> Source:
+    torch = require("torch", purpose="convert PyTorch models")
+    module.eval()
+    params = list(inspect.signature(module.forward).parameters)
+    names = params[: len(example_inputs)] if len(params) >= len(example_inputs) else [
+        f"input_{i}" for i in range(len(example_inputs))
+    ]
+    with torch.no_grad():
+        result = module(*example_inputs)
+    out_names = _output_names(result)
+    digest = hashlib.sha256()
+    size = 0
+    for key, tensor in module.state_dict().items():
+        data = tensor.detach().cpu().contiguous().numpy().tobytes()
+        digest.update(key.encode() + b"\0" + data)
+        size += len(data)
+    info = SourceInfo(format="torch.nn.Module", file=f"{type(module).__module__}.{type(module).__qualname__}",
+                      sha256=digest.hexdigest(), size_bytes=size)
+    return Source(
+        Kind.TORCH_MODULE,
+        Value(Kind.TORCH_MODULE, obj=module),
+        info,
+        _torch_specs(names, list(example_inputs), dynamic_batch=True),
+        _torch_specs(out_names, _flatten_outputs(result), dynamic_batch=True),
+        _torch_reference(module, names, out_names),
+        example_inputs,
+    )
+
+
+def _torch_program_source(path: Path) -> Source:
+    torch = require("torch", purpose="read torch.export programs (.pt2)")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # torch raises many types for a bad archive
+        raise InvalidModelError(
+            f"{path} is not a torch.export program that torch can load ({type(exc).__name__}: {exc}); "
+            "save one with torch.export.save(torch.export.export(model, args), 'model.pt2')"
+        ) from exc
+    args, kwargs = program.example_inputs or ((), {})
+    if kwargs or not args:
+        raise UnsupportedModelError(f"{path} must carry positional example inputs (export it with args, not kwargs)")
+    names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    specs = []
+    for name, arg in zip(names, args, strict=True):
+        fake = placeholders[name].meta.get("val", arg)
+        shape = tuple(int(d) if isinstance(d, int) else str(d) for d in fake.shape)
+        specs.append(TensorSpec(name=name, shape=shape, dtype=_torch_dtype_name(arg.dtype)))
+    module = program.module()
+    with torch.no_grad():
+        result = module(*args)
+    out_names = _output_names(result)
+    dynamic = any(isinstance(d, str) for s in specs for d in s.shape[:1])
+    digest, size = hash_path(path)
+    info = SourceInfo(format="torch.export", file=path.name, sha256=digest, size_bytes=size)
+    return Source(
+        Kind.TORCH_EXPORT,
+        Value(Kind.TORCH_EXPORT, path=path, obj=program),
+        info,
+        tuple(specs),
+        _torch_specs(out_names, _flatten_outputs(result), dynamic_batch=dynamic),
+        _torch_reference(module, names, out_names),
+        tuple(args),
+    )
+
+
+# ---------------------------------------------------------------- Keras
+
+
+def _keras_source(path: Path | None, model: Any = None) -> Source:
+    keras = require("keras", purpose="convert Keras models")
+    if path is not None:
+        try:
+            model = keras.saving.load_model(str(path), compile=False)
+        except Exception as exc:  # keras raises ValueError, OSError, zipfile errors...
+            raise InvalidModelError(
+                f"{path} is not a Keras model that keras {keras.__version__} can load "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                "save it with model.save('model.keras')"
+            ) from exc
+    if not getattr(model, "inputs", None):
+        raise UnsupportedModelError("the Keras model has no defined inputs; build it (call it once) or give it an Input")
+    inputs = tuple(
+        TensorSpec(name=t.name, shape=tuple(d if d is not None else "batch" if i == 0 else None
+                                            for i, d in enumerate(t.shape)), dtype=str(t.dtype))
+        for t in model.inputs
+    )
+    names = [s.name for s in inputs]
+    out_names = list(getattr(model, "output_names", None) or [])
+    if len(out_names) != len(model.outputs):
+        out_names = ["output"] if len(model.outputs) == 1 else [f"output_{i}" for i in range(len(model.outputs))]
+    outputs = tuple(
+        TensorSpec(name=n, shape=tuple(d if d is not None else "batch" if i == 0 else None
+                                       for i, d in enumerate(t.shape)), dtype=str(t.dtype))
+        for n, t in zip(out_names, model.outputs, strict=True)
+    )
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [feeds[n] for n in names]
+        result = model(args[0] if len(args) == 1 else args, training=False)
+        values = _flatten_outputs(result)
+        return {n: np.asarray(v) for n, v in zip(out_names, values, strict=True)}
+
+    if path is not None:
+        digest_file, size = hash_path(path)
+        info = SourceInfo(format="keras", file=path.name, sha256=digest_file, size_bytes=size)
+    else:
+        digest = hashlib.sha256()
+        size = 0
+        for weight in model.weights:
+            data = np.asarray(weight.numpy()).tobytes()
+            digest.update(weight.path.encode() + b"\0" + data)
+            size += len(data)
+        info = SourceInfo(format="keras.Model", file=f"{type(model).__module__}.{type(model).__qualname__}",
+                          sha256=digest.hexdigest(), size_bytes=size)
+    return Source(Kind.KERAS, Value(Kind.KERAS, path=path, obj=model), info, inputs, outputs, run)

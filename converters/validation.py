@@ -1,0 +1,119 @@
+"""Parity: run an artifact on the source's inputs and measure how far its outputs drift."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from edgekit.bundle import Accuracy, Parity, TensorSpec
+from edgekit.converters.registry import Tolerance
+
+RunFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+MAX_CHUNK = 64
+
+
+def run_batched(run: RunFn, samples: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    """Run ``run`` over all samples in chunks the model accepts, concatenating the outputs.
+
+    A model whose first input dimension is fixed to k gets chunks of k; a dynamic one gets chunks of
+    up to 64 samples.
+    """
+    first = inputs[0].shape[0] if inputs[0].shape else None
+    chunk = first if isinstance(first, int) and first > 0 else MAX_CHUNK
+    count = next(iter(samples.values())).shape[0]
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, count, chunk):
+        feeds = {k: v[start:start + chunk] for k, v in samples.items()}
+        for name, value in run(feeds).items():
+            parts.setdefault(name, []).append(np.asarray(value))
+    return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+
+
+def is_class_scores(array: np.ndarray) -> bool:
+    """True for a float (samples, classes) output with at least two classes."""
+    return array.ndim == 2 and array.shape[1] >= 2 and np.issubdtype(array.dtype, np.floating)
+
+
+def compare(
+    reference: Mapping[str, np.ndarray],
+    actual: Mapping[str, np.ndarray],
+    outputs: tuple[TensorSpec, ...],
+    tolerance: Tolerance,
+    labels: np.ndarray | None = None,
+) -> tuple[Parity, Accuracy | None]:
+    """Measure per-output error and top-1 agreement of ``actual`` against ``reference``.
+
+    Outputs are matched by name, or by position when a converter renamed them. The parity passes when every
+    output is within ``tolerance``; see :class:`~edgekit.converters.registry.Tolerance`.
+    """
+    ref_values = [np.asarray(reference[o.name]) for o in outputs]
+    by_name = all(o.name in actual for o in outputs)
+    act_values = [actual[o.name] for o in outputs] if by_name else list(actual.values())
+    per_output = []
+    passed = True
+    top1_all: list[float] = []
+    accuracy = None
+    n = int(ref_values[0].shape[0]) if ref_values[0].ndim else 1
+    for spec, ref, act in zip(outputs, ref_values, act_values, strict=True):
+        act = np.asarray(act)
+        if act.shape != ref.shape:
+            per_output.append({"name": spec.name, "error": f"shape {list(act.shape)} != source {list(ref.shape)}"})
+            passed = False
+            continue
+        diff = np.abs(act.astype(np.float64) - ref.astype(np.float64))
+        max_abs = float(diff.max()) if diff.size else 0.0
+        scale = float(np.abs(ref).max()) if ref.size else 0.0
+        rel = max_abs / scale if scale > 0 else max_abs
+        entry: dict[str, object] = {
+            "name": spec.name,
+            "max_abs_error": max_abs,
+            "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
+            "max_rel_error": rel,
+        }
+        ok = rel <= tolerance.max_rel_error
+        if is_class_scores(ref):
+            agreement = float(np.mean(ref.argmax(axis=1) == act.argmax(axis=1)))
+            entry["top1_agreement"] = agreement
+            top1_all.append(agreement)
+            if tolerance.min_top1_agreement is not None:
+                ok = agreement >= tolerance.min_top1_agreement
+            if labels is not None and accuracy is None:
+                accuracy = Accuracy(
+                    top1=float(np.mean(act.argmax(axis=1) == labels)),
+                    source_top1=float(np.mean(ref.argmax(axis=1) == labels)),
+                    n_samples=int(labels.shape[0]),
+                )
+        entry["passed"] = ok
+        passed = passed and ok
+        per_output.append(entry)
+    errors = [e for e in per_output if "max_abs_error" in e]
+    parity = Parity(
+        max_abs_error=max((float(e["max_abs_error"]) for e in errors), default=0.0),  # type: ignore[arg-type]
+        mean_abs_error=float(np.mean([e["mean_abs_error"] for e in errors])) if errors else 0.0,
+        n_samples=n,
+        passed=passed,
+        top1_agreement=min(top1_all) if top1_all else None,
+        tolerance=tolerance.to_dict(),
+        per_output=tuple(per_output),
+    )
+    return parity, accuracy
+
+
+def describe_failure(target: str, parity: Parity) -> str:
+    """A message naming each output's error against the tolerance."""
+    parts = []
+    for entry in parity.per_output or ():
+        if "error" in entry:
+            parts.append(f"{entry['name']}: {entry['error']}")
+            continue
+        text = f"{entry['name']}: max abs error {entry['max_abs_error']:.3g} (relative {entry['max_rel_error']:.3g})"
+        if "top1_agreement" in entry:
+            text += f", top-1 agreement {entry['top1_agreement']:.4f}"
+        parts.append(text + ("" if entry["passed"] else " FAILED"))
+    tol = ", ".join(f"{k} {v}" for k, v in (parity.tolerance or {}).items())
+    return (
+        f"target {target} drifts from the source model beyond its tolerance ({tol}) on "
+        f"{parity.n_samples} samples: {'; '.join(parts)}. Pass real --calibration data, choose a "
+        f"higher precision target, or accept it with --accept-parity-failure"
+    )

@@ -1,0 +1,40 @@
+"""edgekit: convert trained models into verified on-device bundles, and run them.
+
+``import edgekit`` loads the standard library and numpy only; converters and runtimes load their
+frameworks inside the functions that need them. Public names from heavier modules are resolved
+lazily through :func:`__getattr__` (PEP 562).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from edgekit.bundle import Artifact, Bundle, Manifest, TensorSpec, read_bundle
+from edgekit.errors import EdgekitError, UserError
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from edgekit.converters import convert
+
+_LAZY = {"convert": "edgekit.converters"}
+
+__all__ = [
+    "Artifact",
+    "Bundle",
+    "EdgekitError",
+    "Manifest",
+    "TensorSpec",
+    "UserError",
+    "__version__",
+    "convert",
+    "read_bundle",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgekit' has no attribute {name!r}")

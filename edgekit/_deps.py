@@ -1,0 +1,59 @@
+"""Optional dependencies: import a heavy module on first use, or say which extra to install."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+
+from edgekit.errors import MissingDependencyError
+
+# module name -> (pip distribution, edgekit extra that brings it)
+OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
+    "onnx": ("onnx", "onnx"),
+    "onnxslim": ("onnxslim", "onnx"),
+    "onnxconverter_common": ("onnxconverter-common", "onnx"),
+    "onnxscript": ("onnxscript", "torch"),
+    "torch": ("torch", "torch"),
+    "tensorflow": ("tensorflow-cpu", "tensorflow"),
+    "keras": ("keras", "tensorflow"),
+    "tf2onnx": ("tf2onnx", "tensorflow"),
+    "onnxruntime": ("onnxruntime", "(base install)"),
+}
+
+
+def is_available(module: str) -> bool:
+    """Tell whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require(module: str, *, purpose: str = "") -> ModuleType:
+    """Import ``module`` or raise an error that names the edgekit extra to install.
+
+    Args:
+        module: The module to import, for example ``"onnx"`` or ``"tensorflow"``.
+        purpose: What edgekit needs it for, shown in the error message.
+
+    Raises:
+        MissingDependencyError: The module is not installed (or fails to import).
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        package, extra = OPTIONAL_MODULES.get(top, (top, "all"))
+        why = f" to {purpose}" if purpose else ""
+        hint = (
+            "reinstall edgekit"
+            if extra.startswith("(")
+            else f"install it with: pip install 'edgekit[{extra}]'"
+        )
+        raise MissingDependencyError(
+            f"edgekit needs the Python package '{package}'{why}, and it could not be imported "
+            f"({exc}); {hint}",
+            extra=extra,
+            package=package,
+        ) from exc

@@ -1,0 +1,431 @@
+"""The bundle: a directory with ``bundle.json`` and one file (or directory) per artifact.
+
+``bundle.json`` is the contract read by the converters, the runtimes, the OTA service and the
+browser and Android clients. Its JSON Schema is ``edgekit/schemas/bundle.schema.json``; it is
+checked on every read and write. Manifest types are frozen dataclasses that keep the fields they do
+not know (``extra``), so a manifest written by a newer edgekit survives a read-write round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgekit._schema import load_schema, validate
+from edgekit.errors import BundleError, IntegrityError, OutputExistsError
+
+SCHEMA_ID = "edgekit.bundle/1"
+MANIFEST_NAME = "bundle.json"
+SCHEMA_FILE = "bundle.schema.json"
+
+Dim = int | str | None
+
+
+class _Record:
+    """Shared ``to_dict``/``from_dict`` for the manifest dataclasses.
+
+    ``_children`` names fields holding nested records: a record class, or a one-item list of
+    one for a list of records. Fields whose value is None are left out of the JSON.
+    """
+
+    _children: ClassVar[dict[str, Any]] = {}
+    extra: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = _dump(value)
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}  # type: ignore[arg-type]
+        kwargs: dict[str, Any] = {}
+        for name in names & data.keys():
+            kwargs[name] = _load(cls._children.get(name), data[name])
+        extra = {k: v for k, v in data.items() if k not in names}
+        return cls(**kwargs, extra=extra)
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, _Record):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    return value
+
+
+def _load(kind: Any, value: Any) -> Any:
+    if kind is None:
+        return value
+    if isinstance(kind, list):
+        return tuple(kind[0].from_dict(v) for v in value)
+    return kind.from_dict(value)
+
+
+@dataclass(frozen=True)
+class TensorSpec(_Record):
+    """One input or output: name, shape (int, or None / -1 / a symbol for dynamic dims), dtype.
+
+    ``layout`` names the axis order when it matters (``"NCHW"``, ``"NHWC"``); ``quantization``
+    holds ``{"scale", "zero_point"}`` for integer I/O of a quantized artifact.
+    """
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+    layout: str | None = None
+    quantization: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
+        spec: TensorSpec = super().from_dict(data)
+        return dataclasses.replace(spec, shape=tuple(spec.shape))
+
+    @property
+    def is_dynamic(self) -> bool:
+        """True when any dimension is not a fixed positive size."""
+        return any(not isinstance(d, int) or d < 0 for d in self.shape)
+
+
+@dataclass(frozen=True)
+class SourceInfo(_Record):
+    """The model a bundle was converted from."""
+
+    format: str
+    file: str
+    sha256: str
+    size_bytes: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CalibrationInfo(_Record):
+    """The calibration/validation data a bundle was made with."""
+
+    file: str
+    sha256: str
+    n_samples: int
+    has_labels: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Parity(_Record):
+    """How far an artifact's outputs are from the source model's on the same inputs."""
+
+    max_abs_error: float
+    mean_abs_error: float
+    n_samples: int
+    passed: bool
+    top1_agreement: float | None = None
+    accepted: bool | None = None
+    tolerance: dict[str, Any] | None = None
+    per_output: tuple[dict[str, Any], ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Accuracy(_Record):
+    """Top-1 accuracy of the artifact and of the source model on the labelled samples."""
+
+    top1: float
+    source_top1: float
+    n_samples: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Artifact(_Record):
+    """One converted model file (or directory) in the bundle."""
+
+    _children: ClassVar[dict[str, Any]] = {
+        "inputs": [TensorSpec],
+        "outputs": [TensorSpec],
+        "parity": Parity,
+        "accuracy": Accuracy,
+    }
+
+    target: str
+    format: str
+    precision: str
+    file: str
+    size_bytes: int
+    sha256: str
+    inputs: tuple[TensorSpec, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
+    route: tuple[str, ...] | None = None
+    parity: Parity | None = None
+    accuracy: Accuracy | None = None
+    size_ratio: float | None = None
+    convert_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failure(_Record):
+    """A target that could not be produced, kept in the manifest when partial results are kept."""
+
+    target: str
+    error: str
+    kind: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest(_Record):
+    """The content of ``bundle.json``."""
+
+    _children: ClassVar[dict[str, Any]] = {
+        "source": SourceInfo,
+        "inputs": [TensorSpec],
+        "outputs": [TensorSpec],
+        "calibration": CalibrationInfo,
+        "artifacts": [Artifact],
+        "failures": [Failure],
+    }
+
+    name: str
+    version: str
+    created_by: str
+    source: SourceInfo
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    artifacts: tuple[Artifact, ...] = ()
+    schema: str = SCHEMA_ID
+    created_at: str | None = None
+    calibration: CalibrationInfo | None = None
+    failures: tuple[Failure, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialize, after checking the result against the schema.
+
+        Raises:
+            BundleError: The manifest does not satisfy the schema.
+        """
+        data = self.to_dict()
+        check_manifest_dict(data, where="the manifest being written")
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, where: str = "bundle.json") -> Manifest:
+        """Parse and schema-check ``bundle.json`` text.
+
+        Raises:
+            BundleError: The text is not JSON or does not satisfy the schema.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{where} is not valid JSON ({exc}); re-create the bundle with edgekit convert") from exc
+        check_manifest_dict(data, where=where)
+        manifest: Manifest = cls.from_dict(data)
+        return manifest
+
+    def artifact(self, target: str, format: str | None = None) -> Artifact:
+        """The artifact for ``target`` (and ``format`` when several files share a target).
+
+        Raises:
+            BundleError: The bundle has no such artifact.
+        """
+        for art in self.artifacts:
+            if art.target == target and (format is None or art.format == format):
+                return art
+        have = ", ".join(f"{a.target} ({a.format})" for a in self.artifacts) or "none"
+        raise BundleError(f"bundle '{self.name}' has no artifact for target '{target}'; it has: {have}")
+
+
+def check_manifest_dict(data: Any, *, where: str = "bundle.json") -> None:
+    """Check a parsed ``bundle.json`` against the schema and edgekit's extra rules.
+
+    Raises:
+        BundleError: Listing every violation found.
+    """
+    problems = validate(data, load_schema(SCHEMA_FILE))
+    if not problems and isinstance(data, dict):
+        seen: set[tuple[str, str]] = set()
+        for i, art in enumerate(data.get("artifacts", [])):
+            key = (art["target"], art["format"])
+            if key in seen:
+                problems.append(f"$.artifacts[{i}]: a second {art['format']} artifact for target {art['target']!r}")
+            seen.add(key)
+            if ".." in Path(art["file"]).parts:
+                problems.append(f"$.artifacts[{i}].file: {art['file']!r} points outside the bundle")
+    if problems:
+        shown = "; ".join(problems[:10]) + ("; ..." if len(problems) > 10 else "")
+        raise BundleError(f"{where} does not match the bundle schema {SCHEMA_ID}: {shown}")
+
+
+def hash_path(path: Path) -> tuple[str, int]:
+    """sha256 and size in bytes of a file, or of a directory hashed deterministically.
+
+    A directory hashes the sorted list of its files' relative POSIX paths, each followed by the
+    sha256 of its content, so the digest depends on names and bytes only (not on mtimes or the
+    order the file system lists entries in).
+    """
+    if path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest(), path.stat().st_size
+    if path.is_dir():
+        digest = hashlib.sha256()
+        total = 0
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            sub, size = hash_path(file)
+            digest.update(f"{file.relative_to(path).as_posix()}\0{sub}\n".encode())
+            total += size
+        return digest.hexdigest(), total
+    raise FileNotFoundError(path)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle directory on disk and its verified manifest."""
+
+    path: Path
+    manifest: Manifest
+
+    def artifact_path(self, artifact: Artifact) -> Path:
+        """Where ``artifact`` lies on disk."""
+        return self.path / artifact.file
+
+
+def read_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
+    """Read a bundle directory and, by default, verify every artifact's size and sha256.
+
+    Raises:
+        BundleError: ``path`` is not a bundle or its ``bundle.json`` is invalid.
+        IntegrityError: An artifact is missing or its size or sha256 does not match.
+    """
+    root = Path(path)
+    manifest_path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise BundleError(f"{root} is not a bundle: no such directory (make one with: edgekit convert MODEL --out {root})")
+    if not manifest_path.is_file():
+        raise BundleError(f"{root} is not a bundle: it has no {MANIFEST_NAME} (make one with edgekit convert)")
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"cannot read {manifest_path}: {exc}") from exc
+    manifest = Manifest.from_json(text, where=str(manifest_path))
+    bundle = Bundle(root, manifest)
+    if verify:
+        for art in manifest.artifacts:
+            verify_artifact(bundle, art)
+    return bundle
+
+
+def verify_artifact(bundle: Bundle, artifact: Artifact) -> None:
+    """Check one artifact's size and sha256 against the manifest.
+
+    Raises:
+        IntegrityError: The artifact is missing, or its size or sha256 differs.
+    """
+    file = bundle.artifact_path(artifact)
+    fix = "the file was changed or damaged after conversion; download or convert the bundle again"
+    if not file.exists():
+        raise IntegrityError(f"artifact {artifact.file} ({artifact.target}) is missing from {bundle.path}; {fix}")
+    digest, size = hash_path(file)
+    if size != artifact.size_bytes:
+        raise IntegrityError(
+            f"artifact {artifact.file} ({artifact.target}) is {size} bytes, the manifest says "
+            f"{artifact.size_bytes}; {fix}"
+        )
+    if digest != artifact.sha256:
+        raise IntegrityError(
+            f"artifact {artifact.file} ({artifact.target}) has sha256 {digest[:16]}..., the manifest "
+            f"says {artifact.sha256[:16]}...; {fix}"
+        )
+
+
+class BundleWriter:
+    """Builds a bundle in a temporary sibling directory and renames it into place on commit.
+
+    Use as a context manager: artifacts are written under :attr:`staging`, then :meth:`commit`
+    writes ``bundle.json`` and moves the directory to its final path. Leaving the block without a
+    commit (an error, an interrupt) removes the staging directory, so no half bundle is left.
+    """
+
+    def __init__(self, out: str | os.PathLike[str], *, overwrite: bool = False):
+        self.out = Path(out)
+        self.overwrite = overwrite
+        if self.out.exists() and not overwrite:
+            raise OutputExistsError(f"{self.out} already exists; choose another --out or pass --overwrite")
+        self.staging: Path = Path()
+        self.committed = False
+
+    def __enter__(self) -> BundleWriter:
+        parent = self.out.absolute().parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
+        except OSError as exc:
+            raise OutputExistsError(f"cannot create the output directory next to {self.out}: {exc}") from exc
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.committed:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def commit(self, manifest: Manifest) -> Bundle:
+        """Write ``bundle.json`` and move the finished bundle to its final path.
+
+        Raises:
+            BundleError: The manifest is invalid or an artifact it names is not in staging.
+            OutputExistsError: The output appeared meanwhile and overwriting was not asked.
+        """
+        text = manifest.to_json()
+        staged = Bundle(self.staging, manifest)
+        for art in manifest.artifacts:
+            verify_artifact(staged, art)
+        _write_text_atomic(self.staging / MANIFEST_NAME, text)
+        final = self.out
+        if final.exists():
+            if not self.overwrite:
+                raise OutputExistsError(f"{final} appeared while converting; choose another --out or pass --overwrite")
+            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.absolute().parent))
+            os.replace(final, trash / final.name)
+            os.replace(self.staging, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.staging, final)
+        self.committed = True
+        return Bundle(final, manifest)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def iter_artifact_files(bundle: Bundle) -> Iterator[tuple[Artifact, Path]]:
+    """Each artifact of the bundle with its path on disk."""
+    for art in bundle.manifest.artifacts:
+        yield art, bundle.artifact_path(art)

@@ -1,0 +1,108 @@
+"""The one exception hierarchy of edgekit.
+
+Every error edgekit raises on purpose derives from :class:`EdgekitError`. Errors the user can fix
+derive from :class:`UserError`; the CLI maps those to exit code 2 and prints only the message.
+Anything else is a bug in edgekit and maps to exit code 1.
+
+::
+
+    EdgekitError
+    ├── UserError                      the user can fix it (exit code 2)
+    │   ├── InvalidModelError          missing, unreadable or malformed model file
+    │   ├── UnsupportedModelError      a model edgekit cannot take (kind, op, layout)
+    │   ├── MissingDependencyError     an optional extra is not installed (also ImportError)
+    │   ├── UnknownTargetError         a target id edgekit does not know
+    │   ├── NoRouteError               no chain of passes reaches the target
+    │   ├── CalibrationError           the calibration file does not fit the model
+    │   ├── ParityError                an artifact's outputs drift beyond the target's tolerance
+    │   ├── BundleError                a bundle is missing, malformed or not valid against the schema
+    │   │   └── IntegrityError         an artifact's size or sha256 does not match the manifest
+    │   ├── ConversionError            a converter library failed on this model (names pass and cause)
+    │   └── OutputExistsError          the output directory exists and overwriting was not asked
+    └── InternalError                  a bug in edgekit (exit code 1)
+"""
+
+from __future__ import annotations
+
+
+class EdgekitError(Exception):
+    """Root of every error edgekit raises on purpose."""
+
+    exit_code = 1
+
+
+class UserError(EdgekitError):
+    """A problem the user can fix: bad input, missing extra, bad flags."""
+
+    exit_code = 2
+
+
+class InvalidModelError(UserError):
+    """The model file is missing, unreadable or malformed."""
+
+
+class UnsupportedModelError(UserError):
+    """The model is valid but edgekit cannot take it (model kind, operator, layout)."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    def __init__(self, message: str, *, extra: str | None = None, package: str | None = None):
+        super().__init__(message)
+        self.extra = extra
+        self.package = package
+
+
+class UnknownTargetError(UserError):
+    """A target id that edgekit does not know."""
+
+
+class NoRouteError(UserError):
+    """No chain of passes reaches the requested target from the source model."""
+
+
+class CalibrationError(UserError):
+    """The calibration file does not fit the model (missing input, wrong shape or dtype)."""
+
+
+class ParityError(UserError):
+    """A converted artifact's outputs differ from the source model's beyond the tolerance."""
+
+
+class BundleError(UserError):
+    """A bundle directory or its ``bundle.json`` is missing, malformed or invalid."""
+
+
+class IntegrityError(BundleError):
+    """An artifact's size or sha256 differs from what the manifest records."""
+
+
+class OutputExistsError(UserError):
+    """The output path already exists and the caller did not ask to overwrite it."""
+
+
+class ConversionError(UserError):
+    """A converter library failed on this model; the message names the pass and the cause."""
+
+
+class InternalError(EdgekitError):
+    """A bug in edgekit: please report it with the message and the command that caused it."""
+
+
+__all__ = [
+    "BundleError",
+    "CalibrationError",
+    "ConversionError",
+    "EdgekitError",
+    "IntegrityError",
+    "InternalError",
+    "InvalidModelError",
+    "MissingDependencyError",
+    "NoRouteError",
+    "OutputExistsError",
+    "ParityError",
+    "UnknownTargetError",
+    "UnsupportedModelError",
+    "UserError",
+]
