@@ -15,7 +15,10 @@ $(VENV)/.demo-installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) -e '.[onnx]'
 	touch $@
 
-$(VENV)/.test-installed: pyproject.toml constraints.txt | $(BIN)/python
+# The strict editable install links each module into build/__editable__* (what mypy reads); the
+# package folders are prerequisites so that adding or removing a module re-links the tree.
+PKG_DIRS := edgekit edgekit/schemas converters converters/passes runtimes
+$(VENV)/.test-installed: pyproject.toml constraints.txt $(PKG_DIRS) | $(BIN)/python
 	$(PIP) -e '.[all,dev]' --config-settings editable_mode=strict
 	touch $@ $(VENV)/.demo-installed
 
@@ -28,7 +31,7 @@ demo: $(VENV)/.demo-installed
 
 test: $(VENV)/.test-installed
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m mypy
+	MYPYPATH=$$(ls -d build/__editable__*) $(BIN)/python -m mypy -p edgekit
 	$(BIN)/python -m pytest
 
 # Regenerate examples/digits (trains the CNN; needs the torch extra).

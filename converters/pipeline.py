@@ -47,7 +47,7 @@ def _open(fmt: str, path: Path) -> Any:
 
 
 def _load_seconds(fmt: str, path: Path) -> float:
-    return statistics.median(_open(fmt, path).load_seconds for _ in range(LOAD_TIMING_REPEATS))
+    return float(statistics.median(_open(fmt, path).load_seconds for _ in range(LOAD_TIMING_REPEATS)))
 
 
 def convert(
@@ -115,7 +115,7 @@ def convert(
                                                samples, reference, accept_parity_failure, say))
             except UserError as exc:
                 log.warning("target %s failed: %s", target.id, exc)
-                say(f"{target.id}: FAILED: {exc}")
+                say(f"{target.id}: failed ({type(exc).__name__})")
                 failures.append((Failure(target.id, str(exc), kind=type(exc).__name__), exc))
         if failures and (not keep_partial or not artifacts):
             if len(failures) == 1:

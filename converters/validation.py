@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def compare(
     ref_values = [np.asarray(reference[o.name]) for o in outputs]
     by_name = all(o.name in actual for o in outputs)
     act_values = [actual[o.name] for o in outputs] if by_name else list(actual.values())
-    per_output = []
+    per_output: list[dict[str, Any]] = []
     passed = True
     top1_all: list[float] = []
     accuracy = None
@@ -61,17 +62,24 @@ def compare(
             per_output.append({"name": spec.name, "error": f"shape {list(act.shape)} != source {list(ref.shape)}"})
             passed = False
             continue
-        diff = np.abs(act.astype(np.float64) - ref.astype(np.float64))
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = np.abs(act.astype(np.float64) - ref.astype(np.float64))
+        # inf or NaN where the source has a finite (or different) value: an overflow, never a match
+        bad = ~np.isfinite(diff) & ~(np.isnan(ref) & np.isnan(act)) & (act != ref)
+        diff[~np.isfinite(diff)] = 0.0
         max_abs = float(diff.max()) if diff.size else 0.0
-        scale = float(np.abs(ref).max()) if ref.size else 0.0
+        finite_ref = np.abs(ref[np.isfinite(ref)])
+        scale = float(finite_ref.max()) if finite_ref.size else 0.0
         rel = max_abs / scale if scale > 0 else max_abs
-        entry: dict[str, object] = {
+        entry: dict[str, Any] = {
             "name": spec.name,
             "max_abs_error": max_abs,
             "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
             "max_rel_error": rel,
         }
         ok = rel <= tolerance.max_rel_error
+        if bad.any():
+            entry["non_finite_values"] = int(bad.sum())
         if is_class_scores(ref):
             agreement = float(np.mean(ref.argmax(axis=1) == act.argmax(axis=1)))
             entry["top1_agreement"] = agreement
@@ -84,12 +92,12 @@ def compare(
                     source_top1=float(np.mean(ref.argmax(axis=1) == labels)),
                     n_samples=int(labels.shape[0]),
                 )
-        entry["passed"] = ok
-        passed = passed and ok
+        entry["passed"] = ok and not bad.any()
+        passed = passed and bool(entry["passed"])
         per_output.append(entry)
     errors = [e for e in per_output if "max_abs_error" in e]
     parity = Parity(
-        max_abs_error=max((float(e["max_abs_error"]) for e in errors), default=0.0),  # type: ignore[arg-type]
+        max_abs_error=max((float(e["max_abs_error"]) for e in errors), default=0.0),
         mean_abs_error=float(np.mean([e["mean_abs_error"] for e in errors])) if errors else 0.0,
         n_samples=n,
         passed=passed,
@@ -108,12 +116,14 @@ def describe_failure(target: str, parity: Parity) -> str:
             parts.append(f"{entry['name']}: {entry['error']}")
             continue
         text = f"{entry['name']}: max abs error {entry['max_abs_error']:.3g} (relative {entry['max_rel_error']:.3g})"
+        if "non_finite_values" in entry:
+            text += f", {entry['non_finite_values']} values overflow to inf/NaN"
         if "top1_agreement" in entry:
             text += f", top-1 agreement {entry['top1_agreement']:.4f}"
         parts.append(text + ("" if entry["passed"] else " FAILED"))
     tol = ", ".join(f"{k} {v}" for k, v in (parity.tolerance or {}).items())
     return (
         f"target {target} drifts from the source model beyond its tolerance ({tol}) on "
-        f"{parity.n_samples} samples: {'; '.join(parts)}. Pass real --calibration data, choose a "
-        f"higher precision target, or accept it with --accept-parity-failure"
+        f"{parity.n_samples} samples: {'; '.join(parts)}. Choose a higher-precision target, give "
+        f"representative --calibration data, or keep it anyway with --accept-parity-failure"
     )

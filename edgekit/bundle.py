@@ -58,7 +58,8 @@ class _Record:
         for name in names & data.keys():
             kwargs[name] = _load(cls._children.get(name), data[name])
         extra = {k: v for k, v in data.items() if k not in names}
-        return cls(**kwargs, extra=extra)
+        factory: Any = cls
+        return factory(**kwargs, extra=extra)
 
 
 def _dump(value: Any) -> Any:

@@ -29,7 +29,7 @@ class KerasToOnnx(Pass):
         ]
         out_names = [s.name for s in ctx.outputs]
 
-        @tf.function(input_signature=signature)  # type: ignore[misc]
+        @tf.function(input_signature=signature)  # type: ignore[untyped-decorator]
         def forward(*args: tf.Tensor) -> dict[str, tf.Tensor]:
             result = model(args[0] if len(args) == 1 else list(args), training=False)
             values = list(result.values()) if isinstance(result, dict) else (

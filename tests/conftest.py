@@ -1,0 +1,51 @@
+"""Shared fixtures: the bundled digits example, converted once per test session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgekit.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "examples" / "digits"
+WEB_TARGETS = ["onnx-web", "onnx-web-fp16", "onnx-web-int8"]
+
+
+def run_cli(*args: str):
+    """Run the edgekit CLI in-process; returns the click Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def digits_onnx() -> Path:
+    return DIGITS / "digits.onnx"
+
+
+@pytest.fixture(scope="session")
+def digits_npz() -> Path:
+    return DIGITS / "digits.npz"
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(tmp_path_factory: pytest.TempPathFactory, digits_onnx: Path, digits_npz: Path) -> Path:
+    """The quick start's conversion, run through the CLI once for every test that reads it."""
+    out = tmp_path_factory.mktemp("bundles") / "digits"
+    args = ["convert", digits_onnx, "--calibration", digits_npz, "--name", "digits", "--version", "1.0.0",
+            "--out", out]
+    for t in WEB_TARGETS:
+        args += ["--target", t]
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture
+def bundle_copy(tmp_path: Path, digits_bundle: Path) -> Path:
+    """A private copy of the digits bundle that a test may damage."""
+    dst = tmp_path / "copy"
+    shutil.copytree(digits_bundle, dst)
+    return dst

@@ -1,0 +1,143 @@
+"""The CLI contract: the quick start's bundle, inspect, targets, and exit code 2 for user errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import WEB_TARGETS, run_cli
+
+
+def test_quick_start_bundle_meets_the_size_and_agreement_bar(digits_bundle: Path) -> None:
+    result = run_cli("inspect", digits_bundle, "--json")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    arts = {(a["target"], a["format"]): a for a in manifest["artifacts"]}
+    fp32, int8 = arts[("onnx-web", "onnx")], arts[("onnx-web-int8", "onnx")]
+    assert int8["size_bytes"] <= 0.30 * fp32["size_bytes"]
+    assert int8["size_ratio"] == pytest.approx(int8["size_bytes"] / fp32["size_bytes"], abs=1e-3)
+    assert int8["parity"]["top1_agreement"] >= 0.99
+    assert int8["parity"]["n_samples"] == 360
+    assert int8["accuracy"]["source_top1"] > 0.95
+    assert "static QDQ" in int8["conversion"]["method"]
+    assert {t for t, _ in arts} == set(WEB_TARGETS)
+
+
+def test_web_artifacts_load_in_onnxruntime_web_ir_range(digits_bundle: Path) -> None:
+    import onnx
+
+    for path in digits_bundle.glob("*.onnx"):
+        model = onnx.load(str(path))
+        assert model.ir_version <= 13, path.name
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def test_inspect_prints_a_table(digits_bundle: Path) -> None:
+    result = run_cli("inspect", digits_bundle)
+    assert result.exit_code == 0
+    assert "all artifacts verified" in result.stdout and "onnx-web-int8" in result.stdout
+
+
+def test_targets_lists_ids_and_extras() -> None:
+    result = run_cli("targets")
+    assert result.exit_code == 0
+    for t in WEB_TARGETS:
+        assert t in result.stdout
+    assert "yes" in result.stdout
+
+
+def _convert(tmp_path: Path, model: Path, *extra: str):
+    out = tmp_path / "out"
+    result = run_cli("convert", model, "--target", "onnx-web-int8", "--out", out, *extra)
+    return result, out
+
+
+def _assert_user_error(result, out: Path, *words: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    result, out = _convert(tmp_path, tmp_path / "nope.onnx")
+    _assert_user_error(result, out, "does not exist")
+
+
+def test_truncated_onnx(tmp_path: Path, digits_onnx: Path) -> None:
+    bad = tmp_path / "truncated.onnx"
+    bad.write_bytes(digits_onnx.read_bytes()[:5000])
+    result, out = _convert(tmp_path, bad)
+    _assert_user_error(result, out, "not a valid ONNX model", "re-export")
+
+
+def test_text_file_named_onnx(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("this is not a model\n" * 20)
+    result, out = _convert(tmp_path, bad)
+    _assert_user_error(result, out, "not a valid ONNX model")
+
+
+def test_unsupported_file_kind(tmp_path: Path) -> None:
+    bad = tmp_path / "model.bin"
+    bad.write_bytes(b"\0" * 10)
+    result, out = _convert(tmp_path, bad)
+    _assert_user_error(result, out, "cannot read", ".onnx")
+
+
+def test_calibration_missing_an_input(tmp_path: Path, digits_onnx: Path) -> None:
+    npz = tmp_path / "cal.npz"
+    np.savez(npz, images=np.zeros((4, 1, 8, 8), np.float32))
+    result, out = _convert(tmp_path, digits_onnx, "--calibration", npz)
+    _assert_user_error(result, out, "no array for the model input 'x'", "images")
+
+
+def test_calibration_with_a_wrong_shape(tmp_path: Path, digits_onnx: Path) -> None:
+    npz = tmp_path / "cal.npz"
+    np.savez(npz, x=np.zeros((4, 1, 9, 9), np.float32))
+    result, out = _convert(tmp_path, digits_onnx, "--calibration", npz)
+    _assert_user_error(result, out, "size 8 on axis 2")
+
+
+def test_unknown_target(tmp_path: Path, digits_onnx: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("convert", digits_onnx, "--target", "tflite-int3", "--out", out)
+    _assert_user_error(result, out, "unknown target 'tflite-int3'", "onnx-web-int8")
+
+
+def test_tampered_bundle_is_refused(bundle_copy: Path) -> None:
+    path = bundle_copy / "onnx-web-fp16.onnx"
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    result = run_cli("inspect", bundle_copy, "--json")
+    assert result.exit_code == 2
+    assert "sha256" in result.stderr and "convert the bundle again" in result.stderr
+    assert result.stdout == ""
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path, digits_onnx: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run_cli("convert", digits_onnx, "--target", "onnx-web", "--out", out)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_no_calibration_uses_dynamic_int8_and_generated_inputs(tmp_path: Path, digits_onnx: Path) -> None:
+    result, out = _convert(tmp_path, digits_onnx)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "bundle.json").read_text())
+    art = manifest["artifacts"][0]
+    assert "dynamic" in art["conversion"]["method"]
+    assert art["parity"]["n_samples"] == 8 and "accuracy" not in art
+    assert "calibration" not in manifest
+
+
+def test_bad_flag_is_exit_code_2(tmp_path: Path, digits_onnx: Path) -> None:
+    result = run_cli("convert", digits_onnx, "--frobnicate")
+    assert result.exit_code == 2

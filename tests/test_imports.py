@@ -1,0 +1,41 @@
+"""The thin device side must not load a training framework or converter (architecture rule)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("tensorflow", "torch", "coremltools", "onnx", "keras", "tf2onnx", "onnxslim", "onnxconverter_common")
+
+
+def _loaded_after(statement: str) -> list[str]:
+    code = (
+        f"import sys, json\n{statement}\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_edgekit_and_runtimes_loads_no_heavy_module() -> None:
+    assert _loaded_after("import edgekit, edgekit.runtimes") == []
+
+
+def test_import_converters_and_cli_loads_no_heavy_module() -> None:
+    # The CLI lists targets and checks flags without a framework; passes import theirs when run.
+    assert _loaded_after("import edgekit.converters, edgekit.cli") == []
+
+
+def test_opening_a_session_loads_no_heavy_module(tmp_path) -> None:
+    from tests.conftest import DIGITS
+
+    stmt = f"import edgekit.runtimes as r; s = r.open({str(DIGITS / 'digits.onnx')!r}); assert s.provider"
+    assert _loaded_after(stmt) == []
+
+
+def test_lazy_public_names_resolve() -> None:
+    import edgekit
+
+    assert callable(edgekit.convert)
+    assert edgekit.read_bundle is not None
