@@ -41,15 +41,15 @@ def test_overflow_never_passes() -> None:
 
 @pytest.fixture(scope="module")
 def overflowing_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real ONNX model whose outputs exceed float16's range (max 65504) on ordinary inputs."""
+    """A real ONNX regression model whose outputs exceed float16's range (max 65504)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = numpy_helper.from_array(np.full((4, 3), 3e4, np.float32), "w")
+    weight = numpy_helper.from_array(np.full((4, 1), 3e4, np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"])], "overflow",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [weight],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])], [weight],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

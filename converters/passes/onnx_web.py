@@ -20,11 +20,46 @@ MAX_WEB_IR_VERSION = 13  # onnxruntime-web 1.30 rejects IR 14, which onnx 1.23 w
 CALIBRATION_CHUNK = 32
 
 
+def compact(model: Any) -> None:
+    """Shorten internal tensor and node names and drop shape hints and doc strings, in place.
+
+    Exporters and optimizers write long scoped names (``StatefulPartitionedCall/model/...``) that
+    every download carries; graph inputs and outputs keep their names. Models with subgraphs
+    (If, Loop, Scan) reference outer names from inside and are left as they are.
+    """
+    from onnx import AttributeProto
+
+    graph = model.graph
+    if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
+    mapping: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if name in keep:
+            return name
+        return mapping.setdefault(name, f"t{len(mapping):x}")
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for sparse in graph.sparse_initializer:
+        sparse.values.name = short(sparse.values.name)
+    for i, node in enumerate(graph.node):
+        node.input[:] = [short(x) for x in node.input]
+        node.output[:] = [short(x) for x in node.output]
+        node.name = f"n{i:x}"
+        node.doc_string = ""
+    del graph.value_info[:]
+    graph.doc_string = ""
+    model.doc_string = ""
+
+
 def save_for_web(model: Any, path: Path) -> None:
-    """Save ``model`` as one file with an IR version onnxruntime-web accepts."""
+    """Save ``model`` as one compact file with an IR version onnxruntime-web accepts."""
     import onnx
     from onnx import helper
 
+    compact(model)
     needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     if model.ir_version > MAX_WEB_IR_VERSION:
         model.ir_version = max(MAX_WEB_IR_VERSION, needed)

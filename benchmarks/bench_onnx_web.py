@@ -1,0 +1,179 @@
+"""Benchmark: edgekit's ONNX-web family against calling tf2onnx and onnxruntime's tools directly.
+
+Model: Keras MobileNetV2 (96x96 RGB, 10 classes, weights=None), trained for 3 epochs on
+scikit-learn's digits scaled to 96x96 RGB, so that its outputs depend on the input (a random
+MobileNetV2 outputs a constant 0.1 and makes any parity claim empty).
+
+Both sides, each in a fresh Python process, start from the saved .keras file and the held-out
+calibration split and end with validated fp32, fp16 and int8 ONNX files:
+  direct   tf2onnx (from_function) -> onnxconverter-common float16 -> onnxruntime quant_pre_process +
+           quantize_static (QDQ, per-channel) -> run each file on onnxruntime and compare with Keras
+  edgekit  edgekit.converters.convert(..., targets=onnx-web, onnx-web-fp16, onnx-web-int8)
+The wall time of each process is measured (imports included) and the runs alternate, ROUNDS each.
+
+Run: .venv/bin/python benchmarks/bench_onnx_web.py   (about 5 minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROUNDS = 2
+SIZE = 96
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def prepare(work: Path) -> None:
+    """Train the MobileNetV2 and write model.keras and calibration.npz (x, y) into ``work``."""
+    import keras
+    import tensorflow as tf
+
+    sys.path.insert(0, str(ROOT))
+    from examples.digits.make_digits import load_split
+
+    x_train, x_test, y_train, y_test = load_split()
+
+    def to_rgb96(x: np.ndarray) -> np.ndarray:
+        images = tf.image.resize(x.transpose(0, 2, 3, 1), (SIZE, SIZE)).numpy()
+        return np.repeat(images, 3, axis=3).astype(np.float32)
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), weights=None, classes=10)
+    for layer in model.layers:  # 3 short epochs: let batch-norm statistics catch up (default 0.999)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(to_rgb96(x_train), y_train, epochs=3, batch_size=32, verbose=0)
+    x_cal = to_rgb96(x_test)
+    accuracy = float((model.predict(x_cal, verbose=0).argmax(1) == y_test).mean())
+    model.save(work / "model.keras")
+    np.savez(work / "calibration.npz", x=x_cal, y=y_test.astype(np.int64))
+    print(json.dumps({"held_out_accuracy": accuracy}))
+
+
+def run_direct(work: Path) -> None:
+    """The hand-stitched pipeline a user would write without edgekit."""
+    start = time.perf_counter()
+    import keras
+    import onnx
+    import onnxruntime as ort
+    import tensorflow as tf
+    import tf2onnx
+    from onnxconverter_common import float16
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = keras.saving.load_model(str(work / "model.keras"), compile=False)
+    data = np.load(work / "calibration.npz")
+    x, y = data["x"], data["y"]
+    reference = np.concatenate([model(x[i:i + 64], training=False).numpy() for i in range(0, len(x), 64)])
+    spec = [tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="x")]
+
+    @tf.function(input_signature=spec)
+    def forward(t):
+        return {"output": model(t, training=False)}
+
+    out = work / "direct"
+    out.mkdir(exist_ok=True)
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=17)
+    onnx.save(proto, str(out / "fp32.onnx"))
+    onnx.save(float16.convert_float_to_float16(proto, keep_io_types=True), str(out / "fp16.onnx"))
+    quant_pre_process(str(out / "fp32.onnx"), str(out / "pre.onnx"))
+
+    class Reader:
+        def __init__(self) -> None:
+            self.chunks = iter([{"x": x[i:i + 32]} for i in range(0, len(x), 32)])
+
+        def get_next(self):
+            return next(self.chunks, None)
+
+    quantize_static(str(out / "pre.onnx"), str(out / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    result = {}
+    for name in ("fp32", "fp16", "int8"):
+        session = ort.InferenceSession(str(out / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        got = np.concatenate([session.run(None, {"x": x[i:i + 64]})[0] for i in range(0, len(x), 64)])
+        result[name] = {
+            "size_bytes": (out / f"{name}.onnx").stat().st_size,
+            "max_abs_error": float(np.abs(got - reference).max()),
+            "top1_agreement": float((got.argmax(1) == reference.argmax(1)).mean()),
+            "top1": float((got.argmax(1) == y).mean()),
+        }
+    result["seconds_in_process"] = time.perf_counter() - start
+    print(json.dumps(result))
+
+
+def run_edgekit(work: Path) -> None:
+    """The same job through edgekit's Python API (validation and ORT variants included)."""
+    start = time.perf_counter()
+    from edgekit.converters import convert
+
+    result = convert(work / "model.keras", ["onnx-web", "onnx-web-fp16", "onnx-web-int8"], out=work / "bundle",
+                     calibration=work / "calibration.npz", overwrite=True)
+    names = {"onnx-web": "fp32", "onnx-web-fp16": "fp16", "onnx-web-int8": "int8"}
+    out: dict[str, object] = {}
+    for art in result.bundle.manifest.artifacts:
+        if art.format != "onnx":
+            out[f"{names[art.target]}-ort"] = {"size_bytes": art.size_bytes}
+            continue
+        assert art.parity is not None and art.accuracy is not None
+        out[names[art.target]] = {
+            "size_bytes": art.size_bytes,
+            "max_abs_error": art.parity.max_abs_error,
+            "top1_agreement": art.parity.top1_agreement,
+            "top1": art.accuracy.top1,
+            "source_top1": art.accuracy.source_top1,
+        }
+    out["seconds_in_process"] = time.perf_counter() - start
+    print(json.dumps(out))
+
+
+def _timed(mode: str, work: Path) -> tuple[float, dict]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, mode, str(work)], capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+    return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
+        work = Path(tmp)
+        prep_seconds, prep = _timed("prepare", work)
+        print(f"trained MobileNetV2 96x96 in {prep_seconds:.0f}s, held-out accuracy {prep['held_out_accuracy']:.3f}")
+        times: dict[str, list[float]] = {"direct": [], "edgekit": []}
+        results: dict[str, dict] = {}
+        for _ in range(ROUNDS):
+            for mode in ("direct", "edgekit"):
+                seconds, results[mode] = _timed(mode, work)
+                times[mode].append(seconds)
+        direct, edge = statistics.median(times["direct"]), statistics.median(times["edgekit"])
+        print(f"\nwall time (median of {ROUNDS}, fresh process each, imports included): direct {direct:.1f}s, "
+              f"edgekit {edge:.1f}s, ratio {edge / direct:.2f}x  (runs: {times})")
+        print("\n| precision | direct size | edgekit size | size ratio | direct top1 agr. | edgekit top1 agr. "
+              "| edgekit max abs err | accuracy src -> edgekit |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name in ("fp32", "fp16", "int8"):
+            d, e = results["direct"][name], results["edgekit"][name]
+            print(f"| {name} | {d['size_bytes']:,} | {e['size_bytes']:,} | {e['size_bytes'] / d['size_bytes']:.3f} "
+                  f"| {d['top1_agreement']:.4f} | {e['top1_agreement']:.4f} | {e['max_abs_error']:.3g} "
+                  f"| {e['source_top1']:.3f} -> {e['top1']:.3f} |")
+        ort_sizes = {k: v["size_bytes"] for k, v in results["edgekit"].items() if k.endswith("-ort")}
+        print(f"\nedgekit ORT-format variants kept: {ort_sizes or 'none'}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3:
+        {"prepare": prepare, "direct": run_direct, "edgekit": run_edgekit}[sys.argv[1]](Path(sys.argv[2]))
+    else:
+        main()
