@@ -111,15 +111,6 @@ RUNTIME_OF_FORMAT: dict[str, str] = {
     "ort": "edgekit.runtimes.onnxruntime:OrtRuntime",
 }
 
-# The extra that brings each optional module, for `edgekit targets` and error messages.
-EXTRA_OF_MODULE = {
-    "torch": "torch", "onnxscript": "torch",
-    "tensorflow": "tensorflow", "tf2onnx": "tensorflow", "keras": "tensorflow",
-    "onnx": "onnx", "onnxslim": "onnx", "onnxconverter_common": "onnx",
-    "onnxruntime": "(base)",
-}
-
-
 def target_modules(target: TargetInfo) -> tuple[str, ...]:
     """Modules every route to ``target`` needs from the ONNX hub on (source passes excluded)."""
     needed: list[str] = []

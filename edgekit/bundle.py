@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -425,8 +425,3 @@ def _write_text_atomic(path: Path, text: str) -> None:
             os.unlink(tmp)
         raise
 
-
-def iter_artifact_files(bundle: Bundle) -> Iterator[tuple[Artifact, Path]]:
-    """Each artifact of the bundle with its path on disk."""
-    for art in bundle.manifest.artifacts:
-        yield art, bundle.artifact_path(art)

@@ -157,13 +157,13 @@ def inspect(
 def targets() -> None:
     """List target ids, the extra each needs and whether it is installed here."""
     with _handled():
-        from edgekit._deps import is_available
-        from edgekit.converters.registry import EXTRA_OF_MODULE, TARGETS, target_modules
+        from edgekit._deps import OPTIONAL_MODULES, is_available
+        from edgekit.converters.registry import TARGETS, target_modules
 
         rows = [("target", "precision", "extra", "installed", "description")]
         for t in TARGETS.values():
             modules = target_modules(t)
-            extras = sorted({EXTRA_OF_MODULE.get(m, m) for m in modules} - {"(base)"})
+            extras = sorted({OPTIONAL_MODULES.get(m, (m, m))[1] for m in modules} - {"(base install)"})
             ok = all(is_available(m) for m in modules)
             rows.append((t.id, t.precision, ",".join(extras) or "-", "yes" if ok else "no", t.description))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]

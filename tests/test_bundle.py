@@ -52,8 +52,10 @@ def test_manifest_records_what_the_contract_requires(digits_bundle: Path) -> Non
     assert m.source.format == "onnx" and len(m.source.sha256) == 64 and m.source.size_bytes > 0
     assert m.inputs[0].shape == ("batch", 1, 8, 8) and m.inputs[0].dtype == "float32"
     for art in m.artifacts:
-        assert art.parity is not None and art.parity.n_samples == 360 and art.parity.passed
-        assert art.accuracy is not None and art.accuracy.n_samples == 360
+        # ORT-format variants hold the same graph and are checked on the first 64 samples
+        n = 360 if art.format == "onnx" else 64
+        assert art.parity is not None and art.parity.n_samples == n and art.parity.passed
+        assert art.accuracy is not None and art.accuracy.n_samples == n
         assert art.size_ratio is not None and art.route
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,7 +49,6 @@ class PassContext:
     samples: dict[str, np.ndarray]  # the validation/calibration inputs, one batch
     has_calibration: bool
     example_inputs: tuple[Any, ...] | None = None
-    progress: Callable[[str], None] = lambda _msg: None
 
     def scratch(self, name: str) -> Path:
         """A fresh path in the work directory (the file does not exist yet)."""
