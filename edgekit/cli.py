@@ -67,13 +67,15 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _parity_text(art: Any) -> str:
+def _parity_text(art: Any, n_total: int) -> str:
     p = art.parity
     if p is None:
         return "-"
     text = f"max {p.max_abs_error:.2g}"
     if p.top1_agreement is not None:
         text += f", top1 {p.top1_agreement:.3f}"
+    if p.n_samples < n_total:
+        text += f" (first {p.n_samples})"
     if not p.passed:
         text += " (ACCEPTED)" if p.accepted else " (FAILED)"
     return text
@@ -82,10 +84,11 @@ def _parity_text(art: Any) -> str:
 def artifact_table(manifest: Any) -> str:
     """A plain-text table of the bundle's artifacts (what `convert` and `inspect` print)."""
     rows = [("target", "format", "size", "ratio", "parity", "accuracy", "time")]
+    n_total = max((a.parity.n_samples for a in manifest.artifacts if a.parity), default=0)
     for a in manifest.artifacts:
         acc = f"{a.accuracy.top1:.3f} (src {a.accuracy.source_top1:.3f})" if a.accuracy else "-"
         rows.append((a.target, a.format, _size(a.size_bytes), f"{a.size_ratio:.2f}x" if a.size_ratio else "-",
-                     _parity_text(a), acc, f"{a.convert_seconds:.1f}s" if a.convert_seconds is not None else "-"))
+                     _parity_text(a, n_total), acc, f"{a.convert_seconds:.1f}s" if a.convert_seconds is not None else "-"))
     for f in manifest.failures or ():
         rows.append((f.target, "-", "-", "-", f"FAILED: {f.kind or 'error'}", "-", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
