@@ -55,7 +55,7 @@ def _handled() -> Iterator[None]:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    for noisy in ("tensorflow", "absl", "onnx2tf", "tf2onnx", "onnxruntime", "root"):
+    for noisy in ("tensorflow", "absl", "tf2onnx", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
 
 
