@@ -250,7 +250,7 @@ def _with_size_ratios(artifacts: list[Artifact],
         info = TARGETS[art.target]
         base = fp32.get((art.format, info.family))
         if base is None and art.format == info.format and info.reference_kind in cache:
-            base = hash_path(cache[info.reference_kind][0].file)[1]
+            base = cache[info.reference_kind][0].file.stat().st_size
         out.append(replace(art, size_ratio=round(art.size_bytes / base, 4) if base else None))
     return out
 

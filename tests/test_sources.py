@@ -23,13 +23,16 @@ def _check(bundle_path: Path, source_format: str, min_agreement: float = 0.99) -
     return json.loads((bundle_path / "bundle.json").read_text())
 
 
+def _convert_fp32_and_int8(model: Path, calibration: Path, out: Path, source_format: str) -> dict:
+    result = run_cli("convert", model, "--target", "onnx-web", "--target", "onnx-web-int8",
+                     "--calibration", calibration, "--out", out)
+    assert result.exit_code == 0, result.output
+    return _check(out, source_format)
+
+
 @pytest.mark.torch
 def test_torch_export_program_via_cli(tmp_path: Path) -> None:
-    out = tmp_path / "pt2"
-    result = run_cli("convert", DIGITS / "digits.pt2", "--target", "onnx-web", "--target", "onnx-web-int8",
-                     "--calibration", DIGITS / "digits.npz", "--out", out)
-    assert result.exit_code == 0, result.output
-    doc = _check(out, "torch.export")
+    doc = _convert_fp32_and_int8(DIGITS / "digits.pt2", DIGITS / "digits.npz", tmp_path / "pt2", "torch.export")
     assert doc["artifacts"][0]["route"][0] == "torch-program-onnx"
     assert doc["inputs"][0]["name"] == "x" and doc["inputs"][0]["shape"][1:] == [1, 8, 8]
     assert doc["artifacts"][-1]["accuracy"]["top1"] > 0.95
@@ -80,11 +83,7 @@ def test_keras_file_via_cli(tmp_path: Path, keras_digits) -> None:
     model, x_test, y_test = keras_digits
     model.save(tmp_path / "digits.keras")
     np.savez(tmp_path / "cal.npz", x=x_test, y=y_test)
-    out = tmp_path / "keras"
-    result = run_cli("convert", tmp_path / "digits.keras", "--target", "onnx-web", "--target", "onnx-web-int8",
-                     "--calibration", tmp_path / "cal.npz", "--out", out)
-    assert result.exit_code == 0, result.output
-    doc = _check(out, "keras")
+    doc = _convert_fp32_and_int8(tmp_path / "digits.keras", tmp_path / "cal.npz", tmp_path / "keras", "keras")
     assert doc["artifacts"][0]["route"][0] == "tf2onnx"
     assert doc["inputs"][0]["shape"] == ["batch", 8, 8, 1]
     assert doc["artifacts"][-1]["accuracy"]["top1"] > 0.9
