@@ -20,12 +20,13 @@ from edgekit import __version__
 from edgekit._deps import require
 from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, hash_path
 from edgekit.converters.calibration import Samples, generate_samples, load_calibration
-from edgekit.converters.passes import PassContext, Value, load_pass
-from edgekit.converters.planner import plan, resolve_targets
+from edgekit.converters.passes import Options, PassContext, Value, load_pass
+from edgekit.converters.planner import plan, resolve_targets, usable_passes
 from edgekit.converters.registry import RUNTIME_OF_FORMAT, TARGETS, VARIANTS, TargetInfo
 from edgekit.converters.sources import Source, load_source
 from edgekit.converters.validation import compare, describe_failure, run_batched
-from edgekit.errors import ParityError, UserError
+from edgekit.errors import ParityError, PartialConversionError, UserError
+from edgekit.runtimes.adapt import adapt, describe_io
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -67,6 +68,9 @@ def convert(
     overwrite: bool = False,
     accept_parity_failure: bool = False,
     keep_partial: bool = False,
+    int8_io: bool = False,
+    allow_flex: bool = False,
+    via: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> ConversionResult:
     """Convert ``model`` to each target, validate every artifact and write one bundle to ``out``.
@@ -82,12 +86,17 @@ def convert(
         labels_key: The array of ``calibration`` holding labels (unless an input has that name).
         overwrite: Replace ``out`` if it exists.
         accept_parity_failure: Keep artifacts that drift beyond tolerance (recorded as accepted).
-        keep_partial: Write the targets that succeeded when others fail, recording the failures.
+        keep_partial: When some targets fail, return normally: the bundle holds the others either way.
+        int8_io: Give ``tflite-int8`` int8 inputs and outputs (scale and zero point go in the manifest).
+        allow_flex: Accept TFLite models that need TensorFlow Select (Flex) ops (listed in the manifest).
+        via: Alternative routes to prefer where they reach a target, for example ``["litert-torch"]``.
         progress: Called with a short message at each step.
 
     Raises:
-        UserError: Any problem the user can fix (bad model or calibration, unknown target, no route,
-            missing extra, parity failure); nothing is written then.
+        PartialConversionError: Some targets failed and ``keep_partial`` is false; the bundle was
+            written with the targets that succeeded and records the failures (``.result``).
+        UserError: Any other problem the user can fix (bad model or calibration, unknown target, no
+            route, missing extra, every target failing); nothing is written then.
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -96,7 +105,8 @@ def convert(
         BundleWriter(out)  # raises OutputExistsError before any work
     say("loading the source model")
     source = load_source(model, example_inputs)
-    routes = {t.id: plan(source.kind, t) for t in infos}
+    passes = usable_passes(tuple(via))
+    routes = {t.id: plan(source.kind, t, passes) for t in infos}
     for route in routes.values():  # every dependency is checked before the first pass runs
         for step in route:
             for module in step.modules:
@@ -108,7 +118,8 @@ def convert(
 
     with tempfile.TemporaryDirectory(prefix="edgekit-") as tmp, BundleWriter(out, overwrite=overwrite) as writer:
         ctx = PassContext(Path(tmp), source.inputs, source.outputs, samples.inputs,
-                          has_calibration=samples.info is not None, example_inputs=source.example_inputs)
+                          has_calibration=samples.info is not None, example_inputs=source.example_inputs,
+                          options=Options(int8_io=int8_io, allow_flex=allow_flex))
         cache: dict[str, tuple[Value, tuple[str, ...], float]] = {source.kind: (source.value, (), 0.0)}
         artifacts: list[Artifact] = []
         failures: list[tuple[Failure, UserError]] = []
@@ -119,8 +130,9 @@ def convert(
             except UserError as exc:
                 log.warning("target %s failed: %s", target.id, exc)
                 say(f"{target.id}: failed ({type(exc).__name__})")
-                failures.append((Failure(target.id, str(exc), kind=type(exc).__name__), exc))
-        if failures and (not keep_partial or not artifacts):
+                tried = tuple(step.name for step in routes[target.id])
+                failures.append((Failure(target.id, str(exc), kind=type(exc).__name__, route=tried), exc))
+        if failures and not artifacts:
             if len(failures) == 1:
                 raise failures[0][1]
             first = failures[0][1]
@@ -140,7 +152,15 @@ def convert(
         )
         say("writing the bundle")
         bundle = writer.commit(manifest)
-    return ConversionResult(bundle, tuple(f for f, _ in failures), time.perf_counter() - started)
+    result = ConversionResult(bundle, tuple(f for f, _ in failures), time.perf_counter() - started)
+    if failures and not keep_partial:
+        done = ", ".join(a.target for a in artifacts)
+        raise PartialConversionError(
+            f"{len(failures)} of {len(infos)} targets failed ("
+            + "; ".join(f"{f.target}: {f.error}" for f, _ in failures)
+            + f"). The bundle at {bundle.path} holds the targets that succeeded ({done}) and records the "
+            "failures; pass --keep-partial to accept partial results with exit code 0", result)
+    return result
 
 
 def _default_name(model: Any, source: Source) -> str:
@@ -168,7 +188,7 @@ def _build_target(
         cache[step.produces] = (value, steps, seconds)
 
     made = [_finish(target, target.format, value.file, staging / f"{target.id}{target.suffix}", steps, seconds,
-                    value.notes, source, samples, reference, accept_parity_failure, say)]
+                    value, source, samples, reference, accept_parity_failure, say)]
     subset, subset_reference = _leading_samples(samples, reference, source, VARIANT_SAMPLES)
     for fmt in target.variants:
         impl, suffix = VARIANTS[fmt]
@@ -178,7 +198,7 @@ def _build_target(
         try:
             getattr(importlib.import_module(module), func)(value.file, dst)
             variant = _finish(target, fmt, dst, dst, (*steps, f"to-{fmt}"),
-                              seconds + time.perf_counter() - start, value.notes, source, subset, subset_reference,
+                              seconds + time.perf_counter() - start, value, source, subset, subset_reference,
                               accept_parity_failure, say)
         except Exception as exc:  # a variant is optional: record why it was not kept
             log.info("%s: no %s variant: %s", target.id, fmt, exc)
@@ -219,24 +239,42 @@ def _variant_pays_off(base: Artifact, variant: Artifact, staging: Path) -> str:
 
 def _finish(
     target: TargetInfo, fmt: str, produced: Path, dst: Path, steps: tuple[str, ...], seconds: float,
-    notes: dict[str, Any], source: Source, samples: Samples, reference: dict[str, np.ndarray],
+    value: Value, source: Source, samples: Samples, reference: dict[str, np.ndarray],
     accept_parity_failure: bool, say: Progress,
 ) -> Artifact:
-    """Place one artifact in the bundle, run it on the samples and measure parity."""
+    """Place one artifact in the bundle, run it on the samples in the source's terms and measure parity.
+
+    The artifact's I/O as the runtime reads it, plus what the pass says of each tensor (source name,
+    layout transpose), goes into the manifest; the session that validates it applies exactly that
+    record, as an app's session will.
+    """
     if produced != dst:
         shutil.copyfile(produced, dst)
-    say(f"{target.id}: validating the {fmt} artifact on {samples.count} samples")
-    session = _open(fmt, dst)
-    actual = run_batched(session.run, samples.inputs, source.inputs)
-    parity, accuracy = compare(reference, actual, source.outputs, target.tolerance, samples.labels)
-    if not parity.passed:
-        if not accept_parity_failure:
-            raise ParityError(describe_failure(f"{target.id} ({fmt})", parity))
-        parity = replace(parity, accepted=True)
+    notes = value.notes
+    parity = accuracy = None
+    unverified = None
+    flex: list[str] = notes.get("flex_ops") or []
+    raw = None if flex else _open(fmt, dst)
+    inputs = describe_io(raw.inputs, {s.name: s for s in value.inputs or ()}) if raw else value.inputs
+    outputs = describe_io(raw.outputs, {s.name: s for s in value.outputs or ()}) if raw else value.outputs
+    if raw is None:
+        unverified = (f"uses TensorFlow Select ops ({', '.join(flex)}), which ai-edge-litert cannot run without the "
+                      "Flex delegate; parity was not measured")
+        say(f"{target.id}: not validated: {unverified}")
+    else:
+        say(f"{target.id}: validating the {fmt} artifact on {samples.count} samples")
+        session = adapt(raw, inputs, outputs)
+        actual = run_batched(session.run, samples.inputs, session.inputs)
+        parity, accuracy = compare(reference, actual, source.outputs, target.tolerance, samples.labels)
+        if not parity.passed:
+            if not accept_parity_failure:
+                raise ParityError(describe_failure(f"{target.id} ({fmt})", parity))
+            parity = replace(parity, accepted=True)
     digest, size = hash_path(dst)
     return Artifact(
         target=target.id, format=fmt, precision=target.precision, file=dst.name, size_bytes=size, sha256=digest,
-        route=steps, parity=parity, accuracy=accuracy, convert_seconds=round(seconds, 3),
+        inputs=inputs, outputs=outputs, route=steps, parity=parity, accuracy=accuracy,
+        convert_seconds=round(seconds, 3), unverified=unverified,
         extra={"conversion": dict(notes)} if notes else {},
     )
 

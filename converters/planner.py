@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from edgekit.converters.registry import PASSES, TARGETS, PassInfo, TargetInfo
+from edgekit.converters.registry import ALTERNATIVES, PASSES, TARGETS, PassInfo, TargetInfo
 from edgekit.errors import NoRouteError, UnknownTargetError
 
 
@@ -27,8 +27,22 @@ def resolve_targets(ids: list[str] | tuple[str, ...]) -> list[TargetInfo]:
     return out
 
 
-def reachable_kinds(source: str, passes: tuple[PassInfo, ...] = PASSES) -> dict[str, list[PassInfo]]:
-    """Every kind reachable from ``source``, each with the shortest route to it."""
+def usable_passes(via: tuple[str, ...] = (), passes: tuple[PassInfo, ...] = PASSES) -> tuple[PassInfo, ...]:
+    """The passes a plan may use: the default ones, plus the alternative routes named in ``via``.
+
+    Raises:
+        NoRouteError: ``via`` names a route edgekit does not have; the message lists them.
+    """
+    for name in via:
+        if name not in ALTERNATIVES:
+            known = "; ".join(f"{k}: {v}" for k, v in ALTERNATIVES.items())
+            raise NoRouteError(f"unknown route {name!r} for --via; edgekit has: {known}")
+    return tuple(p for p in passes if p.alternative is None or p.alternative in via)
+
+
+def reachable_kinds(source: str, passes: tuple[PassInfo, ...] | None = None) -> dict[str, list[PassInfo]]:
+    """Every kind reachable from ``source`` (default passes only, unless given), each with its shortest route."""
+    passes = usable_passes() if passes is None else passes
     routes: dict[str, list[PassInfo]] = {source: []}
     queue = deque([source])
     while queue:
@@ -40,8 +54,11 @@ def reachable_kinds(source: str, passes: tuple[PassInfo, ...] = PASSES) -> dict[
     return routes
 
 
-def plan(source: str, target: TargetInfo, passes: tuple[PassInfo, ...] = PASSES) -> list[PassInfo]:
+def plan(source: str, target: TargetInfo, passes: tuple[PassInfo, ...] | None = None) -> list[PassInfo]:
     """The shortest list of passes that turns a ``source`` kind into ``target``'s kind.
+
+    An alternative route is shorter than the default it replaces, so passing it in ``passes`` (see
+    :func:`usable_passes`) makes the plan take it where it reaches the target.
 
     Raises:
         NoRouteError: No route exists; the message names the kinds and targets that are reachable.

@@ -21,6 +21,12 @@ class Kind:
     ONNX_WEB = "onnx.web"  # simplified + offline-optimized fp32 ONNX, IR <= 13
     ONNX_WEB_FP16 = "onnx.web.fp16"
     ONNX_WEB_INT8 = "onnx.web.int8"
+    TF = "tf.function"  # a TensorFlow graph in memory (from Keras, or from ONNX by onnx2tf), NHWC where onnx2tf said
+    TFLITE = "tflite"
+    TFLITE_FP16 = "tflite.fp16"
+    TFLITE_DYNAMIC_INT8 = "tflite.dynamic-int8"
+    TFLITE_INT8 = "tflite.int8"
+    TFLITE_INT16X8 = "tflite.int16x8"
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class PassInfo:
     consumes: str
     produces: str
     modules: tuple[str, ...]  # Python modules the pass imports; checked before any work starts
+    alternative: str | None = None  # an alternative route's name: used only when asked for (``--via``)
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,31 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.ONNX_WEB, Kind.ONNX_WEB_FP16, ("onnx", "onnxconverter_common")),
     PassInfo("onnx-int8", "edgekit.converters.passes.onnx_web:Int8",
              Kind.ONNX_WEB, Kind.ONNX_WEB_INT8, ("onnx", "onnxruntime")),
+    PassInfo("keras-tf", "edgekit.converters.passes.tflite:KerasToTf",
+             Kind.KERAS, Kind.TF, ("tensorflow",)),
+    PassInfo("onnx2tf", "edgekit.converters.passes.tflite:OnnxToTf",
+             Kind.ONNX, Kind.TF, ("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnx_graphsurgeon")),
+    PassInfo("tflite-fp32", "edgekit.converters.passes.tflite:TfliteFp32",
+             Kind.TF, Kind.TFLITE, ("tensorflow", "ai_edge_litert")),
+    PassInfo("tflite-fp16", "edgekit.converters.passes.tflite:TfliteFp16",
+             Kind.TF, Kind.TFLITE_FP16, ("tensorflow", "ai_edge_litert")),
+    PassInfo("tflite-dynamic-int8", "edgekit.converters.passes.tflite:TfliteDynamicInt8",
+             Kind.TF, Kind.TFLITE_DYNAMIC_INT8, ("tensorflow", "ai_edge_litert")),
+    PassInfo("tflite-int8", "edgekit.converters.passes.tflite:TfliteInt8",
+             Kind.TF, Kind.TFLITE_INT8, ("tensorflow", "ai_edge_litert")),
+    PassInfo("tflite-int16x8", "edgekit.converters.passes.tflite:TfliteInt16x8",
+             Kind.TF, Kind.TFLITE_INT16X8, ("tensorflow", "ai_edge_litert")),
+    # PyTorch's direct route to LiteRT (fp32 only); the default torch route goes through ONNX and onnx2tf
+    PassInfo("litert-torch", "edgekit.converters.passes.litert_torch:TorchModuleToTflite",
+             Kind.TORCH_MODULE, Kind.TFLITE, ("torch", "litert_torch", "ai_edge_litert"), alternative="litert-torch"),
+    PassInfo("litert-torch-program", "edgekit.converters.passes.litert_torch:TorchProgramToTflite",
+             Kind.TORCH_EXPORT, Kind.TFLITE, ("torch", "litert_torch", "ai_edge_litert"), alternative="litert-torch"),
 )
+
+# Alternative routes users can ask for with ``--via NAME``.
+ALTERNATIVES: dict[str, str] = {
+    "litert-torch": "PyTorch to TFLite with litert-torch (fp32; keeps the NCHW layout and the example batch size)",
+}
 
 TARGETS: dict[str, TargetInfo] = {
     t.id: t
@@ -96,6 +127,21 @@ TARGETS: dict[str, TargetInfo] = {
         TargetInfo("onnx-web-int8", Kind.ONNX_WEB_INT8, "onnx", "int8", "onnx-web",
                    "int8 weights (static QDQ with calibration data, else dynamic)",
                    Tolerance(max_rel_error=0.25, min_top1_agreement=0.95), Kind.ONNX_WEB, variants=("ort",)),
+        TargetInfo("tflite", Kind.TFLITE, "tflite", "fp32", "tflite",
+                   "fp32 TFLite for the LiteRT interpreter",
+                   Tolerance(max_rel_error=1e-3), Kind.TFLITE, suffix=".tflite"),
+        TargetInfo("tflite-fp16", Kind.TFLITE_FP16, "tflite", "fp16", "tflite",
+                   "float16 weights, float32 compute and I/O (GPU delegates run it in fp16)",
+                   Tolerance(max_rel_error=5e-2, min_top1_agreement=0.99), Kind.TFLITE, suffix=".tflite"),
+        TargetInfo("tflite-dynamic-int8", Kind.TFLITE_DYNAMIC_INT8, "tflite", "dynamic-int8", "tflite",
+                   "int8 weights, activations quantized on the fly; needs no calibration data",
+                   Tolerance(max_rel_error=0.25, min_top1_agreement=0.95), Kind.TFLITE, suffix=".tflite"),
+        TargetInfo("tflite-int8", Kind.TFLITE_INT8, "tflite", "int8", "tflite",
+                   "full integer int8 from --calibration data; float I/O unless --int8-io",
+                   Tolerance(max_rel_error=0.25, min_top1_agreement=0.95), Kind.TFLITE, suffix=".tflite"),
+        TargetInfo("tflite-int16x8", Kind.TFLITE_INT16X8, "tflite", "int16x8", "tflite",
+                   "16-bit activations, 8-bit weights, for models that lose too much under int8",
+                   Tolerance(max_rel_error=0.1, min_top1_agreement=0.98), Kind.TFLITE, suffix=".tflite"),
     )
 }
 
@@ -109,13 +155,15 @@ VARIANTS: dict[str, tuple[str, str]] = {
 RUNTIME_OF_FORMAT: dict[str, str] = {
     "onnx": "edgekit.runtimes.onnxruntime:OrtRuntime",
     "ort": "edgekit.runtimes.onnxruntime:OrtRuntime",
+    "tflite": "edgekit.runtimes.litert:LiteRtRuntime",
 }
 
 def target_modules(target: TargetInfo) -> tuple[str, ...]:
     """Modules every route to ``target`` needs from the ONNX hub on (source passes excluded)."""
     needed: list[str] = []
     kind = target.kind
-    by_product = {p.produces: p for p in PASSES if p.produces != Kind.ONNX}
+    by_product = {p.produces: p for p in PASSES
+                  if p.produces != Kind.ONNX and p.consumes != Kind.KERAS and p.alternative is None}
     while kind in by_product:
         step = by_product[kind]
         needed.extend(m for m in step.modules if m not in needed)

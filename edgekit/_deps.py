@@ -15,9 +15,14 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "onnxconverter_common": ("onnxconverter-common", "onnx"),
     "onnxscript": ("onnxscript", "torch"),
     "torch": ("torch", "torch"),
-    "tensorflow": ("tensorflow-cpu", "tensorflow"),
+    "tensorflow": ("tensorflow", "tensorflow"),
     "keras": ("keras", "tensorflow"),
     "tf2onnx": ("tf2onnx", "tensorflow"),
+    "ai_edge_litert": ("ai-edge-litert", "litert"),
+    "onnx2tf": ("onnx2tf", "tflite"),
+    "tf_keras": ("tf-keras", "tflite"),
+    "onnx_graphsurgeon": ("onnx-graphsurgeon", "tflite"),
+    "litert_torch": ("litert-torch", "litert-torch"),
     "onnxruntime": ("onnxruntime", "(base install)"),
 }
 

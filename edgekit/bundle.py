@@ -85,7 +85,14 @@ class TensorSpec(_Record):
     """One input or output: name, shape (int, or None / -1 / a symbol for dynamic dims), dtype.
 
     ``layout`` names the axis order when it matters (``"NCHW"``, ``"NHWC"``); ``quantization``
-    holds ``{"scale", "zero_point"}`` for integer I/O of a quantized artifact.
+    holds ``{"scale", "zero_point"}`` for integer I/O of a quantized artifact (real value =
+    ``scale * (q - zero_point)``).
+
+    In an artifact's I/O list, ``source_name`` names the source model's tensor this one carries when
+    the converter renamed it, and ``source_transpose`` gives the axes such that
+    ``artifact_tensor = numpy.transpose(source_tensor, source_transpose)`` (an NCHW source input fed
+    to an NHWC artifact has ``[0, 2, 3, 1]``). A runtime applies both, so callers feed and read
+    tensors in the source model's layout and dtype whichever artifact runs.
     """
 
     name: str
@@ -93,12 +100,15 @@ class TensorSpec(_Record):
     dtype: str
     layout: str | None = None
     quantization: dict[str, Any] | None = None
+    source_name: str | None = None
+    source_transpose: tuple[int, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
         spec: TensorSpec = super().from_dict(data)
-        return dataclasses.replace(spec, shape=tuple(spec.shape))
+        perm = tuple(spec.source_transpose) if spec.source_transpose is not None else None
+        return dataclasses.replace(spec, shape=tuple(spec.shape), source_transpose=perm)
 
     @property
     def is_dynamic(self) -> bool:
@@ -177,16 +187,18 @@ class Artifact(_Record):
     accuracy: Accuracy | None = None
     size_ratio: float | None = None
     convert_seconds: float | None = None
+    unverified: str | None = None  # why parity could not be measured (then ``parity`` is absent)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Failure(_Record):
-    """A target that could not be produced, kept in the manifest when partial results are kept."""
+    """A target that could not be produced: the error, its class name and the route that was tried."""
 
     target: str
     error: str
     kind: str | None = None
+    route: tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -22,7 +22,7 @@ from edgekit.errors import EdgekitError
 
 app = typer.Typer(
     name="edgekit",
-    help="Convert trained models to verified on-device bundles (ONNX-web; TFLite and Core ML to come).",
+    help="Convert trained models to verified on-device bundles (ONNX-web and TFLite; Core ML to come).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -41,6 +41,8 @@ def _handled() -> Iterator[None]:
     except EdgekitError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
+    except typer.Exit:
+        raise
     except KeyboardInterrupt:
         _err("interrupted; nothing was written")
         raise typer.Exit(130) from None
@@ -55,7 +57,8 @@ def _handled() -> Iterator[None]:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    for noisy in ("tensorflow", "absl", "tf2onnx", "onnxruntime"):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner lines on stderr
+    for noisy in ("tensorflow", "absl", "tf2onnx", "onnxruntime", "onnx2tf", "litert_torch"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
 
 
@@ -70,7 +73,7 @@ def _size(n: int) -> str:
 def _parity_text(art: Any, n_total: int) -> str:
     p = art.parity
     if p is None:
-        return "-"
+        return "unverified" if art.unverified else "-"
     text = f"max {p.max_abs_error:.2g}"
     if p.top1_agreement is not None:
         text += f", top1 {p.top1_agreement:.3f}"
@@ -99,7 +102,7 @@ def artifact_table(manifest: Any) -> str:
 
 @app.command()
 def convert(
-    model: Annotated[Path, typer.Argument(help="Model file: .onnx, .pt2 (torch.export) or .keras")],
+    model: Annotated[Path, typer.Argument(help="Model file: .onnx, .pt2 (torch.export), .keras or .h5")],
     target: Annotated[list[str], typer.Option("--target", "-t", help="Target id; repeat for several (see `edgekit targets`)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to create")],
     calibration: Annotated[Path | None, typer.Option(help=".npz with arrays named like the inputs (or 'x'), labels 'y'")] = None,
@@ -108,27 +111,49 @@ def convert(
     labels_key: Annotated[str, typer.Option(help="Array of the calibration file holding integer labels")] = "y",
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
     accept_parity_failure: Annotated[bool, typer.Option(help="Keep artifacts that drift beyond tolerance")] = False,
-    keep_partial: Annotated[bool, typer.Option(help="Write the targets that succeeded when others fail")] = False,
+    keep_partial: Annotated[bool, typer.Option(
+        help="Exit 0 when some targets fail (the bundle holds the others either way)")] = False,
+    int8_io: Annotated[bool, typer.Option(
+        help="tflite-int8: int8 inputs and outputs (scale, zero point in the manifest)")] = False,
+    allow_flex: Annotated[bool, typer.Option(
+        help="TFLite: accept TensorFlow Select (Flex) ops; adds tens of MB to apps")] = False,
+    via: Annotated[list[str] | None, typer.Option(help="Prefer an alternative route where it applies: litert-torch")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each pass")] = False,
 ) -> None:
     """Convert MODEL to each --target, validate every artifact against MODEL, and write one bundle."""
     _setup_logging(verbose)
     with _handled():
         from edgekit.converters import convert as run_convert
+        from edgekit.errors import PartialConversionError
 
-        result = run_convert(
-            model, target, out=out, calibration=calibration, name=name, version=version, labels_key=labels_key,
-            overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
-            progress=lambda msg: _err(f"  - {msg}"),
-        )
-        manifest = result.bundle.manifest
-        typer.echo(f"\nbundle {manifest.name} {manifest.version} written to {result.bundle.path} "
-                   f"in {result.seconds:.1f}s\n")
-        typer.echo(artifact_table(manifest))
-        if result.failures:
-            typer.echo("\nfailed targets (kept out of the bundle):")
-            for f in result.failures:
-                typer.echo(f"  {f.target}: {f.error}")
+        try:
+            result = run_convert(
+                model, target, out=out, calibration=calibration, name=name, version=version, labels_key=labels_key,
+                overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
+                int8_io=int8_io, allow_flex=allow_flex, via=tuple(via or ()), progress=lambda msg: _err(f"  - {msg}"),
+            )
+        except PartialConversionError as partial:
+            written: Any = partial.result
+            _report(written)
+            _err(f"\nerror: {len(written.failures)} target(s) failed; the bundle holds the others "
+                 "(pass --keep-partial to exit 0 in this case)")
+            raise typer.Exit(partial.exit_code) from None
+        _report(result)
+
+
+def _report(result: Any) -> None:
+    manifest = result.bundle.manifest
+    typer.echo(f"\nbundle {manifest.name} {manifest.version} written to {result.bundle.path} "
+               f"in {result.seconds:.1f}s\n")
+    typer.echo(artifact_table(manifest))
+    for a in manifest.artifacts:
+        if a.unverified:
+            typer.echo(f"\n{a.target}: unverified: {a.unverified}")
+    if result.failures:
+        typer.echo("\nfailed targets (kept out of the bundle; recorded in bundle.json):")
+        for f in result.failures:
+            route = f" [route: {' -> '.join(f.route)}]" if f.route else ""
+            typer.echo(f"  {f.target}: {f.error}{route}")
 
 
 @app.command()

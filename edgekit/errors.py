@@ -86,6 +86,21 @@ class ConversionError(UserError):
     """A converter library failed on this model; the message names the pass and the cause."""
 
 
+class PartialConversionError(UserError):
+    """Some targets failed: the bundle holds the others and records the failures.
+
+    ``result`` is the :class:`~edgekit.converters.pipeline.ConversionResult` that was written.
+    """
+
+    def __init__(self, message: str, result: object):
+        super().__init__(message)
+        self.result = result
+
+
+class InvalidInputError(UserError):
+    """Feeds given to a session do not match the model's inputs (name, rank, fixed size or dtype)."""
+
+
 class InternalError(EdgekitError):
     """A bug in edgekit: please report it with the message and the command that caused it."""
 

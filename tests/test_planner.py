@@ -6,22 +6,36 @@ import importlib
 
 import pytest
 
-from edgekit.converters.planner import plan, reachable_kinds, resolve_targets
+from edgekit.converters.planner import plan, reachable_kinds, resolve_targets, usable_passes
 from edgekit.converters.registry import PASSES, TARGETS, Kind, PassInfo
 from edgekit.errors import NoRouteError, UnknownTargetError
 
+TFLITE = [t for t in TARGETS.values() if t.family == "tflite"]
 
-@pytest.mark.parametrize("source,first", [
-    (Kind.ONNX, "onnx-web-optimize"),
-    (Kind.TORCH_MODULE, "torch-export-onnx"),
-    (Kind.TORCH_EXPORT, "torch-program-onnx"),
-    (Kind.KERAS, "tf2onnx"),
+
+@pytest.mark.parametrize("source,web,tflite", [
+    (Kind.ONNX, ["onnx-web-optimize"], ["onnx2tf"]),
+    (Kind.TORCH_MODULE, ["torch-export-onnx", "onnx-web-optimize"], ["torch-export-onnx", "onnx2tf"]),
+    (Kind.TORCH_EXPORT, ["torch-program-onnx", "onnx-web-optimize"], ["torch-program-onnx", "onnx2tf"]),
+    (Kind.KERAS, ["tf2onnx", "onnx-web-optimize"], ["keras-tf"]),
 ])
-def test_every_source_reaches_every_web_target(source: str, first: str) -> None:
+def test_every_source_reaches_every_target(source: str, web: list[str], tflite: list[str]) -> None:
     for target in TARGETS.values():
         route = plan(source, target)
-        assert route[0].name == first and route[-1].produces == target.kind
+        first = web if target.family == "onnx-web" else tflite
+        assert [p.name for p in route[:len(first)]] == first and route[-1].produces == target.kind
         assert all(a.produces == b.consumes for a, b in zip(route, route[1:], strict=False))
+        assert all(p.alternative is None for p in route)
+
+
+def test_via_takes_the_alternative_route_where_it_reaches() -> None:
+    passes = usable_passes(("litert-torch",))
+    assert [p.name for p in plan(Kind.TORCH_MODULE, TARGETS["tflite"], passes)] == ["litert-torch"]
+    assert [p.name for p in plan(Kind.TORCH_EXPORT, TARGETS["tflite"], passes)] == ["litert-torch-program"]
+    # the alternative makes fp32 only: other precisions keep the default route
+    assert plan(Kind.TORCH_MODULE, TARGETS["tflite-int8"], passes)[1].name == "onnx2tf"
+    with pytest.raises(NoRouteError, match="unknown route 'tflite-direct'.*litert-torch"):
+        usable_passes(("tflite-direct",))
 
 
 def test_no_route_names_the_reachable_kinds() -> None:
@@ -29,7 +43,8 @@ def test_no_route_names_the_reachable_kinds() -> None:
     with pytest.raises(NoRouteError, match="reaches the kinds") as info:
         plan("tflite.fp32", TARGETS["onnx-web"], island)
     assert "tflite.int8" in str(info.value)
-    assert set(reachable_kinds(Kind.ONNX)) == {Kind.ONNX, Kind.ONNX_WEB, Kind.ONNX_WEB_FP16, Kind.ONNX_WEB_INT8}
+    assert set(reachable_kinds(Kind.ONNX)) == {Kind.ONNX, Kind.ONNX_WEB, Kind.ONNX_WEB_FP16, Kind.ONNX_WEB_INT8,
+                                               Kind.TF, *(t.kind for t in TFLITE)}
 
 
 def test_resolve_targets_keeps_order_and_drops_repeats() -> None:

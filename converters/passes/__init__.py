@@ -30,6 +30,10 @@ class Value:
     path: Path | None = None
     obj: Any = None
     notes: dict[str, Any] = field(default_factory=dict)
+    # How the artifact's own tensors relate to the source's (by artifact tensor name: source_name,
+    # source_transpose, layout); None when they are the source's tensors unchanged.
+    inputs: tuple[TensorSpec, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
 
     @property
     def file(self) -> Path:
@@ -37,6 +41,14 @@ class Value:
         if self.path is None:
             raise InternalError(f"a {self.kind} value held in memory was used as a file")
         return self.path
+
+
+@dataclass(frozen=True)
+class Options:
+    """Conversion choices that passes read; each has a CLI flag of the same name."""
+
+    int8_io: bool = False  # tflite-int8: int8 inputs and outputs instead of float
+    allow_flex: bool = False  # TFLite: accept TensorFlow Select (Flex) ops when builtins do not suffice
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,7 @@ class PassContext:
     samples: dict[str, np.ndarray]  # the validation/calibration inputs, one batch
     has_calibration: bool
     example_inputs: tuple[Any, ...] | None = None
+    options: Options = field(default_factory=Options)
 
     def scratch(self, name: str) -> Path:
         """A fresh path in the work directory (the file does not exist yet)."""
@@ -84,7 +97,7 @@ class Pass:
             out = self._run(value, ctx)
         except EdgekitError:
             raise
-        except Exception as exc:  # third-party converters raise anything; say which pass failed
+        except (Exception, SystemExit) as exc:  # converters raise anything (onnx2tf even sys.exit); say which pass failed
             first_line = (str(exc).strip().splitlines() or [""])[0][:500]
             raise ConversionError(
                 f"the {self.name} pass ({self.consumes} -> {self.produces}) failed: "

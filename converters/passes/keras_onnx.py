@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from edgekit.bundle import TensorSpec
 from edgekit.converters.passes import Pass, PassContext, Value
 from edgekit.converters.registry import Kind
 
 OPSET = 17  # tf2onnx 1.17 is tested up to opset 18; 17 loads everywhere onnxruntime-web runs
+
+
+def keras_function(model: Any, inputs: tuple[TensorSpec, ...], in_names: list[str], out_names: list[str]) -> Any:
+    """A ``tf.function`` calling ``model`` in inference mode, with named inputs and a dict of named outputs.
+
+    Both tf2onnx and TFLiteConverter take it; its names become the converted model's I/O names.
+    """
+    import tensorflow as tf
+
+    signature = [
+        tf.TensorSpec([d if isinstance(d, int) and d >= 0 else None for d in s.shape], tf.dtypes.as_dtype(s.dtype),
+                      name=name)
+        for s, name in zip(inputs, in_names, strict=True)
+    ]
+
+    @tf.function(input_signature=signature)  # type: ignore[untyped-decorator]
+    def forward(*args: tf.Tensor) -> dict[str, tf.Tensor]:
+        result = model(args[0] if len(args) == 1 else list(args), training=False)
+        values = list(result.values()) if isinstance(result, dict) else (
+            list(result) if isinstance(result, (list, tuple)) else [result])
+        return dict(zip(out_names, values, strict=True))
+
+    return forward
 
 
 class KerasToOnnx(Pass):
@@ -18,25 +44,10 @@ class KerasToOnnx(Pass):
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         import onnx
-        import tensorflow as tf
         import tf2onnx
 
-        model = value.obj
-        signature = [
-            tf.TensorSpec([d if isinstance(d, int) and d >= 0 else None for d in s.shape], tf.dtypes.as_dtype(s.dtype),
-                          name=s.name)
-            for s in ctx.inputs
-        ]
-        out_names = [s.name for s in ctx.outputs]
-
-        @tf.function(input_signature=signature)  # type: ignore[untyped-decorator]
-        def forward(*args: tf.Tensor) -> dict[str, tf.Tensor]:
-            result = model(args[0] if len(args) == 1 else list(args), training=False)
-            values = list(result.values()) if isinstance(result, dict) else (
-                list(result) if isinstance(result, (list, tuple)) else [result])
-            return dict(zip(out_names, values, strict=True))
-
-        proto, _ = tf2onnx.convert.from_function(forward, input_signature=signature, opset=OPSET)
+        forward = keras_function(value.obj, ctx.inputs, [s.name for s in ctx.inputs], [s.name for s in ctx.outputs])
+        proto, _ = tf2onnx.convert.from_function(forward, input_signature=forward.input_signature, opset=OPSET)
         out = ctx.scratch("exported.onnx")
         onnx.save(proto, str(out))
         return Value(Kind.ONNX, path=out, notes={"exporter": f"tf2onnx {tf2onnx.__version__}, opset {OPSET}"})

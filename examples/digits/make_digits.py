@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import nn
 
+try:
+    from examples.digits.data import SEED, load_split
+except ImportError:  # run as a script
+    from data import SEED, load_split  # type: ignore[no-redef]
+
 HERE = Path(__file__).resolve().parent
-SEED = 0
 
 
 class DigitsCNN(nn.Module):
@@ -38,15 +40,6 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
-
-
-def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The digits as [n, 1, 8, 8] float32 in 0..1, split 80/20 (stratified, seeded)."""
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
-    y = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=SEED, stratify=y)
-    return x_train, x_test, y_train, y_test
 
 
 def train(x: np.ndarray, y: np.ndarray, epochs: int = 30) -> DigitsCNN:

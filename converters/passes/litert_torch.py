@@ -1,0 +1,70 @@
+"""PyTorch straight to TFLite with litert-torch (``--via litert-torch``): fp32, NCHW kept, batch fixed to 1.
+
+The default PyTorch route to TFLite goes through ONNX and onnx2tf (NHWC, dynamic batch, every
+precision); this one skips ONNX and keeps the model's own layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+from edgekit.bundle import TensorSpec
+from edgekit.converters.passes import Pass, PassContext, Value
+from edgekit.converters.registry import Kind
+from edgekit.errors import ConversionError
+
+
+def _convert(module: Any, args: tuple[Any, ...], ctx: PassContext, name: str) -> Value:
+    import litert_torch
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    sample = tuple(a[:1] if isinstance(a, torch.Tensor) and a.ndim else a for a in args)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), torch.no_grad():
+        model = litert_torch.convert(module, sample)
+    out = ctx.scratch(f"{name}.tflite")
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        model.export(str(out))
+    signatures = Interpreter(model_path=str(out)).get_signature_list()
+    if not signatures:
+        raise ConversionError("litert-torch wrote a model without a signature; edgekit cannot name its tensors")
+    sig = next(iter(signatures.values()))
+    if len(sig["inputs"]) != len(ctx.inputs) or len(sig["outputs"]) != len(ctx.outputs):
+        raise ConversionError(f"litert-torch produced {len(sig['inputs'])} inputs and {len(sig['outputs'])} outputs "
+                              f"for a model with {len(ctx.inputs)} and {len(ctx.outputs)}")
+    inputs = tuple(TensorSpec(n, s.shape, s.dtype, source_name=s.name) for n, s in zip(sig["inputs"], ctx.inputs, strict=True))
+    outputs = tuple(TensorSpec(n, s.shape, s.dtype, source_name=s.name)
+                    for n, s in zip(sig["outputs"], ctx.outputs, strict=True))
+    notes = {"converter": f"litert-torch {getattr(litert_torch, '__version__', '')}".strip(), "batch": "fixed to 1"}
+    return Value(Kind.TFLITE, path=out, notes=notes, inputs=inputs, outputs=outputs)
+
+
+class TorchModuleToTflite(Pass):
+    """An nn.Module to fp32 TFLite with litert-torch."""
+
+    name = "litert-torch"
+    consumes = Kind.TORCH_MODULE
+    produces = Kind.TFLITE
+    modules = ("torch", "litert_torch", "ai_edge_litert")
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        if ctx.example_inputs is None:
+            raise ConversionError("litert-torch needs example inputs to trace the module")
+        return _convert(value.obj.eval(), tuple(ctx.example_inputs), ctx, self.name)
+
+
+class TorchProgramToTflite(Pass):
+    """A saved torch.export program to fp32 TFLite with litert-torch."""
+
+    name = "litert-torch-program"
+    consumes = Kind.TORCH_EXPORT
+    produces = Kind.TFLITE
+    modules = ("torch", "litert_torch", "ai_edge_litert")
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        program = value.obj
+        args, _ = program.example_inputs
+        return _convert(program.module(), tuple(args), ctx, self.name)

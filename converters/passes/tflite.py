@@ -1,0 +1,378 @@
+"""TFLite: a TensorFlow graph (from Keras, or from ONNX by onnx2tf) to LiteRT flatbuffers in five precisions.
+
+Every precision starts from the same in-memory graph (kind ``tf.function``), so a bundle with several
+TFLite targets runs onnx2tf once. onnx2tf turns NCHW inputs into NHWC; the graph records the
+transpose per tensor (``source_transpose``) and the pipeline writes it into the manifest, where the
+runtime reads it to accept source-layout feeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgekit.bundle import Dim, TensorSpec
+from edgekit.converters.passes import Pass, PassContext, Value
+from edgekit.converters.passes.keras_onnx import keras_function
+from edgekit.converters.registry import Kind
+from edgekit.errors import CalibrationError, ConversionError, UnsupportedModelError
+
+# Representative samples for full-integer calibration: more adds time, not accuracy, past a few hundred.
+MAX_CALIBRATION_SAMPLES = 300
+FLEX_COST = (
+    "TensorFlow Select (Flex) ops need the Flex delegate in the app, which adds tens of MB to its "
+    "size (about 20-30 MB per ABI on Android) and is not available in every LiteRT runtime"
+)
+
+
+@dataclass(frozen=True)
+class TfGraph:
+    """A concrete TensorFlow function ready for TFLiteConverter, and how its tensors map to the source's."""
+
+    function: Any  # tf ConcreteFunction with named inputs and a dict of named outputs
+    trackable: Any  # the object owning its variables
+    inputs: tuple[TensorSpec, ...]  # by signature name, with source_name / source_transpose / layout
+    outputs: tuple[TensorSpec, ...]
+
+
+def _tf_name(name: str, taken: set[str]) -> str:
+    """A name TensorFlow accepts for a signature tensor, unique among ``taken``."""
+    clean = re.sub(r"[^A-Za-z0-9_]", "_", name) or "t"
+    if not clean[0].isalpha():
+        clean = "t_" + clean
+    out, i = clean, 1
+    while out in taken:
+        out, i = f"{clean}_{i}", i + 1
+    taken.add(out)
+    return out
+
+
+def _fits(shape: tuple[Dim, ...], want: tuple[Dim, ...]) -> bool:
+    """True when two shapes agree on rank and on every dimension both fix."""
+    return len(shape) == len(want) and all(
+        not (isinstance(a, int) and a >= 0 and isinstance(b, int) and b >= 0) or a == b
+        for a, b in zip(shape, want, strict=True))
+
+
+def _channels_last(rank: int) -> tuple[int, ...]:
+    return (0, *range(2, rank), 1)
+
+
+def _layout_change(artifact: tuple[Dim, ...], source: tuple[Dim, ...], prefer_channels_last: bool) -> tuple[int, ...] | None:
+    """The transpose taking a source tensor to the artifact's (None: unchanged), judged from the shapes.
+
+    onnx2tf makes every rank 3-5 input channels-last; outputs usually keep the ONNX layout.
+
+    Raises:
+        ConversionError: Neither layout matches, so edgekit cannot tell how to feed the artifact.
+    """
+    rank = len(source)
+    perm = _channels_last(rank) if rank >= 3 else None
+    cl = perm is not None and _fits(artifact, tuple(source[i] for i in perm))
+    same = _fits(artifact, source)
+    if cl and (prefer_channels_last or not same):
+        return perm
+    if same:
+        return None
+    raise ConversionError(
+        f"onnx2tf produced a tensor of shape {list(artifact)} for the source's {list(source)}, which is neither "
+        f"the same layout nor channels-last; edgekit cannot tell how to feed it")
+
+
+def _dims(shape: Any) -> tuple[Dim, ...]:
+    return tuple(int(d) if d is not None else None for d in shape)
+
+
+class KerasToTf(Pass):
+    """A Keras model as a named tf.function (layout unchanged)."""
+
+    name = "keras-tf"
+    consumes = Kind.KERAS
+    produces = Kind.TF
+    modules = ("tensorflow",)
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        taken: set[str] = set()
+        ins = [_tf_name(s.name, taken) for s in ctx.inputs]
+        outs = [_tf_name(s.name, taken) for s in ctx.outputs]
+        forward = keras_function(value.obj, ctx.inputs, ins, outs)
+        inputs = tuple(TensorSpec(n, s.shape, s.dtype, source_name=s.name) for n, s in zip(ins, ctx.inputs, strict=True))
+        outputs = tuple(TensorSpec(n, s.shape, s.dtype, source_name=s.name) for n, s in zip(outs, ctx.outputs, strict=True))
+        graph = TfGraph(forward.get_concrete_function(), _variable_holder(value.obj), inputs, outputs)
+        return Value(Kind.TF, obj=graph, notes={"frontend": "keras"}, inputs=inputs, outputs=outputs)
+
+
+def _variable_holder(model: Any) -> Any:
+    """A tf.Module tracking the model's TensorFlow variables, so TFLiteConverter freezes them into constants.
+
+    Keras 3 variables wrap tf.Variables that a Keras model does not expose as TensorFlow trackables;
+    without this the converter keeps them as resource variables the interpreter reads as empty.
+    """
+    import tensorflow as tf
+
+    holder = tf.Module()
+    holder.tf_variables = [getattr(v, "value", v) for v in model.variables]
+    return holder
+
+
+@contextlib.contextmanager
+def _quiet_with_venv_path(log: io.StringIO) -> Iterator[None]:
+    """Capture a converter's console output, with this interpreter's bin/ on PATH (onnx2tf runs onnxsim)."""
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + old
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            yield
+    finally:
+        os.environ["PATH"] = old
+
+
+class OnnxToTf(Pass):
+    """ONNX to a TensorFlow graph with onnx2tf (NCHW inputs become NHWC; the transposes are recorded)."""
+
+    name = "onnx2tf"
+    consumes = Kind.ONNX
+    produces = Kind.TF
+    modules = ("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnx_graphsurgeon")
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        import onnx2tf
+
+        work = ctx.scratch("onnx2tf")
+        work.mkdir()
+        model_file = work / "model.onnx"
+        shutil.copyfile(value.file, model_file)  # onnx2tf rewrites its input file in place
+        log = io.StringIO()
+        route = "onnx -> onnx2tf -> TFLiteConverter"
+        try:
+            with _quiet_with_venv_path(log):
+                model = onnx2tf.convert(input_onnx_file_path=str(model_file), output_folder_path=str(work / "out"),
+                                        non_verbose=True, verbosity="error", disable_model_save=True)
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("onnx2tf.ops."):
+                raise
+            op = (exc.name or "").rsplit(".", 1)[-1]
+            raise UnsupportedModelError(
+                f"the ONNX operator {op} is not supported by onnx2tf {onnx2tf.__version__}, on the route edgekit takes "
+                f"to TFLite ({route}); replace {op} in the model (or export it at another opset), or choose a target "
+                f"of another family (onnx-web)") from None
+        except (Exception, SystemExit) as exc:
+            tail = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", log.getvalue()).split())[-600:]
+            raise ConversionError(f"onnx2tf {onnx2tf.__version__} failed on this model ({route}): "
+                                  f"{type(exc).__name__}: {exc}. onnx2tf said: {tail or 'nothing'}") from exc
+        if len(model.inputs) != len(ctx.inputs) or len(model.outputs) != len(ctx.outputs):
+            raise ConversionError(f"onnx2tf produced {len(model.inputs)} inputs and {len(model.outputs)} outputs for a "
+                                  f"model with {len(ctx.inputs)} and {len(ctx.outputs)}")
+        import tensorflow as tf
+
+        taken: set[str] = set()
+        inputs, outputs = [], []
+        for tensor, src in zip(model.inputs, ctx.inputs, strict=True):
+            shape = _dims(tensor.shape)
+            perm = _layout_change(shape, src.shape, prefer_channels_last=True)
+            inputs.append(TensorSpec(_tf_name(src.name, taken), shape, src.dtype, source_name=src.name,
+                                     source_transpose=perm, layout=_layout_name(perm, len(shape))))
+        for tensor, src in zip(model.outputs, ctx.outputs, strict=True):
+            shape = _dims(tensor.shape)
+            perm = _layout_change(shape, src.shape, prefer_channels_last=False)
+            outputs.append(TensorSpec(_tf_name(src.name, taken), shape, src.dtype, source_name=src.name,
+                                      source_transpose=perm, layout=_layout_name(perm, len(shape))))
+        signature = [tf.TensorSpec(list(s.shape), tf.dtypes.as_dtype(s.dtype), name=s.name) for s in inputs]
+        out_names = [s.name for s in outputs]
+
+        @tf.function(input_signature=signature)  # type: ignore[untyped-decorator]
+        def forward(*args: tf.Tensor) -> dict[str, tf.Tensor]:
+            result = model(list(args) if len(args) > 1 else args[0], training=False)
+            values = list(result) if isinstance(result, (list, tuple)) else [result]
+            return dict(zip(out_names, values, strict=True))
+
+        graph = TfGraph(forward.get_concrete_function(), model, tuple(inputs), tuple(outputs))
+        return Value(Kind.TF, obj=graph, notes={"frontend": f"onnx2tf {onnx2tf.__version__}"},
+                     inputs=graph.inputs, outputs=graph.outputs)
+
+
+def _layout_name(perm: tuple[int, ...] | None, rank: int) -> str | None:
+    names = {3: ("NCW", "NWC"), 4: ("NCHW", "NHWC"), 5: ("NCDHW", "NDHWC")}
+    return names[rank][1] if perm is not None and rank in names else None
+
+
+def _select_ops(text: str) -> list[str]:
+    """The TF Select ops a TFLiteConverter error names (empty when it names none)."""
+    ops: list[str] = []
+    for match in re.finditer(r"(?:TF Select ops|Flex ops):\s*([^\n]+)", text):
+        for op in match.group(1).split(","):
+            op = op.strip().removeprefix("Flex")
+            if op and op not in ops:
+                ops.append(op)
+    return ops
+
+
+def _unsupported_ops(text: str) -> list[str]:
+    """Ops a TFLiteConverter error says it cannot convert at all."""
+    found = re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text)
+    found += re.findall(r"failed to legalize operation '(?:tf|tfl)\.(\w+)'", text)
+    return list(dict.fromkeys(found))
+
+
+class _ToTflite(Pass):
+    """Base of the TFLite precisions: configure TFLiteConverter, convert, refuse Flex ops unless allowed."""
+
+    consumes = Kind.TF
+    modules = ("tensorflow", "ai_edge_litert")
+    needs_calibration: ClassVar[bool] = False
+
+    def _configure(self, converter: Any, graph: TfGraph, ctx: PassContext) -> list[Any]:
+        """Set precision options on ``converter``; return the op sets the model may use."""
+        import tensorflow as tf
+
+        return [tf.lite.OpsSet.TFLITE_BUILTINS]
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        import tensorflow as tf
+
+        graph: TfGraph = value.obj
+        if self.needs_calibration and not ctx.has_calibration:
+            raise CalibrationError(
+                f"{self.name} quantizes activations with ranges measured on real inputs: pass --calibration FILE.npz "
+                f"with a few hundred representative samples (random inputs give useless ranges), or choose "
+                f"tflite-dynamic-int8, which needs none")
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.function], graph.trackable)
+        op_sets = self._configure(converter, graph, ctx)
+        converter.target_spec.supported_ops = set(op_sets)
+        flex: list[str] = []
+        try:
+            data = self._convert(converter)
+        except Exception as exc:
+            text = str(exc)
+            flex = _select_ops(text)
+            if not flex:
+                self._raise_unsupported(text, value)
+                raise
+            if not ctx.options.allow_flex:
+                raise UnsupportedModelError(
+                    f"{self.name}: the model needs TensorFlow ops that TFLite has no builtin kernel for: "
+                    f"{', '.join(flex)}. {FLEX_COST}. Replace these ops in the model, or accept them with "
+                    f"--allow-flex (the manifest then lists them)") from None
+            converter.target_spec.supported_ops = {*op_sets, tf.lite.OpsSet.SELECT_TF_OPS}
+            try:
+                data = self._convert(converter)
+            except Exception as again:
+                self._raise_unsupported(str(again), value)
+                raise
+        out = ctx.scratch(f"{self.name}.tflite")
+        out.write_bytes(data)
+        notes: dict[str, Any] = {"converter": f"TFLiteConverter (tensorflow {tf.__version__})",
+                                 **value.notes}
+        if flex:
+            notes["flex_ops"] = flex
+        return Value(self.produces, path=out, notes=notes, inputs=graph.inputs, outputs=graph.outputs)
+
+    @staticmethod
+    def _convert(converter: Any) -> bytes:
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):  # the quantizer prints a line per model
+            data: bytes = converter.convert()
+        return data
+
+    def _raise_unsupported(self, text: str, value: Value) -> None:
+        ops = _unsupported_ops(text)
+        if ops:
+            route = f"{value.notes.get('frontend', 'tf')} -> TFLiteConverter"
+            raise UnsupportedModelError(
+                f"{self.name}: TFLite cannot convert the op(s) {', '.join(ops)}, not even as TensorFlow Select ops "
+                f"(route tried: {route}); replace them in the model or choose another target family") from None
+
+    @staticmethod
+    def representative(graph: TfGraph, ctx: PassContext) -> Any:
+        """A generator of single samples in the artifact's layout, for the converter's calibration."""
+        by_source = {s.source_name or s.name: s for s in graph.inputs}
+        count = min(next(iter(ctx.samples.values())).shape[0], MAX_CALIBRATION_SAMPLES)
+
+        def gen() -> Iterator[list[np.ndarray]]:
+            for i in range(count):
+                sample = []
+                for src in ctx.inputs:
+                    spec = by_source[src.name]
+                    x = ctx.samples[src.name][i:i + 1]
+                    if spec.source_transpose:
+                        x = np.transpose(x, spec.source_transpose)
+                    sample.append(np.ascontiguousarray(x, dtype=np.dtype(spec.dtype)))
+                yield sample
+
+        return gen
+
+
+class TfliteFp32(_ToTflite):
+    """fp32 TFLite."""
+
+    name = "tflite-fp32"
+    produces = Kind.TFLITE
+
+
+class TfliteFp16(_ToTflite):
+    """float16 weights (dequantized to fp32 on CPU; GPU delegates compute in fp16)."""
+
+    name = "tflite-fp16"
+    produces = Kind.TFLITE_FP16
+
+    def _configure(self, converter: Any, graph: TfGraph, ctx: PassContext) -> list[Any]:
+        import tensorflow as tf
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+        return [tf.lite.OpsSet.TFLITE_BUILTINS]
+
+
+class TfliteDynamicInt8(_ToTflite):
+    """Dynamic-range quantization: int8 weights, activations quantized at run time."""
+
+    name = "tflite-dynamic-int8"
+    produces = Kind.TFLITE_DYNAMIC_INT8
+
+    def _configure(self, converter: Any, graph: TfGraph, ctx: PassContext) -> list[Any]:
+        import tensorflow as tf
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        return [tf.lite.OpsSet.TFLITE_BUILTINS]
+
+
+class TfliteInt8(_ToTflite):
+    """Full-integer int8 from the calibration samples; float I/O unless ``--int8-io``."""
+
+    name = "tflite-int8"
+    produces = Kind.TFLITE_INT8
+    needs_calibration = True
+
+    def _configure(self, converter: Any, graph: TfGraph, ctx: PassContext) -> list[Any]:
+        import tensorflow as tf
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = self.representative(graph, ctx)
+        if ctx.options.int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        return [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+
+class TfliteInt16x8(_ToTflite):
+    """16-bit activations with 8-bit weights, for models whose activations lose too much in int8."""
+
+    name = "tflite-int16x8"
+    produces = Kind.TFLITE_INT16X8
+    needs_calibration = True
+
+    def _configure(self, converter: Any, graph: TfGraph, ctx: PassContext) -> list[Any]:
+        import tensorflow as tf
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = self.representative(graph, ctx)
+        return [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]

@@ -1,0 +1,155 @@
+"""LiteRT (``ai-edge-litert``) sessions for ``.tflite`` artifacts.
+
+``ai-edge-litert`` is TensorFlow Lite's successor and needs no TensorFlow; ``tflite_runtime`` is
+accepted as a fallback import only (it fails on numpy 2 and on newer op versions).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.bundle import TensorSpec
+from edgekit.errors import BundleError, InvalidInputError, MissingDependencyError
+from edgekit.runtimes.base import Attempt
+
+log = logging.getLogger(__name__)
+XNNPACK = "XNNPACK"  # LiteRT's default CPU delegate, applied by the interpreter itself
+
+
+def _interpreter_class() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef,unused-ignore]
+        except ImportError:
+            raise MissingDependencyError(
+                "running .tflite artifacts needs ai-edge-litert; install it with: pip install 'edgekit[litert]'"
+            ) from None
+    return Interpreter
+
+
+def _spec(details: Mapping[str, Any], name: str) -> TensorSpec:
+    shape = details.get("shape_signature")
+    if shape is None or len(shape) == 0:
+        shape = details["shape"]
+    dims = tuple(int(d) if int(d) >= 0 else None for d in shape)
+    scale, zero = details.get("quantization", (0.0, 0))
+    dtype = np.dtype(details["dtype"]).name
+    quant = {"scale": float(scale), "zero_point": int(zero)} if scale else None
+    return TensorSpec(name=name, shape=dims, dtype=dtype, quantization=quant)
+
+
+class LiteRtSession:
+    """One LiteRT interpreter, run through its first signature (or tensor indices when it has none)."""
+
+    def __init__(self, interpreter: Any, attempts: tuple[Attempt, ...], load_seconds: float):
+        self._interpreter = interpreter
+        self.attempts = attempts
+        self.provider = attempts[-1].provider
+        self.load_seconds = load_seconds
+        interpreter.allocate_tensors()  # fails here, not at the first run, on ops the interpreter lacks (Flex)
+        signatures = interpreter.get_signature_list()
+        self._runner: Any = None
+        if signatures:
+            key = "serving_default" if "serving_default" in signatures else next(iter(signatures))
+            self._runner = interpreter.get_signature_runner(key)
+            in_details = self._runner.get_input_details()
+            out_details = self._runner.get_output_details()
+            # signature_list keeps the model's order; the details dicts may not
+            self.inputs = tuple(_spec(in_details[n], n) for n in signatures[key]["inputs"])
+            self.outputs = tuple(_spec(out_details[n], n) for n in signatures[key]["outputs"])
+        else:
+            self._in = interpreter.get_input_details()
+            self._out = interpreter.get_output_details()
+            self.inputs = tuple(_spec(d, d["name"]) for d in self._in)
+            self.outputs = tuple(_spec(d, d["name"]) for d in self._out)
+
+    def _check(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        checked = {}
+        for spec in self.inputs:
+            if spec.name not in feeds:
+                raise InvalidInputError(f"missing input {spec.name!r}; the model takes: "
+                                        + ", ".join(s.name for s in self.inputs))
+            value = np.asarray(feeds[spec.name])
+            fixed = [(i, d) for i, d in enumerate(spec.shape) if isinstance(d, int)]
+            if value.ndim != len(spec.shape) or any(value.shape[i] != d for i, d in fixed):
+                raise InvalidInputError(f"input {spec.name!r} has shape {list(value.shape)}; the model takes "
+                                        f"{list(spec.shape)} (None: any size)")
+            if value.dtype.name != spec.dtype:
+                if not (value.dtype.kind == "f" and np.dtype(spec.dtype).kind == "f"):
+                    raise InvalidInputError(f"input {spec.name!r} is {value.dtype.name}; the model takes {spec.dtype}")
+                value = value.astype(spec.dtype)
+            checked[spec.name] = value
+        return checked
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; a batch size different from the last run resizes the interpreter's tensors."""
+        checked = self._check(feeds)
+        if self._runner is not None:
+            result = self._runner(**checked)
+            return {s.name: np.asarray(result[s.name]) for s in self.outputs}
+        it = self._interpreter
+        resized = False
+        for d in self._in:
+            value = checked[d["name"]]
+            if tuple(d["shape"]) != value.shape:
+                it.resize_tensor_input(d["index"], value.shape)
+                resized = True
+        if resized:
+            it.allocate_tensors()
+            self._in = it.get_input_details()
+            self._out = it.get_output_details()
+        for d in self._in:
+            it.set_tensor(d["index"], checked[d["name"]])
+        it.invoke()
+        return {d["name"]: it.get_tensor(d["index"]).copy() for d in self._out}
+
+
+class LiteRtRuntime:
+    """LiteRT for the ``tflite`` artifact format (XNNPACK on CPU)."""
+
+    name = "litert"
+    formats = ("tflite",)
+
+    def is_available(self) -> bool:
+        """True when ai-edge-litert (or tflite_runtime) imports."""
+        try:
+            _interpreter_class()
+        except MissingDependencyError:
+            return False
+        return True
+
+    def open(self, path: Path, *, providers: tuple[str, ...] | None = None, threads: int | None = None) -> LiteRtSession:
+        """Load a ``.tflite`` file on the first of ``providers`` that works (default: XNNPACK).
+
+        Raises:
+            MissingDependencyError: ai-edge-litert is not installed.
+            BundleError: The interpreter could not load the model (the reasons are listed).
+        """
+        cls = _interpreter_class()
+        attempts: list[Attempt] = []
+        for provider in providers or (XNNPACK,):
+            if provider != XNNPACK:
+                attempts.append(Attempt(provider, False, "not offered by edgekit's LiteRT runtime on this host"))
+                continue
+            start = time.perf_counter()
+            try:
+                interpreter = cls(model_path=os.fspath(path), num_threads=threads)
+                session = LiteRtSession(interpreter, (*attempts, Attempt(provider, True)), 0.0)
+            except (RuntimeError, ValueError) as exc:
+                reason = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+                log.warning("LiteRT could not open %s with %s: %s", path.name, provider, reason)
+                attempts.append(Attempt(provider, False, reason))
+                continue
+            session.load_seconds = time.perf_counter() - start
+            return session
+        tried = "; ".join(f"{a.provider}: {a.reason}" for a in attempts)
+        raise BundleError(f"LiteRT could not load {path}: {tried}")
