@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgekit import __version__
+from edgekit._console import captured_output
 from edgekit._deps import require
 from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, hash_path
 from edgekit.converters.calibration import Samples, generate_samples, load_calibration
@@ -107,10 +108,11 @@ def convert(
     source = load_source(model, example_inputs)
     passes = usable_passes(tuple(via))
     routes = {t.id: plan(source.kind, t, passes) for t in infos}
-    for route in routes.values():  # every dependency is checked before the first pass runs
-        for step in route:
-            for module in step.modules:
-                require(module, purpose=f"run the {step.name} conversion pass")
+    with captured_output():  # importing TensorFlow prints C++ banners; the checks below raise clear errors
+        for route in routes.values():  # every dependency is checked before the first pass runs
+            for step in route:
+                for module in step.modules:
+                    require(module, purpose=f"run the {step.name} conversion pass")
     samples = (load_calibration(calibration, source.inputs, labels_key=labels_key)
                if calibration is not None else generate_samples(source.inputs))
     say(f"running the source model on {samples.count} samples")
@@ -254,7 +256,8 @@ def _finish(
     parity = accuracy = None
     unverified = None
     flex: list[str] = notes.get("flex_ops") or []
-    raw = None if flex else _open(fmt, dst)
+    with captured_output():  # LiteRT announces its delegate on stderr
+        raw = None if flex else _open(fmt, dst)
     inputs = describe_io(raw.inputs, {s.name: s for s in value.inputs or ()}) if raw else value.inputs
     outputs = describe_io(raw.outputs, {s.name: s for s in value.outputs or ()}) if raw else value.outputs
     if raw is None:

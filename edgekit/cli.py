@@ -58,7 +58,7 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner lines on stderr
-    for noisy in ("tensorflow", "absl", "tf2onnx", "onnxruntime", "onnx2tf", "litert_torch"):
+    for noisy in ("tensorflow", "absl", "tf2onnx", "onnxruntime", "onnx2tf", "litert_torch", "torch"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
 
 

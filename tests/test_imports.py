@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("tensorflow", "torch", "coremltools", "onnx", "keras", "tf2onnx", "onnxslim", "onnxconverter_common")
+HEAVY = ("tensorflow", "torch", "coremltools", "onnx", "keras", "tf2onnx", "onnxslim", "onnxconverter_common", "onnx2tf",
+         "tf_keras", "litert_torch", "jax")
 
 
 def _loaded_after(statement: str) -> list[str]:
@@ -39,3 +40,18 @@ def test_lazy_public_names_resolve() -> None:
 
     assert callable(edgekit.convert)
     assert edgekit.read_bundle is not None
+
+
+def test_running_a_tflite_artifact_loads_no_heavy_module(tmp_path) -> None:
+    """ai-edge-litert runs .tflite files without TensorFlow (a converted bundle's file is enough)."""
+    import pytest
+
+    from tests.conftest import DIGITS
+
+    pytest.importorskip("tensorflow")
+    from edgekit.converters import convert
+
+    bundle = convert(DIGITS / "digits.keras", ["tflite-dynamic-int8"], out=tmp_path / "b").bundle
+    stmt = (f"import numpy as np, edgekit.runtimes as r; s = r.open({str(bundle.path)!r}); "
+            "s.run({'x': np.zeros((2, 1, 8, 8), np.float32)})")
+    assert _loaded_after(stmt) == []

@@ -6,10 +6,9 @@ precision); this one skips ONNX and keeps the model's own layout.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from typing import Any
 
+from edgekit._console import captured_output
 from edgekit.bundle import TensorSpec
 from edgekit.converters.passes import Pass, PassContext, Value
 from edgekit.converters.registry import Kind
@@ -22,12 +21,9 @@ def _convert(module: Any, args: tuple[Any, ...], ctx: PassContext, name: str) ->
     from ai_edge_litert.interpreter import Interpreter
 
     sample = tuple(a[:1] if isinstance(a, torch.Tensor) and a.ndim else a for a in args)
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), torch.no_grad():
-        model = litert_torch.convert(module, sample)
     out = ctx.scratch(f"{name}.tflite")
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        model.export(str(out))
+    with captured_output(), torch.no_grad():
+        litert_torch.convert(module, sample).export(str(out))
     signatures = Interpreter(model_path=str(out)).get_signature_list()
     if not signatures:
         raise ConversionError("litert-torch wrote a model without a signature; edgekit cannot name its tensors")

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgekit._console import captured_output
 from edgekit.bundle import Dim, TensorSpec
 from edgekit.converters.passes import Pass, PassContext, Value
 from edgekit.converters.passes.keras_onnx import keras_function
@@ -125,13 +126,12 @@ def _variable_holder(model: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_with_venv_path(log: io.StringIO) -> Iterator[None]:
-    """Capture a converter's console output, with this interpreter's bin/ on PATH (onnx2tf runs onnxsim)."""
+def _venv_on_path() -> Iterator[None]:
+    """This interpreter's bin/ on PATH: onnx2tf runs the onnxsim command, and silently skips it when missing."""
     old = os.environ.get("PATH", "")
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + old
     try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            yield
+        yield
     finally:
         os.environ["PATH"] = old
 
@@ -151,10 +151,10 @@ class OnnxToTf(Pass):
         work.mkdir()
         model_file = work / "model.onnx"
         shutil.copyfile(value.file, model_file)  # onnx2tf rewrites its input file in place
-        log = io.StringIO()
         route = "onnx -> onnx2tf -> TFLiteConverter"
+        log = io.StringIO()
         try:
-            with _quiet_with_venv_path(log):
+            with _venv_on_path(), captured_output() as log:
                 model = onnx2tf.convert(input_onnx_file_path=str(model_file), output_folder_path=str(work / "out"),
                                         non_verbose=True, verbosity="error", disable_model_save=True)
         except ModuleNotFoundError as exc:
@@ -245,12 +245,9 @@ class _ToTflite(Pass):
                 f"{self.name} quantizes activations with ranges measured on real inputs: pass --calibration FILE.npz "
                 f"with a few hundred representative samples (random inputs give useless ranges), or choose "
                 f"tflite-dynamic-int8, which needs none")
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.function], graph.trackable)
-        op_sets = self._configure(converter, graph, ctx)
-        converter.target_spec.supported_ops = set(op_sets)
         flex: list[str] = []
         try:
-            data = self._convert(converter)
+            data = self._convert(graph, ctx, select_ops=False)
         except Exception as exc:
             text = str(exc)
             flex = _select_ops(text)
@@ -262,9 +259,8 @@ class _ToTflite(Pass):
                     f"{self.name}: the model needs TensorFlow ops that TFLite has no builtin kernel for: "
                     f"{', '.join(flex)}. {FLEX_COST}. Replace these ops in the model, or accept them with "
                     f"--allow-flex (the manifest then lists them)") from None
-            converter.target_spec.supported_ops = {*op_sets, tf.lite.OpsSet.SELECT_TF_OPS}
-            try:
-                data = self._convert(converter)
+            try:  # a converter that failed once cannot convert again: _convert makes a fresh one
+                data = self._convert(graph, ctx, select_ops=True)
             except Exception as again:
                 self._raise_unsupported(str(again), value)
                 raise
@@ -276,10 +272,16 @@ class _ToTflite(Pass):
             notes["flex_ops"] = flex
         return Value(self.produces, path=out, notes=notes, inputs=graph.inputs, outputs=graph.outputs)
 
-    @staticmethod
-    def _convert(converter: Any) -> bytes:
-        log = io.StringIO()
-        with contextlib.redirect_stdout(log):  # the quantizer prints a line per model
+    def _convert(self, graph: TfGraph, ctx: PassContext, *, select_ops: bool) -> bytes:
+        """Run a fresh TFLiteConverter; the converter's console output is kept out of the user's terminal."""
+        import tensorflow as tf
+
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.function], graph.trackable)
+        op_sets = self._configure(converter, graph, ctx)
+        if select_ops:
+            op_sets.append(tf.lite.OpsSet.SELECT_TF_OPS)
+        converter.target_spec.supported_ops = set(op_sets)
+        with captured_output():
             data: bytes = converter.convert()
         return data
 

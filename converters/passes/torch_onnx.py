@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgekit._console import captured_output
 from edgekit.converters.passes import Pass, PassContext, Value
 from edgekit.converters.registry import Kind
 
@@ -12,6 +13,14 @@ def _export(model: Any, args: tuple[Any, ...], ctx: PassContext, dynamic_shapes:
     import torch
 
     out = ctx.scratch("exported.onnx")
+    with captured_output():  # the exporter logs each torchvision op it skips
+        _run_export(model, args, out, ctx, dynamic_shapes)
+    return Value(Kind.ONNX, path=out, notes={"exporter": f"torch.onnx (dynamo) {torch.__version__}"})
+
+
+def _run_export(model: Any, args: tuple[Any, ...], out: Any, ctx: PassContext, dynamic_shapes: Any) -> None:
+    import torch
+
     torch.onnx.export(
         model,
         args,
@@ -23,7 +32,6 @@ def _export(model: Any, args: tuple[Any, ...], ctx: PassContext, dynamic_shapes:
         dynamic_shapes=dynamic_shapes,
         verbose=False,
     )
-    return Value(Kind.ONNX, path=out, notes={"exporter": f"torch.onnx (dynamo) {torch.__version__}"})
 
 
 class TorchModuleToOnnx(Pass):
