@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,38 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SIZE, prepare_mobilenet, timed  # noqa: E402
+
 ROUNDS = 2
-SIZE = 96
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-
-
-def prepare(work: Path) -> None:
-    """Train the MobileNetV2 and write model.keras and calibration.npz (x, y) into ``work``."""
-    import keras
-    import tensorflow as tf
-
-    sys.path.insert(0, str(ROOT))
-    from examples.digits.make_digits import load_split
-
-    x_train, x_test, y_train, y_test = load_split()
-
-    def to_rgb96(x: np.ndarray) -> np.ndarray:
-        images = tf.image.resize(x.transpose(0, 2, 3, 1), (SIZE, SIZE)).numpy()
-        return np.repeat(images, 3, axis=3).astype(np.float32)
-
-    keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), weights=None, classes=10)
-    for layer in model.layers:  # 3 short epochs: let batch-norm statistics catch up (default 0.999)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.9
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(to_rgb96(x_train), y_train, epochs=3, batch_size=32, verbose=0)
-    x_cal = to_rgb96(x_test)
-    accuracy = float((model.predict(x_cal, verbose=0).argmax(1) == y_test).mean())
-    model.save(work / "model.keras")
-    np.savez(work / "calibration.npz", x=x_cal, y=y_test.astype(np.int64))
-    print(json.dumps({"held_out_accuracy": accuracy}))
 
 
 def run_direct(work: Path) -> None:
@@ -137,25 +108,16 @@ def run_edgekit(work: Path) -> None:
     print(json.dumps(out))
 
 
-def _timed(mode: str, work: Path) -> tuple[float, dict]:
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, mode, str(work)], capture_output=True, text=True, cwd=ROOT)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-    return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
         work = Path(tmp)
-        prep_seconds, prep = _timed("prepare", work)
+        prep_seconds, prep = timed(__file__, "prepare", work)
         print(f"trained MobileNetV2 96x96 in {prep_seconds:.0f}s, held-out accuracy {prep['held_out_accuracy']:.3f}")
         times: dict[str, list[float]] = {"direct": [], "edgekit": []}
         results: dict[str, dict] = {}
         for _ in range(ROUNDS):
             for mode in ("direct", "edgekit"):
-                seconds, results[mode] = _timed(mode, work)
+                seconds, results[mode] = timed(__file__, mode, work)
                 times[mode].append(seconds)
         direct, edge = statistics.median(times["direct"]), statistics.median(times["edgekit"])
         print(f"\nwall time (median of {ROUNDS}, fresh process each, imports included): direct {direct:.1f}s, "
@@ -174,6 +136,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3:
-        {"prepare": prepare, "direct": run_direct, "edgekit": run_edgekit}[sys.argv[1]](Path(sys.argv[2]))
+        {"prepare": prepare_mobilenet, "direct": run_direct, "edgekit": run_edgekit}[sys.argv[1]](Path(sys.argv[2]))
     else:
         main()

@@ -267,6 +267,8 @@ def _finish(
     else:
         say(f"{target.id}: validating the {fmt} artifact on {samples.count} samples")
         session = adapt(raw, inputs, outputs)
+        passed_over = [f"{a.provider}: {a.reason}" for a in raw.attempts if not a.ok]
+        notes = {**notes, "validated_on": raw.provider, **({"passed_over": passed_over} if passed_over else {})}
         actual = run_batched(session.run, samples.inputs, session.inputs)
         parity, accuracy = compare(reference, actual, source.outputs, target.tolerance, samples.labels)
         if not parity.passed:

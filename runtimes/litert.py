@@ -21,19 +21,21 @@ from edgekit.runtimes.base import Attempt
 
 log = logging.getLogger(__name__)
 XNNPACK = "XNNPACK"  # LiteRT's default CPU delegate, applied by the interpreter itself
+CPU = "CPU"  # LiteRT's builtin kernels without default delegates: slower, but runs what XNNPACK refuses
+DEFAULT_PROVIDERS = (XNNPACK, CPU)
 
 
-def _interpreter_class() -> Any:
+def _interpreter_module() -> Any:
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert import interpreter
     except ImportError:
         try:
-            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef,unused-ignore]
+            from tflite_runtime import interpreter  # type: ignore[no-redef,unused-ignore]
         except ImportError:
             raise MissingDependencyError(
                 "running .tflite artifacts needs ai-edge-litert; install it with: pip install 'edgekit[litert]'"
             ) from None
-    return Interpreter
+    return interpreter
 
 
 def _spec(details: Mapping[str, Any], name: str) -> TensorSpec:
@@ -122,27 +124,32 @@ class LiteRtRuntime:
     def is_available(self) -> bool:
         """True when ai-edge-litert (or tflite_runtime) imports."""
         try:
-            _interpreter_class()
+            _interpreter_module()
         except MissingDependencyError:
             return False
         return True
 
     def open(self, path: Path, *, providers: tuple[str, ...] | None = None, threads: int | None = None) -> LiteRtSession:
-        """Load a ``.tflite`` file on the first of ``providers`` that works (default: XNNPACK).
+        """Load a ``.tflite`` file on the first of ``providers`` that works (default: XNNPACK, then CPU).
+
+        ``CPU`` is LiteRT's builtin kernels without the XNNPACK delegate: XNNPACK refuses some
+        quantized graphs at load time, and the reason is recorded in ``attempts`` and logged.
 
         Raises:
             MissingDependencyError: ai-edge-litert is not installed.
             BundleError: The interpreter could not load the model (the reasons are listed).
         """
-        cls = _interpreter_class()
+        module = _interpreter_module()
+        resolvers = {XNNPACK: module.OpResolverType.AUTO, CPU: module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
         attempts: list[Attempt] = []
-        for provider in providers or (XNNPACK,):
-            if provider != XNNPACK:
+        for provider in providers or DEFAULT_PROVIDERS:
+            if provider not in resolvers:
                 attempts.append(Attempt(provider, False, "not offered by edgekit's LiteRT runtime on this host"))
                 continue
             start = time.perf_counter()
             try:
-                interpreter = cls(model_path=os.fspath(path), num_threads=threads)
+                interpreter = module.Interpreter(model_path=os.fspath(path), num_threads=threads,
+                                                 experimental_op_resolver_type=resolvers[provider])
                 session = LiteRtSession(interpreter, (*attempts, Attempt(provider, True)), 0.0)
             except (RuntimeError, ValueError) as exc:
                 reason = f"{type(exc).__name__}: {str(exc).strip()[:500]}"

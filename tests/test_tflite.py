@@ -169,3 +169,22 @@ def test_flex_ops_are_refused_by_default_and_recorded_when_allowed(flex_keras: P
     assert art.parity is None and art.unverified and "Flex" in art.unverified
     shown = run_cli("inspect", result.bundle.path)
     assert "unverified" in shown.output
+
+
+def test_ceil_mode_max_pool_keeps_int8_accuracy(tmp_path: Path) -> None:
+    """onnx2tf pads ceil-mode pools with float32's minimum, which wrecks int8 ranges; edgekit rewrites them."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.PReLU(8), nn.MaxPool2d(3, 2, ceil_mode=True), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 4)).eval()
+    x = np.random.default_rng(0).normal(size=(128, 3, 14, 14)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    result = convert(model, ["tflite", "tflite-int8"], out=tmp_path / "b", example_inputs=(torch.from_numpy(x[:2]),),
+                     calibration=tmp_path / "cal.npz")
+    for art in result.bundle.manifest.artifacts:
+        assert "ceil-mode MaxPool" in art.extra["conversion"]["rewrites"][0]
+        assert art.parity is not None and art.parity.passed
+    int8 = result.bundle.manifest.artifact("tflite-int8").parity
+    assert int8 is not None and int8.per_output is not None and int8.per_output[0]["max_rel_error"] < 0.25
