@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 BUNDLE ?= build/digits-bundle
 
-.PHONY: demo test lint typecheck example clean
+.PHONY: demo test bench lint typecheck example clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,17 @@ test: $(VENV)/.test-installed
 	MYPYPATH=$$(ls -d build/__editable__*) $(BIN)/python -m mypy -p edgekit
 	$(BIN)/python -m pytest
 
+# Benchmarks (minutes each; results go in benchmarks/RESULTS.md by hand). facenet-pytorch only
+# carries O-Net's weights here: its declared dependencies (torchvision) would pull a CUDA torch.
+bench: $(VENV)/.test-installed
+	$(PIP) --no-deps facenet-pytorch==2.6.0
+	$(BIN)/python benchmarks/bench_onnx_web.py
+	$(BIN)/python benchmarks/bench_tflite.py
+
 # Regenerate examples/digits (trains the CNN; needs the torch extra).
 example: $(VENV)/.test-installed
 	$(BIN)/python examples/digits/make_digits.py
+	$(BIN)/python examples/digits/make_digits_keras.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -102,11 +102,11 @@ def convert(
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     infos = resolve_targets(list(targets))
+    passes = usable_passes(tuple(via))
     if Path(out).exists() and not overwrite:
         BundleWriter(out)  # raises OutputExistsError before any work
     say("loading the source model")
     source = load_source(model, example_inputs)
-    passes = usable_passes(tuple(via))
     routes = {t.id: plan(source.kind, t, passes) for t in infos}
     with captured_output():  # importing TensorFlow prints C++ banners; the checks below raise clear errors
         for route in routes.values():  # every dependency is checked before the first pass runs

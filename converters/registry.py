@@ -17,6 +17,7 @@ class Kind:
     TORCH_MODULE = "torch.module"  # an nn.Module object with example inputs (Python API)
     TORCH_EXPORT = "torch.export"  # a saved torch.export ExportedProgram (.pt2)
     KERAS = "keras"  # a Keras model object or .keras file
+    TF_SAVED_MODEL = "tf.savedmodel"  # a TensorFlow SavedModel directory (its serving signature)
     ONNX = "onnx"  # any ONNX model: a source file or an exported one
     ONNX_WEB = "onnx.web"  # simplified + offline-optimized fp32 ONNX, IR <= 13
     ONNX_WEB_FP16 = "onnx.web.fp16"
@@ -91,6 +92,8 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.ONNX_WEB, Kind.ONNX_WEB_INT8, ("onnx", "onnxruntime")),
     PassInfo("keras-tf", "edgekit.converters.passes.tflite:KerasToTf",
              Kind.KERAS, Kind.TF, ("tensorflow",)),
+    PassInfo("saved-model-tf", "edgekit.converters.passes.tflite:SavedModelToTf",
+             Kind.TF_SAVED_MODEL, Kind.TF, ("tensorflow",)),
     PassInfo("onnx2tf", "edgekit.converters.passes.tflite:OnnxToTf",
              Kind.ONNX, Kind.TF, ("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnx_graphsurgeon")),
     PassInfo("tflite-fp32", "edgekit.converters.passes.tflite:TfliteFp32",
@@ -112,7 +115,7 @@ PASSES: tuple[PassInfo, ...] = (
 
 # Alternative routes users can ask for with ``--via NAME``.
 ALTERNATIVES: dict[str, str] = {
-    "litert-torch": "PyTorch to TFLite with litert-torch (fp32; keeps the NCHW layout and the example batch size)",
+    "litert-torch": "PyTorch to TFLite with litert-torch (fp32; keeps the NCHW layout; batch fixed to 1)",
 }
 
 TARGETS: dict[str, TargetInfo] = {
@@ -163,7 +166,8 @@ def target_modules(target: TargetInfo) -> tuple[str, ...]:
     needed: list[str] = []
     kind = target.kind
     by_product = {p.produces: p for p in PASSES
-                  if p.produces != Kind.ONNX and p.consumes != Kind.KERAS and p.alternative is None}
+                  if p.produces != Kind.ONNX and p.consumes not in (Kind.KERAS, Kind.TF_SAVED_MODEL)
+                  and p.alternative is None}
     while kind in by_product:
         step = by_product[kind]
         needed.extend(m for m in step.modules if m not in needed)

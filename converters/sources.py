@@ -21,8 +21,8 @@ ReferenceFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 SUFFIXES = {".onnx": Kind.ONNX, ".pt2": Kind.TORCH_EXPORT, ".keras": Kind.KERAS, ".h5": Kind.KERAS}
 ACCEPTED = (
-    "an ONNX file (.onnx), a saved torch.export program (.pt2), a Keras model (.keras, .h5), "
-    "or in Python a torch.nn.Module with example_inputs or a keras.Model object"
+    "an ONNX file (.onnx), a saved torch.export program (.pt2), a Keras model (.keras, .h5), a TensorFlow "
+    "SavedModel directory, or in Python a torch.nn.Module with example_inputs or a keras.Model object"
 )
 
 
@@ -51,6 +51,8 @@ def load_source(model: Any, example_inputs: tuple[Any, ...] | None = None) -> So
         path = Path(model)
         if not path.exists():
             raise InvalidModelError(f"model file {path} does not exist; check the path")
+        if path.is_dir() and (path / "saved_model.pb").is_file():
+            return _saved_model_source(path)
         kind = SUFFIXES.get(path.suffix.lower())
         if kind is None or not path.is_file():
             raise UnsupportedModelError(f"edgekit cannot read {path}: it takes {ACCEPTED}")
@@ -296,3 +298,39 @@ def _keras_source(path: Path | None, model: Any = None) -> Source:
         info = SourceInfo(format="keras.Model", file=f"{type(model).__module__}.{type(model).__qualname__}",
                           sha256=digest.hexdigest(), size_bytes=size)
     return Source(Kind.KERAS, Value(Kind.KERAS, path=path, obj=model), info, inputs, outputs, run)
+
+
+# ---------------------------------------------------------------- TensorFlow SavedModel
+
+
+def _saved_model_source(path: Path) -> Source:
+    tf = require("tensorflow", purpose="read TensorFlow SavedModels")
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # TensorFlow raises many types for a bad directory
+        raise InvalidModelError(f"{path} is not a SavedModel TensorFlow can load ({type(exc).__name__}: "
+                                f"{str(exc).strip()[:300]})") from exc
+    signatures = dict(getattr(loaded, "signatures", {}) or {})
+    if not signatures:
+        raise UnsupportedModelError(f"{path} has no serving signature; export it with model.export(dir) (Keras) or "
+                                    "tf.saved_model.save(obj, dir, signatures=...)")
+    function = signatures.get("serving_default") or next(iter(signatures.values()))
+    args, kwargs = function.structured_input_signature
+    if args or not kwargs:
+        raise UnsupportedModelError(f"{path}: edgekit needs a signature with named inputs")
+
+    def spec(name: str, t: Any) -> TensorSpec:
+        dims = tuple(int(d) if d is not None else "batch" if i == 0 else None for i, d in enumerate(t.shape))
+        return TensorSpec(name=name, shape=dims, dtype=t.dtype.name)
+
+    inputs = tuple(spec(n, kwargs[n]) for n in sorted(kwargs))
+    outputs = tuple(spec(n, t) for n, t in sorted(function.structured_outputs.items()))
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = function(**{s.name: tf.constant(feeds[s.name]) for s in inputs})
+        return {s.name: np.asarray(result[s.name]) for s in outputs}
+
+    digest, size = hash_path(path)
+    info = SourceInfo(format="tf.savedmodel", file=path.name, sha256=digest, size_bytes=size)
+    return Source(Kind.TF_SAVED_MODEL, Value(Kind.TF_SAVED_MODEL, path=path, obj=(loaded, function)), info, inputs,
+                  outputs, run)

@@ -27,6 +27,21 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
 }
 
 
+# extra -> the extras it installs too (so a listing can name the one to install)
+EXTRA_INCLUDES: dict[str, frozenset[str]] = {
+    "torch": frozenset({"onnx"}),
+    "tensorflow": frozenset({"onnx"}),
+    "tflite": frozenset({"tensorflow", "litert", "onnx"}),
+    "litert-torch": frozenset({"torch", "litert", "onnx"}),
+}
+
+
+def minimal_extras(extras: set[str]) -> list[str]:
+    """``extras`` without those another one of them already installs."""
+    implied = set().union(*(EXTRA_INCLUDES.get(e, frozenset()) for e in extras))
+    return sorted(extras - implied)
+
+
 def is_available(module: str) -> bool:
     """Tell whether ``module`` can be imported, without importing it."""
     try:

@@ -102,7 +102,7 @@ def artifact_table(manifest: Any) -> str:
 
 @app.command()
 def convert(
-    model: Annotated[Path, typer.Argument(help="Model file: .onnx, .pt2 (torch.export), .keras or .h5")],
+    model: Annotated[Path, typer.Argument(help="Model: .onnx, .pt2 (torch.export), .keras, .h5, or a SavedModel dir")],
     target: Annotated[list[str], typer.Option("--target", "-t", help="Target id; repeat for several (see `edgekit targets`)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to create")],
     calibration: Annotated[Path | None, typer.Option(help=".npz with arrays named like the inputs (or 'x'), labels 'y'")] = None,
@@ -185,19 +185,19 @@ def inspect(
 def targets() -> None:
     """List target ids, the extra each needs and whether it is installed here."""
     with _handled():
-        from edgekit._deps import OPTIONAL_MODULES, is_available
+        from edgekit._deps import OPTIONAL_MODULES, is_available, minimal_extras
         from edgekit.converters.registry import TARGETS, target_modules
 
         rows = [("target", "precision", "extra", "installed", "description")]
         for t in TARGETS.values():
             modules = target_modules(t)
-            extras = sorted({OPTIONAL_MODULES.get(m, (m, m))[1] for m in modules} - {"(base install)"})
+            extras = minimal_extras({OPTIONAL_MODULES.get(m, (m, m))[1] for m in modules} - {"(base install)"})
             ok = all(is_available(m) for m in modules)
             rows.append((t.id, t.precision, ",".join(extras) or "-", "yes" if ok else "no", t.description))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             typer.echo("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
-        typer.echo("\nSources: .onnx (extra onnx), .pt2 or nn.Module (extra torch), .keras (extra tensorflow).")
+        typer.echo("\nSources: .onnx (extra onnx), .pt2 or nn.Module (extra torch), .keras/.h5 (extra tensorflow).")
 
 
 @app.command()

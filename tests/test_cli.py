@@ -47,6 +47,8 @@ def test_targets_lists_ids_and_extras() -> None:
     for t in WEB_TARGETS:
         assert t in result.stdout
     assert "yes" in result.stdout
+    tflite_row = next(line for line in result.stdout.splitlines() if line.startswith("tflite-int8 "))
+    assert tflite_row.split()[2] == "tflite"  # the one extra to install, not the ones it brings
 
 
 def _convert(tmp_path: Path, model: Path, *extra: str):
@@ -102,6 +104,12 @@ def test_calibration_with_a_wrong_shape(tmp_path: Path, digits_onnx: Path) -> No
     np.savez(npz, x=np.zeros((4, 1, 9, 9), np.float32))
     result, out = _convert(tmp_path, digits_onnx, "--calibration", npz)
     _assert_user_error(result, out, "size 8 on axis 2")
+
+
+def test_unknown_route(tmp_path: Path, digits_onnx: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("convert", digits_onnx, "--target", "tflite", "--via", "tflite-direct", "--out", out)
+    _assert_user_error(result, out, "unknown route 'tflite-direct'", "litert-torch")
 
 
 def test_unknown_target(tmp_path: Path, digits_onnx: Path) -> None:

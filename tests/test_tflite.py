@@ -20,7 +20,7 @@ TFLITE_TARGETS = ["tflite", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8",
 SOURCES = {"keras": DIGITS / "digits.keras", "onnx": DIGITS / "digits.onnx", "torch": DIGITS / "digits.pt2"}
 
 
-@pytest.fixture(scope="module", params=["keras", "torch"])
+@pytest.fixture(scope="module", params=["keras", pytest.param("torch", marks=pytest.mark.torch)])
 def tflite_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """The Keras and the PyTorch digits CNN, each converted to all five TFLite targets through the CLI."""
     out = tmp_path_factory.mktemp("tflite") / request.param
@@ -94,6 +94,7 @@ def test_onnx_source_converts_with_the_manifest_naming_onnx2tf(tmp_path: Path) -
     assert art.extra["conversion"]["frontend"].startswith("onnx2tf ")
 
 
+@pytest.mark.torch
 def test_litert_torch_route_is_offered_and_named(tmp_path: Path) -> None:
     result = convert(SOURCES["torch"], ["tflite"], out=tmp_path / "b", calibration=DIGITS / "digits.npz",
                      via=["litert-torch"])
@@ -171,6 +172,7 @@ def test_flex_ops_are_refused_by_default_and_recorded_when_allowed(flex_keras: P
     assert "unverified" in shown.output
 
 
+@pytest.mark.torch
 def test_ceil_mode_max_pool_keeps_int8_accuracy(tmp_path: Path) -> None:
     """onnx2tf pads ceil-mode pools with float32's minimum, which wrecks int8 ranges; edgekit rewrites them."""
     import torch
@@ -188,3 +190,20 @@ def test_ceil_mode_max_pool_keeps_int8_accuracy(tmp_path: Path) -> None:
         assert art.parity is not None and art.parity.passed
     int8 = result.bundle.manifest.artifact("tflite-int8").parity
     assert int8 is not None and int8.per_output is not None and int8.per_output[0]["max_rel_error"] < 0.25
+
+
+def test_saved_model_directory_converts_through_its_signature(tmp_path: Path) -> None:
+    import keras
+
+    from edgekit.errors import NoRouteError
+
+    saved = tmp_path / "digits_saved_model"
+    keras.saving.load_model(SOURCES["keras"], compile=False).export(str(saved), verbose=False)
+    result = convert(saved, ["tflite-dynamic-int8"], out=tmp_path / "b", calibration=DIGITS / "digits.npz")
+    manifest = result.bundle.manifest
+    assert manifest.source.format == "tf.savedmodel" and manifest.inputs[0].shape == ("batch", 1, 8, 8)
+    art = manifest.artifact("tflite-dynamic-int8")
+    assert art.route == ("saved-model-tf", "tflite-dynamic-int8")
+    assert art.parity is not None and art.parity.passed and art.accuracy is not None and art.accuracy.top1 > 0.96
+    with pytest.raises(NoRouteError, match="tflite"):
+        convert(saved, ["onnx-web"], out=tmp_path / "web")

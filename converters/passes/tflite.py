@@ -112,6 +112,20 @@ class KerasToTf(Pass):
         return Value(Kind.TF, obj=graph, notes={"frontend": "keras"}, inputs=inputs, outputs=outputs)
 
 
+class SavedModelToTf(Pass):
+    """A SavedModel's serving signature, as it is (its names are the source's names)."""
+
+    name = "saved-model-tf"
+    consumes = Kind.TF_SAVED_MODEL
+    produces = Kind.TF
+    modules = ("tensorflow",)
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        loaded, function = value.obj
+        graph = TfGraph(function, loaded, ctx.inputs, ctx.outputs)
+        return Value(Kind.TF, obj=graph, notes={"frontend": "tf.savedmodel"}, inputs=ctx.inputs, outputs=ctx.outputs)
+
+
 def _variable_holder(model: Any) -> Any:
     """A tf.Module tracking the model's TensorFlow variables, so TFLiteConverter freezes them into constants.
 
