@@ -47,9 +47,13 @@ class ConversionResult:
     seconds: float
 
 
+# Validation runs on the CPU providers, so parity does not depend on the converting machine's GPU.
+VALIDATION_PROVIDERS = {"onnx": ("CPUExecutionProvider",), "ort": ("CPUExecutionProvider",), "tflite": ("XNNPACK", "CPU")}
+
+
 def _open(fmt: str, path: Path) -> Any:
     module, _, cls = RUNTIME_OF_FORMAT[fmt].partition(":")
-    return getattr(importlib.import_module(module), cls)().open(path)
+    return getattr(importlib.import_module(module), cls)().open(path, providers=VALIDATION_PROVIDERS.get(fmt))
 
 
 def _load_seconds(fmt: str, path: Path) -> float:

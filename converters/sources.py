@@ -130,7 +130,7 @@ def _onnx_source(path: Path) -> Source:
     from edgekit.runtimes.onnxruntime import OrtRuntime
 
     try:
-        session = OrtRuntime().open(path, optimization="none")
+        session = OrtRuntime().open(path, providers=("CPUExecutionProvider",), optimization="none")
     except Exception as exc:
         raise InvalidModelError(f"onnxruntime cannot load the source model {path}: {exc}") from exc
     digest, size = hash_path(path)

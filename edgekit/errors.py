@@ -97,6 +97,15 @@ class PartialConversionError(UserError):
         self.result = result
 
 
+class ProviderError(UserError):
+    """No execution provider the caller allowed could load or run the artifact (or the strict policy
+    refused a fallback); the message lists every provider tried and why it was passed over."""
+
+
+class InferenceError(EdgekitError):
+    """The runtime failed while running a loaded model on valid inputs (out of memory, a kernel error)."""
+
+
 class InvalidInputError(UserError):
     """Feeds given to a session do not match the model's inputs (name, rank, fixed size or dtype)."""
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgekit.bundle import TensorSpec
 from edgekit.errors import InvalidInputError
-from edgekit.runtimes.base import Attempt, Session
+from edgekit.runtimes.base import TimedSession
 
 _INT_DTYPES = ("int8", "uint8", "int16", "uint16", "int32")
 
@@ -63,20 +63,22 @@ def from_artifact(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return value
 
 
-class AdaptedSession:
+class AdaptedSession(TimedSession):
     """A session that takes and returns source-model tensors around an artifact's own session."""
 
-    def __init__(self, raw: Session, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]):
+    def __init__(self, raw: TimedSession, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]):
+        super().__init__()
         self.raw = raw
         self.artifact_inputs = inputs
         self.artifact_outputs = outputs
         self.inputs = tuple(source_view(s) for s in inputs)
         self.outputs = tuple(source_view(s) for s in outputs)
-        self.provider: str = raw.provider
-        self.attempts: tuple[Attempt, ...] = raw.attempts
-        self.load_seconds: float = raw.load_seconds
+        self.provider = raw.provider
+        self.attempts = raw.attempts
+        self.load_seconds = raw.load_seconds
+        self.notes = raw.notes
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once on source-layout feeds keyed by the source model's input names."""
         raw_feeds = {}
         for spec, view in zip(self.artifact_inputs, self.inputs, strict=True):
@@ -89,12 +91,13 @@ class AdaptedSession:
                     f"input {view.name!r} has {value.ndim} dimensions {list(value.shape)}; the model takes "
                     f"{len(view.shape)}: {list(view.shape)} (in the source model's layout)")
             raw_feeds[spec.name] = to_artifact(value, spec)
-        result = self.raw.run(raw_feeds)
+        result = self.raw._run(raw_feeds)  # timed once, here
         return {view.name: from_artifact(result[spec.name], spec)
                 for spec, view in zip(self.artifact_outputs, self.outputs, strict=True)}
 
 
-def adapt(raw: Session, inputs: tuple[TensorSpec, ...] | None, outputs: tuple[TensorSpec, ...] | None) -> Session:
+def adapt(raw: TimedSession, inputs: tuple[TensorSpec, ...] | None,
+          outputs: tuple[TensorSpec, ...] | None) -> TimedSession:
     """Wrap ``raw`` when the recorded artifact I/O differs from the source's; else return it as is."""
     if not inputs or not outputs or not any(needs_adapting(s) for s in (*inputs, *outputs)):
         return raw

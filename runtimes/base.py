@@ -1,15 +1,19 @@
-"""The runtime protocol: a Runtime opens an artifact, a Session runs feeds to outputs."""
+"""The runtime protocol: a Runtime opens an artifact, a Session runs feeds to outputs and keeps stats."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from edgekit.bundle import TensorSpec
+from edgekit.runtimes.stats import LatencyHistogram, Stats
+
+POLICIES = ("fallback", "strict")
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,14 @@ class Session(Protocol):
     provider: str
     attempts: tuple[Attempt, ...]
     load_seconds: float
+    notes: tuple[str, ...]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model once; keys of the result are the output names."""
+        ...
+
+    def stats(self) -> Stats:
+        """Runs, errors, latency percentiles and load time so far."""
         ...
 
 
@@ -45,6 +54,43 @@ class Runtime(Protocol):
         """True when this runtime can run on this host."""
         ...
 
-    def open(self, path: Path, *, providers: tuple[str, ...] | None = None) -> Session:
+    def open(self, path: Path, *, providers: Any = None, policy: str = "fallback") -> Session:
         """Load the artifact at ``path``."""
         ...
+
+
+class TimedSession:
+    """Base of the concrete sessions: ``run`` times ``_run`` into a fixed-size histogram.
+
+    Subclasses set ``inputs``, ``outputs``, ``provider``, ``attempts`` and ``load_seconds`` and
+    implement ``_run``; a wrapping session calls the inner one's ``_run`` so a run is counted once.
+    """
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    provider: str
+    attempts: tuple[Attempt, ...]
+    load_seconds: float
+    notes: tuple[str, ...] = ()  # what the caller should know: partial placement, the artifact chosen and why
+
+    def __init__(self) -> None:
+        self._latency = LatencyHistogram()
+        self._errors = 0
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model once on ``feeds`` (keyed by input name); the outputs are keyed by output name."""
+        start = time.perf_counter_ns()
+        try:
+            out = self._run(feeds)
+        except BaseException:
+            self._errors += 1
+            raise
+        self._latency.add(time.perf_counter_ns() - start)
+        return out
+
+    def stats(self) -> Stats:
+        """Runs, failed runs, latency P50/P95/P99 (ms) and load time (s) so far."""
+        return Stats.of(self._latency, self._errors, self.load_seconds)

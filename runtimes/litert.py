@@ -9,20 +9,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekit.bundle import TensorSpec
-from edgekit.errors import BundleError, InvalidInputError, MissingDependencyError
-from edgekit.runtimes.base import Attempt
+from edgekit.errors import InferenceError, InvalidInputError, MissingDependencyError, ProviderError
+from edgekit.runtimes.base import POLICIES, Attempt, TimedSession
 
 log = logging.getLogger(__name__)
+GPU = "GPU"  # LiteRT's GPU delegate, when its shared library can be loaded on this host
 XNNPACK = "XNNPACK"  # LiteRT's default CPU delegate, applied by the interpreter itself
 CPU = "CPU"  # LiteRT's builtin kernels without default delegates: slower, but runs what XNNPACK refuses
-DEFAULT_PROVIDERS = (XNNPACK, CPU)
+DEFAULT_PROVIDERS = (GPU, XNNPACK, CPU)
+# Where the GPU delegate lives on the platforms that ship one (Android apps bundle it; desktops rarely have it).
+GPU_DELEGATE_LIBRARIES = ("libtensorflowlite_gpu_delegate.so", "libLiteRtGpuAccelerator.so")
 
 
 def _interpreter_module() -> Any:
@@ -49,10 +52,11 @@ def _spec(details: Mapping[str, Any], name: str) -> TensorSpec:
     return TensorSpec(name=name, shape=dims, dtype=dtype, quantization=quant)
 
 
-class LiteRtSession:
+class LiteRtSession(TimedSession):
     """One LiteRT interpreter, run through its first signature (or tensor indices when it has none)."""
 
     def __init__(self, interpreter: Any, attempts: tuple[Attempt, ...], load_seconds: float):
+        super().__init__()
         self._interpreter = interpreter
         self.attempts = attempts
         self.provider = attempts[-1].provider
@@ -92,11 +96,14 @@ class LiteRtSession:
             checked[spec.name] = value
         return checked
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; a batch size different from the last run resizes the interpreter's tensors."""
         checked = self._check(feeds)
         if self._runner is not None:
-            result = self._runner(**checked)
+            try:
+                result = self._runner(**checked)
+            except (RuntimeError, ValueError) as exc:
+                raise InferenceError(f"LiteRT failed running the model on {self.provider}: {exc}") from exc
             return {s.name: np.asarray(result[s.name]) for s in self.outputs}
         it = self._interpreter
         resized = False
@@ -129,34 +136,69 @@ class LiteRtRuntime:
             return False
         return True
 
-    def open(self, path: Path, *, providers: tuple[str, ...] | None = None, threads: int | None = None) -> LiteRtSession:
-        """Load a ``.tflite`` file on the first of ``providers`` that works (default: XNNPACK, then CPU).
+    def open(self, path: Path, *, providers: str | Sequence[str] | None = None, policy: str = "fallback",
+             threads: int | None = None) -> LiteRtSession:
+        """Load a ``.tflite`` file on the first of ``providers`` that works (default: GPU, XNNPACK, CPU).
 
-        ``CPU`` is LiteRT's builtin kernels without the XNNPACK delegate: XNNPACK refuses some
-        quantized graphs at load time, and the reason is recorded in ``attempts`` and logged.
+        ``GPU`` is tried when LiteRT's GPU delegate library loads on this host; ``CPU`` is LiteRT's
+        builtin kernels without the XNNPACK delegate (XNNPACK refuses some quantized graphs at load
+        time). Every provider passed over is recorded in ``attempts`` with its reason.
 
         Raises:
             MissingDependencyError: ai-edge-litert is not installed.
-            BundleError: The interpreter could not load the model (the reasons are listed).
+            ProviderError: No provider could load the model, or ``strict`` met a failure.
         """
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
         module = _interpreter_module()
-        resolvers = {XNNPACK: module.OpResolverType.AUTO, CPU: module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+        resolvers = {XNNPACK: module.OpResolverType.AUTO, CPU: module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                     GPU: module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+        chain = DEFAULT_PROVIDERS if providers in (None, "auto") else (
+            tuple(p.strip() for p in providers.split(",")) if isinstance(providers, str) else tuple(providers))
         attempts: list[Attempt] = []
-        for provider in providers or DEFAULT_PROVIDERS:
-            if provider not in resolvers:
-                attempts.append(Attempt(provider, False, "not offered by edgekit's LiteRT runtime on this host"))
-                continue
+        for name in chain:
+            provider = name.upper()
             start = time.perf_counter()
             try:
+                if provider not in resolvers:
+                    raise _Refused("not offered by edgekit's LiteRT runtime (it offers GPU, XNNPACK, CPU)")
+                delegates = [_gpu_delegate(module)] if provider == GPU else None
                 interpreter = module.Interpreter(model_path=os.fspath(path), num_threads=threads,
+                                                 experimental_delegates=delegates,
                                                  experimental_op_resolver_type=resolvers[provider])
                 session = LiteRtSession(interpreter, (*attempts, Attempt(provider, True)), 0.0)
-            except (RuntimeError, ValueError) as exc:
-                reason = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
-                log.warning("LiteRT could not open %s with %s: %s", path.name, provider, reason)
+            except (_Refused, RuntimeError, ValueError) as exc:
+                text = str(exc).strip()[:500]
+                reason = text if isinstance(exc, _Refused) else f"{type(exc).__name__}: {text}"
                 attempts.append(Attempt(provider, False, reason))
+                # "auto" lists GPU in case a delegate is present: its absence is not a failure
+                absent_gpu = provider == GPU and providers in (None, "auto") and isinstance(exc, _Refused)
+                if absent_gpu:
+                    continue
+                if policy == "strict":
+                    raise ProviderError(f"LiteRT could not run {path.name} on {provider} and the policy is strict: "
+                                        f"{reason}") from None
+                log.warning("LiteRT: %s passed over for %s: %s", provider, path.name, reason)
                 continue
             session.load_seconds = time.perf_counter() - start
             return session
         tried = "; ".join(f"{a.provider}: {a.reason}" for a in attempts)
-        raise BundleError(f"LiteRT could not load {path}: {tried}")
+        raise ProviderError(f"LiteRT could not load {path}: {tried}")
+
+
+class _Refused(Exception):
+    """A provider attempt that was not made; the message is the recorded reason."""
+
+
+def _gpu_delegate(module: Any) -> Any:
+    """LiteRT's GPU delegate, or :class:`_Refused` naming the libraries looked for."""
+    import ctypes
+
+    errors = []
+    for library in GPU_DELEGATE_LIBRARIES:
+        try:
+            ctypes.CDLL(library)  # dlopen first: LiteRT's Delegate object misbehaves when its library is missing
+            return module.load_delegate(library)
+        except (ValueError, OSError, RuntimeError) as exc:
+            errors.append(f"{library}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'not loadable'}")
+    raise _Refused("no GPU delegate loads on this host (" + "; ".join(errors) + ")")

@@ -10,21 +10,22 @@ from collections.abc import Mapping
 import numpy as np
 
 from edgekit.bundle import TensorSpec
-from edgekit.runtimes.base import Attempt
+from edgekit.runtimes.base import Attempt, TimedSession
 
 
-class NullSession:
+class NullSession(TimedSession):
     """Answers every run with zero arrays shaped like the declared outputs."""
 
     provider = "null"
     load_seconds = 0.0
 
     def __init__(self, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]):
+        super().__init__()
         self.inputs = inputs
         self.outputs = outputs
         self.attempts = (Attempt("null", True),)
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Zeros for each output; a dynamic leading dim takes the first feed's batch size."""
         batch = next(iter(feeds.values())).shape[0] if feeds else 1
         out = {}

@@ -207,3 +207,17 @@ def test_saved_model_directory_converts_through_its_signature(tmp_path: Path) ->
     assert art.parity is not None and art.parity.passed and art.accuracy is not None and art.accuracy.top1 > 0.96
     with pytest.raises(NoRouteError, match="tflite"):
         convert(saved, ["onnx-web"], out=tmp_path / "web")
+
+
+def test_litert_tries_the_gpu_delegate_and_falls_back(tflite_bundle: tuple[str, Path]) -> None:
+    from edgekit.errors import ProviderError
+
+    _, path = tflite_bundle
+    session = rt.open(path, target="tflite", providers=("GPU", "XNNPACK"))
+    assert session.provider == "XNNPACK"
+    assert session.attempts[0].provider == "GPU" and "no GPU delegate" in session.attempts[0].reason
+    with pytest.raises(ProviderError, match="strict"):
+        rt.open(path, target="tflite", providers=("GPU", "XNNPACK"), policy="strict")
+    chosen = rt.open(path)  # this CPU host: the full-integer artifact
+    assert any(n.startswith("chose tflite-int8 (tflite, int8)") for n in chosen.notes)
+    assert chosen.stats().count == 0
