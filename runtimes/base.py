@@ -94,3 +94,8 @@ class TimedSession:
     def stats(self) -> Stats:
         """Runs, failed runs, latency P50/P95/P99 (ms) and load time (s) so far."""
         return Stats.of(self._latency, self._errors, self.load_seconds)
+
+    def reset_stats(self) -> None:
+        """Forget the runs so far (after a warm-up, say); the load time stays."""
+        self._latency = LatencyHistogram()
+        self._errors = 0

@@ -53,7 +53,12 @@ def _spec(details: Mapping[str, Any], name: str) -> TensorSpec:
 
 
 class LiteRtSession(TimedSession):
-    """One LiteRT interpreter, run through its first signature (or tensor indices when it has none)."""
+    """One LiteRT interpreter, fed by tensor index: the signature's names map to the interpreter's tensors.
+
+    A run whose inputs have the shapes and dtypes of the previous run goes straight to
+    ``set_tensor``/``invoke``/``get_tensor`` (what a hand-written loop does); any change is checked
+    against the model's shape signature first, and a new batch size resizes the tensors.
+    """
 
     def __init__(self, interpreter: Any, attempts: tuple[Attempt, ...], load_seconds: float):
         super().__init__()
@@ -63,63 +68,62 @@ class LiteRtSession(TimedSession):
         self.load_seconds = load_seconds
         interpreter.allocate_tensors()  # fails here, not at the first run, on ops the interpreter lacks (Flex)
         signatures = interpreter.get_signature_list()
-        self._runner: Any = None
         if signatures:
             key = "serving_default" if "serving_default" in signatures else next(iter(signatures))
-            self._runner = interpreter.get_signature_runner(key)
-            in_details = self._runner.get_input_details()
-            out_details = self._runner.get_output_details()
+            runner = interpreter.get_signature_runner(key)
+            in_details, out_details = runner.get_input_details(), runner.get_output_details()
             # signature_list keeps the model's order; the details dicts may not
-            self.inputs = tuple(_spec(in_details[n], n) for n in signatures[key]["inputs"])
-            self.outputs = tuple(_spec(out_details[n], n) for n in signatures[key]["outputs"])
+            ins = [(n, in_details[n]) for n in signatures[key]["inputs"]]
+            outs = [(n, out_details[n]) for n in signatures[key]["outputs"]]
         else:
-            self._in = interpreter.get_input_details()
-            self._out = interpreter.get_output_details()
-            self.inputs = tuple(_spec(d, d["name"]) for d in self._in)
-            self.outputs = tuple(_spec(d, d["name"]) for d in self._out)
+            ins = [(d["name"], d) for d in interpreter.get_input_details()]
+            outs = [(d["name"], d) for d in interpreter.get_output_details()]
+        self.inputs = tuple(_spec(d, n) for n, d in ins)
+        self.outputs = tuple(_spec(d, n) for n, d in outs)
+        self._in_index = [(n, int(d["index"])) for n, d in ins]
+        self._out_index = [(n, int(d["index"])) for n, d in outs]
+        # what each input tensor holds now: (shape, dtype); a feed that matches needs no check
+        self._current = {n: (tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"])) for n, d in ins}
 
-    def _check(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        checked = {}
-        for spec in self.inputs:
-            if spec.name not in feeds:
-                raise InvalidInputError(f"missing input {spec.name!r}; the model takes: "
-                                        + ", ".join(s.name for s in self.inputs))
-            value = np.asarray(feeds[spec.name])
-            fixed = [(i, d) for i, d in enumerate(spec.shape) if isinstance(d, int)]
-            if value.ndim != len(spec.shape) or any(value.shape[i] != d for i, d in fixed):
-                raise InvalidInputError(f"input {spec.name!r} has shape {list(value.shape)}; the model takes "
-                                        f"{list(spec.shape)} (None: any size)")
-            if value.dtype.name != spec.dtype:
-                if not (value.dtype.kind == "f" and np.dtype(spec.dtype).kind == "f"):
-                    raise InvalidInputError(f"input {spec.name!r} is {value.dtype.name}; the model takes {spec.dtype}")
-                value = value.astype(spec.dtype)
-            checked[spec.name] = value
-        return checked
+    def _prepare(self, name: str, value: Any) -> np.ndarray:
+        """Check a feed that differs from the last one; cast floats, resize the tensor for a new size."""
+        spec = next(s for s in self.inputs if s.name == name)
+        array: np.ndarray = np.asarray(value)
+        fixed = [(i, d) for i, d in enumerate(spec.shape) if isinstance(d, int)]
+        if array.ndim != len(spec.shape) or any(array.shape[i] != d for i, d in fixed):
+            raise InvalidInputError(f"input {name!r} has shape {list(array.shape)}; the model takes "
+                                    f"{list(spec.shape)} (None: any size)")
+        if array.dtype.name != spec.dtype:
+            if not (array.dtype.kind == "f" and np.dtype(spec.dtype).kind == "f"):
+                raise InvalidInputError(f"input {name!r} is {array.dtype.name}; the model takes {spec.dtype}")
+            array = array.astype(spec.dtype)
+        if array.shape != self._current[name][0]:
+            index = dict(self._in_index)[name]
+            self._interpreter.resize_tensor_input(index, array.shape)
+            self._interpreter.allocate_tensors()
+            self._current[name] = (array.shape, array.dtype)
+        return array
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; a batch size different from the last run resizes the interpreter's tensors."""
-        checked = self._check(feeds)
-        if self._runner is not None:
-            try:
-                result = self._runner(**checked)
-            except (RuntimeError, ValueError) as exc:
-                raise InferenceError(f"LiteRT failed running the model on {self.provider}: {exc}") from exc
-            return {s.name: np.asarray(result[s.name]) for s in self.outputs}
         it = self._interpreter
-        resized = False
-        for d in self._in:
-            value = checked[d["name"]]
-            if tuple(d["shape"]) != value.shape:
-                it.resize_tensor_input(d["index"], value.shape)
-                resized = True
-        if resized:
-            it.allocate_tensors()
-            self._in = it.get_input_details()
-            self._out = it.get_output_details()
-        for d in self._in:
-            it.set_tensor(d["index"], checked[d["name"]])
-        it.invoke()
-        return {d["name"]: it.get_tensor(d["index"]).copy() for d in self._out}
+        try:
+            for name, index in self._in_index:
+                value = feeds[name]
+                current = self._current[name]
+                if value.shape != current[0] or value.dtype != current[1]:
+                    value = self._prepare(name, value)
+                it.set_tensor(index, value)
+            it.invoke()
+        except KeyError:
+            missing = [n for n, _ in self._in_index if n not in feeds]
+            raise InvalidInputError(f"missing input(s) {', '.join(missing)}; the model takes: "
+                                    + ", ".join(s.name for s in self.inputs)) from None
+        except AttributeError:  # not an array: check and convert, then run again
+            return self._run({n: self._prepare(n, feeds[n]) for n, _ in self._in_index})
+        except (RuntimeError, ValueError) as exc:
+            raise InferenceError(f"LiteRT failed running the model on {self.provider}: {exc}") from exc
+        return {name: it.get_tensor(index) for name, index in self._out_index}
 
 
 class LiteRtRuntime:
@@ -200,5 +204,6 @@ def _gpu_delegate(module: Any) -> Any:
             ctypes.CDLL(library)  # dlopen first: LiteRT's Delegate object misbehaves when its library is missing
             return module.load_delegate(library)
         except (ValueError, OSError, RuntimeError) as exc:
-            errors.append(f"{library}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'not loadable'}")
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else "not loadable"
+            errors.append(text if text.startswith(library) else f"{library}: {text}")
     raise _Refused("no GPU delegate loads on this host (" + "; ".join(errors) + ")")

@@ -149,3 +149,35 @@ def test_no_calibration_uses_dynamic_int8_and_generated_inputs(tmp_path: Path, d
 def test_bad_flag_is_exit_code_2(tmp_path: Path, digits_onnx: Path) -> None:
     result = run_cli("convert", digits_onnx, "--frobnicate")
     assert result.exit_code == 2
+
+
+def test_run_prints_outputs_and_the_provider(tmp_path: Path, digits_bundle: Path, digits_npz: Path) -> None:
+    data = np.load(digits_npz)
+    np.save(tmp_path / "x.npy", data["x"][:4].astype(np.float64))  # float64 is cast to the model's float32
+    result = run_cli("run", digits_bundle, "--input", tmp_path / "x.npy", "--target", "onnx-web")
+    assert result.exit_code == 0, result.output
+    assert "provider: CPUExecutionProvider" in result.stdout and "logits: shape [4, 10]" in result.stdout
+    as_json = run_cli("run", digits_bundle, "--input", digits_npz, "--json", "--providers", "nosuch,cpu")
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.stdout)
+    logits = np.array(report["outputs"]["logits"]["values"])
+    assert (logits.argmax(1) == data["y"]).mean() > 0.95
+    assert report["attempts"][0] == {"provider": "nosuch", "ok": False,
+                                     "reason": report["attempts"][0]["reason"]} and report["provider"] == "CPUExecutionProvider"
+    bad = run_cli("run", digits_bundle, "--input", tmp_path / "missing.npy")
+    assert bad.exit_code == 2 and "does not exist" in bad.stderr
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 8, 8), np.float32))
+    wrong = run_cli("run", digits_bundle, "--input", tmp_path / "wrong.npy", "--target", "onnx-web")
+    assert wrong.exit_code == 2 and "refused the inputs" in wrong.stderr and "Traceback" not in wrong.output
+
+
+def test_bench_measures_every_artifact(digits_bundle: Path) -> None:
+    result = run_cli("bench", digits_bundle, "--runs", "20", "--warmup", "2", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {(r["target"], r["format"]) for r in rows} >= {("onnx-web", "onnx"), ("onnx-web-int8", "onnx")}
+    for r in rows:
+        assert r["error"] == "" and r["runs"] == 20 and r["provider"] == "CPUExecutionProvider"
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["throughput"] > 0 and r["load_ms"] > 0
+    table = run_cli("bench", digits_bundle, "--runs", "5", "--target", "onnx-web-int8")
+    assert table.exit_code == 0 and "p99 ms" in table.stdout and "onnx-web-int8" in table.stdout

@@ -112,11 +112,11 @@ def test_stats_percentiles_in_fixed_memory(digits_onnx: Path) -> None:
 def test_target_none_chooses_for_this_host_and_says_why(digits_bundle: Path) -> None:
     manifest = read_bundle(digits_bundle).manifest
     ranked, reason = rt.choose(manifest, providers=("cpu",))
-    assert [(a.target, a.format) for a in ranked[:3]] == [("onnx-web-int8", "ort"), ("onnx-web-int8", "onnx"),
-                                                          ("onnx-web", "ort")]
+    assert [(a.target, a.format) for a in ranked[:3]] == [("onnx-web-int8", "onnx"), ("onnx-web-int8", "ort"),
+                                                          ("onnx-web", "onnx")]
     assert "CPU-only" in reason
     session = rt.open(digits_bundle)
-    assert any(n.startswith("chose onnx-web-int8 (ort") for n in session.notes)
+    assert any(n.startswith("chose onnx-web-int8 (onnx") for n in session.notes)
     # a GPU host prefers fp16; a Core ML artifact is passed over on Linux, with the reason
     coreml = dataclasses.replace(manifest.artifacts[0], format="mlpackage", file="m.mlpackage")
     mixed = dataclasses.replace(manifest, artifacts=(*manifest.artifacts, coreml))
