@@ -57,3 +57,7 @@ def timed(script: str, mode: str, work: Path) -> tuple[float, dict[str, Any]]:
         raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return seconds, result
+
+
+if __name__ == "__main__":  # python benchmarks/common.py DIR: write the trained MobileNetV2 and its data to DIR
+    prepare_mobilenet(Path(sys.argv[1]))

@@ -55,9 +55,9 @@ def _spec(details: Mapping[str, Any], name: str) -> TensorSpec:
 class LiteRtSession(TimedSession):
     """One LiteRT interpreter, fed by tensor index: the signature's names map to the interpreter's tensors.
 
-    A run whose inputs have the shapes and dtypes of the previous run goes straight to
-    ``set_tensor``/``invoke``/``get_tensor`` (what a hand-written loop does); any change is checked
-    against the model's shape signature first, and a new batch size resizes the tensors.
+    A run goes straight to ``set_tensor``/``invoke``/``get_tensor`` (what a hand-written loop does);
+    only a feed LiteRT refuses (another batch size, a float64 array) is checked against the model's
+    shape signature, cast or used to resize the tensors, then set again.
     """
 
     def __init__(self, interpreter: Any, attempts: tuple[Attempt, ...], load_seconds: float):
@@ -84,6 +84,7 @@ class LiteRtSession(TimedSession):
         self._out_index = [(n, int(d["index"])) for n, d in outs]
         # what each input tensor holds now: (shape, dtype); a feed that matches needs no check
         self._current = {n: (tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"])) for n, d in ins}
+        self._set, self._invoke, self._get = interpreter.set_tensor, interpreter.invoke, interpreter.get_tensor
 
     def _prepare(self, name: str, value: Any) -> np.ndarray:
         """Check a feed that differs from the last one; cast floats, resize the tensor for a new size."""
@@ -106,24 +107,23 @@ class LiteRtSession(TimedSession):
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; a batch size different from the last run resizes the interpreter's tensors."""
-        it = self._interpreter
+        set_tensor = self._set
         try:
             for name, index in self._in_index:
                 value = feeds[name]
-                current = self._current[name]
-                if value.shape != current[0] or value.dtype != current[1]:
-                    value = self._prepare(name, value)
-                it.set_tensor(index, value)
-            it.invoke()
+                try:  # LiteRT checks shape and dtype itself: Python checks only what it refuses
+                    set_tensor(index, value)
+                except ValueError:
+                    set_tensor(index, self._prepare(name, value))
+            self._invoke()
         except KeyError:
             missing = [n for n, _ in self._in_index if n not in feeds]
             raise InvalidInputError(f"missing input(s) {', '.join(missing)}; the model takes: "
                                     + ", ".join(s.name for s in self.inputs)) from None
-        except AttributeError:  # not an array: check and convert, then run again
-            return self._run({n: self._prepare(n, feeds[n]) for n, _ in self._in_index})
         except (RuntimeError, ValueError) as exc:
             raise InferenceError(f"LiteRT failed running the model on {self.provider}: {exc}") from exc
-        return {name: it.get_tensor(index) for name, index in self._out_index}
+        get_tensor = self._get
+        return {name: get_tensor(index) for name, index in self._out_index}
 
 
 class LiteRtRuntime:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 SUB_BITS = 3  # 8 sub-buckets per octave: relative bucket width <= 1/8
 _SUB = 1 << SUB_BITS
 _OCTAVES = 40  # 2**40 ns is about 18 minutes; longer runs land in the last bucket
+_LAST = _OCTAVES * _SUB - 1
+_NEVER = 1 << 62  # min_ns before the first run
 
 
 class LatencyHistogram:
@@ -23,7 +25,7 @@ class LatencyHistogram:
         self.counts = [0] * (_OCTAVES * _SUB)
         self.count = 0
         self.total_ns = 0
-        self.min_ns = 0
+        self.min_ns = _NEVER
         self.max_ns = 0
 
     @staticmethod
@@ -32,7 +34,7 @@ class LatencyHistogram:
         if ns < _SUB:
             return ns if ns > 0 else 0
         octave = ns.bit_length() - SUB_BITS
-        return min(octave * _SUB + ((ns >> (octave - 1)) & (_SUB - 1)), _OCTAVES * _SUB - 1)
+        return min(octave * _SUB + ((ns >> (octave - 1)) & (_SUB - 1)), _LAST)
 
     @staticmethod
     def upper(index: int) -> int:
@@ -43,14 +45,21 @@ class LatencyHistogram:
         return ((_SUB | sub) + 1 << (octave - 1)) - 1
 
     def add(self, ns: int) -> None:
-        """Record one run's duration."""
-        self.counts[self.bucket(ns)] += 1
-        if self.count == 0 or ns < self.min_ns:
-            self.min_ns = ns
-        if ns > self.max_ns:
-            self.max_ns = ns
+        """Record one run's duration (the bucket arithmetic of :meth:`bucket`, inlined: it runs per call)."""
+        if ns < _SUB:
+            index = ns if ns > 0 else 0
+        else:
+            octave = ns.bit_length() - SUB_BITS
+            index = octave * _SUB + ((ns >> (octave - 1)) & (_SUB - 1))
+            if index > _LAST:
+                index = _LAST
+        self.counts[index] += 1
         self.count += 1
         self.total_ns += ns
+        if ns > self.max_ns:
+            self.max_ns = ns
+        if ns < self.min_ns:
+            self.min_ns = ns
 
     def percentile(self, q: float) -> float:
         """The q-th percentile (0-100) in milliseconds: the upper edge of its bucket, capped at the max."""
@@ -83,8 +92,9 @@ class Stats:
     def of(cls, hist: LatencyHistogram, errors: int, load_seconds: float) -> Stats:
         """A snapshot of ``hist``."""
         mean = hist.total_ns / hist.count / 1e6 if hist.count else 0.0
+        low = hist.min_ns if hist.count else 0
         return cls(hist.count, errors, hist.percentile(50), hist.percentile(95), hist.percentile(99), mean,
-                   hist.min_ns / 1e6, hist.max_ns / 1e6, load_seconds)
+                   low / 1e6, hist.max_ns / 1e6, load_seconds)
 
     def to_dict(self) -> dict[str, float | int]:
         """Plain numbers for JSON."""
