@@ -19,14 +19,14 @@ import numpy as np
 from edgekit import __version__
 from edgekit._console import captured_output
 from edgekit._deps import require
-from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, hash_path
+from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, ReferenceInfo, hash_path
 from edgekit.converters.calibration import Samples, generate_samples, load_calibration
 from edgekit.converters.passes import Options, PassContext, Value, load_pass
 from edgekit.converters.planner import plan, resolve_targets, usable_passes
 from edgekit.converters.registry import RUNTIME_OF_FORMAT, TARGETS, VARIANTS, TargetInfo
 from edgekit.converters.sources import Source, load_source
-from edgekit.converters.validation import compare, describe_failure, run_batched
 from edgekit.errors import ParityError, PartialConversionError, UserError
+from edgekit.parity import compare, describe_failure, run_batched
 from edgekit.runtimes.adapt import adapt, describe_io
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ LOAD_TIMING_REPEATS = 3
 # subset of the samples (recorded as n_samples): a full second pass over large calibration sets
 # would cost as much as validating the target again.
 VARIANT_SAMPLES = 64
+# Reference samples kept in the bundle for on-device smoke tests: a few, and small.
+REFERENCE_SAMPLES = 16
+REFERENCE_MAX_BYTES = 2 * 1024 * 1024
+REFERENCE_NAME = "reference.npz"
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ def convert(
             first = failures[0][1]
             raise type(first)(" | ".join(f"{f.target}: {f.error}" for f, _ in failures))
         artifacts = _with_size_ratios(artifacts, cache)
+        reference_info = _write_reference(writer.staging, samples, reference, source)
         manifest = Manifest(
             name=name or _default_name(model, source),
             version=version,
@@ -153,6 +158,7 @@ def convert(
             inputs=source.inputs,
             outputs=source.outputs,
             calibration=samples.info,
+            reference=reference_info,
             artifacts=tuple(artifacts),
             failures=tuple(f for f, _ in failures) or None,
         )
@@ -216,6 +222,20 @@ def _build_target(
         else:
             dst.unlink(missing_ok=True)
     return made
+
+
+def _write_reference(staging: Path, samples: Samples, reference: dict[str, np.ndarray],
+                     source: Source) -> ReferenceInfo:
+    """Write the first few samples and the source's outputs on them as ``reference.npz``."""
+    per_sample = sum(v[:1].nbytes for v in samples.inputs.values()) or 1
+    limit = max(1, min(REFERENCE_SAMPLES, REFERENCE_MAX_BYTES // per_sample))
+    subset, outputs = _leading_samples(samples, reference, source, limit)
+    arrays = {f"in.{k}": v for k, v in subset.inputs.items()}
+    arrays.update({f"out.{k}": v for k, v in outputs.items()})
+    path = staging / REFERENCE_NAME
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+    digest, size = hash_path(path)
+    return ReferenceInfo(file=REFERENCE_NAME, sha256=digest, size_bytes=size, n_samples=subset.count)
 
 
 def _leading_samples(samples: Samples, reference: dict[str, np.ndarray], source: Source,

@@ -139,6 +139,21 @@ class CalibrationInfo(_Record):
 
 
 @dataclass(frozen=True)
+class ReferenceInfo(_Record):
+    """Sample inputs and the source model's outputs on them, kept in the bundle (``reference.npz``).
+
+    A device checks a downloaded artifact with them (``edgekit.runtimes.smoke_test``) before it
+    reports a successful install. Arrays are named ``in.<input name>`` and ``out.<output name>``.
+    """
+
+    file: str
+    sha256: str
+    size_bytes: int
+    n_samples: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Parity(_Record):
     """How far an artifact's outputs are from the source model's on the same inputs."""
 
@@ -211,6 +226,7 @@ class Manifest(_Record):
         "inputs": [TensorSpec],
         "outputs": [TensorSpec],
         "calibration": CalibrationInfo,
+        "reference": ReferenceInfo,
         "artifacts": [Artifact],
         "failures": [Failure],
     }
@@ -225,6 +241,7 @@ class Manifest(_Record):
     schema: str = SCHEMA_ID
     created_at: str | None = None
     calibration: CalibrationInfo | None = None
+    reference: ReferenceInfo | None = None
     failures: tuple[Failure, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -345,7 +362,19 @@ def read_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
     if verify:
         for art in manifest.artifacts:
             verify_artifact(bundle, art)
+        if manifest.reference is not None:
+            _verify_file(root / manifest.reference.file, manifest.reference.size_bytes, manifest.reference.sha256,
+                         "the reference samples")
     return bundle
+
+
+def _verify_file(path: Path, size_bytes: int, sha256: str, what: str) -> None:
+    fix = "the file was changed or damaged after conversion; download or convert the bundle again"
+    if not path.exists():
+        raise IntegrityError(f"{what} ({path.name}) are missing from {path.parent}; {fix}")
+    digest, size = hash_path(path)
+    if size != size_bytes or digest != sha256:
+        raise IntegrityError(f"{what} ({path.name}) differ from the manifest's size or sha256; {fix}")
 
 
 def verify_artifact(bundle: Bundle, artifact: Artifact) -> None:

@@ -17,6 +17,7 @@ from edgekit.bundle import MANIFEST_NAME, Artifact, Manifest, read_bundle
 from edgekit.errors import BundleError, EdgekitError, ProviderError
 from edgekit.runtimes.adapt import AdaptedSession, adapt
 from edgekit.runtimes.base import POLICIES, Attempt, Runtime, Session, TimedSession
+from edgekit.runtimes.check import smoke_test
 from edgekit.runtimes.coreml import CoreMlRuntime, host_can_run_coreml
 from edgekit.runtimes.litert import LiteRtRuntime, LiteRtSession
 from edgekit.runtimes.null import NullSession
@@ -25,7 +26,7 @@ from edgekit.runtimes.stats import LatencyHistogram, Stats
 
 __all__ = ["AdaptedSession", "Attempt", "CoreMlRuntime", "LatencyHistogram", "LiteRtRuntime", "LiteRtSession",
            "NullSession", "OrtRuntime", "OrtSession", "Runtime", "Session", "Stats", "choose", "open",
-           "runtime_for"]
+           "runtime_for", "smoke_test"]
 
 log = logging.getLogger(__name__)
 _FORMAT_SUFFIXES = {".onnx": "onnx", ".ort": "ort", ".tflite": "tflite", ".mlpackage": "mlpackage"}
@@ -148,6 +149,7 @@ def open(  # noqa: A001 - the public name the SDK documents
             log.warning("could not open %s (%s): %s; trying the next artifact", art.target, art.format, exc)
             continue
         session = adapt(raw, art.inputs, art.outputs)
+        session.bundle, session.artifact = bundle, art
         notes = [*session.notes, reason if art is candidates[0] else f"{art.target} ({art.format}) after: "
                  + " | ".join(failures)]
         session.notes = tuple(notes)

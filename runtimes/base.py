@@ -73,6 +73,8 @@ class TimedSession:
     attempts: tuple[Attempt, ...]
     load_seconds: float
     notes: tuple[str, ...] = ()  # what the caller should know: partial placement, the artifact chosen and why
+    bundle: Any = None  # the Bundle and Artifact this session runs, when it was opened from a bundle
+    artifact: Any = None
 
     def __init__(self) -> None:
         self._latency = LatencyHistogram()

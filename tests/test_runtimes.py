@@ -143,6 +143,21 @@ def test_open_refuses_tampered_and_unknown(bundle_copy: Path, tmp_path: Path) ->
         rt.open(bundle_copy, policy="yolo")
 
 
+def test_every_artifact_passes_its_smoke_test_on_the_bundled_reference(bundle_copy: Path) -> None:
+    manifest = read_bundle(bundle_copy).manifest
+    assert manifest.reference is not None and manifest.reference.n_samples == 16
+    for art in manifest.artifacts:
+        session = rt.open(bundle_copy, target=art.target, format=art.format)
+        parity = rt.smoke_test(session)
+        assert parity.passed and parity.n_samples == 16, (art.target, art.format)
+        assert session.stats().count >= 1
+    with pytest.raises(BundleError, match="opened from a bundle"):
+        rt.smoke_test(rt.open(bundle_copy / manifest.artifacts[0].file))
+    (bundle_copy / "reference.npz").write_bytes(b"changed")
+    with pytest.raises(IntegrityError, match="reference samples"):
+        rt.open(bundle_copy)
+
+
 def test_null_session_returns_declared_shapes(digits_bundle: Path) -> None:
     m = read_bundle(digits_bundle).manifest
     session = rt.NullSession(m.inputs, m.outputs)

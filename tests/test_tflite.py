@@ -48,6 +48,8 @@ def test_all_five_precisions_meet_the_bar(tflite_bundle: tuple[str, Path]) -> No
     assert arts["tflite-fp16"].size_bytes < 0.6 * arts["tflite"].size_bytes
     first = arts["tflite"].route or ()
     assert first[0] == ("keras-tf" if source == "keras" else "torch-program-onnx")
+    for art in arts.values():  # what a device does after installing: the reference samples, in the source layout
+        assert rt.smoke_test(rt.open(path, target=art.target)).passed, art.target
 
 
 def test_onnx_route_records_the_nhwc_transpose_and_the_runtime_applies_it(tflite_bundle: tuple[str, Path]) -> None:
@@ -85,6 +87,7 @@ def test_int8_io_records_scale_and_zero_point_and_runs_on_float_feeds(tmp_path: 
     assert logits.dtype == np.float32 and (logits.argmax(1) == data["y"][:50]).mean() > 0.9
     raw = rt.open(result.bundle.artifact_path(art))  # the bare file takes int8
     assert raw.inputs[0].dtype == "int8"
+    assert rt.smoke_test(session).passed
 
 
 def test_onnx_source_converts_with_the_manifest_naming_onnx2tf(tmp_path: Path) -> None:
@@ -104,6 +107,7 @@ def test_litert_torch_route_is_offered_and_named(tmp_path: Path) -> None:
     assert art.inputs is not None and art.inputs[0].shape == (1, 1, 8, 8)  # NCHW kept, batch 1
     assert art.inputs[0].source_name == "x"
     assert art.parity is not None and art.parity.passed and art.parity.max_abs_error < 1e-3
+    assert rt.smoke_test(rt.open(result.bundle.path)).passed  # batch 1 artifact: reference run one by one
 
 
 def test_int8_without_calibration_data_is_refused_with_a_fix(tmp_path: Path) -> None:

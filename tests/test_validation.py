@@ -10,7 +10,7 @@ import pytest
 
 from edgekit.bundle import TensorSpec
 from edgekit.converters.registry import Tolerance
-from edgekit.converters.validation import compare, describe_failure
+from edgekit.parity import compare, describe_failure
 from tests.conftest import run_cli
 
 OUT = (TensorSpec("logits", ("batch", 3), "float32"),)

@@ -1,14 +1,29 @@
-"""Parity: run an artifact on the source's inputs and measure how far its outputs drift."""
+"""Parity: run an artifact on the source's inputs and measure how far its outputs drift.
+
+Numpy only: the converters measure parity with it when they validate an artifact, and the runtime
+with it when a device checks a downloaded artifact against the reference outputs in the bundle.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from edgekit.bundle import Accuracy, Parity, TensorSpec
-from edgekit.converters.registry import Tolerance
+
+
+class Tolerance(Protocol):
+    """The bounds an artifact's outputs must meet (see ``edgekit.converters.registry.Tolerance``)."""
+
+    @property
+    def max_rel_error(self) -> float: ...
+
+    @property
+    def min_top1_agreement(self) -> float | None: ...
+
+    def to_dict(self) -> dict[str, float]: ...
 
 RunFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 MAX_CHUNK = 64
