@@ -26,7 +26,7 @@ from edgekit.runtimes.stats import LatencyHistogram, Stats
 
 __all__ = ["AdaptedSession", "Attempt", "CoreMlRuntime", "LatencyHistogram", "LiteRtRuntime", "LiteRtSession",
            "NullSession", "OrtRuntime", "OrtSession", "Runtime", "Session", "Stats", "choose", "open",
-           "runtime_for", "smoke_test"]
+           "host_formats", "runtime_for", "smoke_test"]
 
 log = logging.getLogger(__name__)
 _FORMAT_SUFFIXES = {".onnx": "onnx", ".ort": "ort", ".tflite": "tflite", ".mlpackage": "mlpackage"}
@@ -53,7 +53,7 @@ def runtime_for(fmt: str) -> OrtRuntime | LiteRtRuntime | CoreMlRuntime:
     raise BundleError(f"edgekit has no runtime for {fmt!r} artifacts")
 
 
-def _host_formats() -> dict[str, str]:
+def host_formats() -> dict[str, str]:
     """Each artifact format, and why this host cannot run it ('' when it can)."""
     litert = "" if LiteRtRuntime().is_available() else "needs ai-edge-litert (pip install 'edgekit[litert]')"
     coreml = "" if host_can_run_coreml() else "Core ML runs only on macOS (with coremltools)"
@@ -68,7 +68,7 @@ def choose(manifest: Manifest, *, target: str | None = None, format: str | None 
     host whose onnxruntime offers a GPU/NPU provider fp16 leads, on CPU the smallest (int8); then
     format (Core ML where it runs, ONNX, ORT format, TFLite).
     """
-    why_not = _host_formats()
+    why_not = host_formats()
     chain = [p for p, _ in provider_chain(providers)] if providers is not None else [CPU]
     accelerators = [p for p in chain if p in _ACCELERATORS]
     order = _ACCEL_PRECISIONS if accelerators else _CPU_PRECISIONS

@@ -118,8 +118,8 @@ def bench_bundle(path: str | Path, *, targets: list[str] | None = None, runs: in
 
     Latency percentiles are the session's own fixed-size histogram, reset after the warm-up runs.
     """
+    from edgekit.runtimes import host_formats
     from edgekit.runtimes import open as open_artifact
-    from edgekit.runtimes import runtime_for
 
     bundle = read_bundle(path)
     results = []
@@ -128,8 +128,9 @@ def bench_bundle(path: str | Path, *, targets: list[str] | None = None, runs: in
         if targets and art.target not in targets:
             continue
         row = BenchResult(target=art.target, format=art.format, precision=art.precision, batch=batch)
-        if not runtime_for(art.format).is_available():
-            results.append(dataclasses.replace(row, error=f"this host cannot run {art.format} artifacts"))
+        why_not = host_formats().get(art.format, "no runtime for this format")
+        if why_not:
+            results.append(dataclasses.replace(row, error=f"this host cannot run {art.format} artifacts: {why_not}"))
             continue
         if art.format not in primed:  # the runtime's first open loads its libraries: keep that out of the figures
             primed.add(art.format)
