@@ -25,7 +25,7 @@ from edgekit.converters.passes import Options, PassContext, Value, load_pass
 from edgekit.converters.planner import plan, resolve_targets, usable_passes
 from edgekit.converters.registry import RUNTIME_OF_FORMAT, TARGETS, VARIANTS, TargetInfo
 from edgekit.converters.sources import Source, load_source
-from edgekit.errors import ParityError, PartialConversionError, UserError
+from edgekit.errors import NotVerifiableError, ParityError, PartialConversionError, UserError
 from edgekit.parity import compare, describe_failure, run_batched
 from edgekit.runtimes.adapt import adapt, describe_io
 
@@ -79,6 +79,7 @@ def convert(
     keep_partial: bool = False,
     int8_io: bool = False,
     allow_flex: bool = False,
+    min_ios: int = 16,
     via: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> ConversionResult:
@@ -98,6 +99,7 @@ def convert(
         keep_partial: When some targets fail, return normally: the bundle holds the others either way.
         int8_io: Give ``tflite-int8`` int8 inputs and outputs (scale and zero point go in the manifest).
         allow_flex: Accept TFLite models that need TensorFlow Select (Flex) ops (listed in the manifest).
+        min_ios: Core ML targets' minimum deployment target (iOS 15 to 18; recorded in the manifest).
         via: Alternative routes to prefer where they reach a target, for example ``["litert-torch"]``.
         progress: Called with a short message at each step.
 
@@ -114,7 +116,8 @@ def convert(
     if Path(out).exists() and not overwrite:
         BundleWriter(out)  # raises OutputExistsError before any work
     say("loading the source model")
-    source = load_source(model, example_inputs)
+    with captured_output():  # frameworks print banners on import; errors still raise
+        source = load_source(model, example_inputs)
     routes = {t.id: plan(source.kind, t, passes) for t in infos}
     with captured_output():  # importing TensorFlow prints C++ banners; the checks below raise clear errors
         for route in routes.values():  # every dependency is checked before the first pass runs
@@ -129,7 +132,7 @@ def convert(
     with tempfile.TemporaryDirectory(prefix="edgekit-") as tmp, BundleWriter(out, overwrite=overwrite) as writer:
         ctx = PassContext(Path(tmp), source.inputs, source.outputs, samples.inputs,
                           has_calibration=samples.info is not None, example_inputs=source.example_inputs,
-                          options=Options(int8_io=int8_io, allow_flex=allow_flex))
+                          options=Options(int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios))
         cache: dict[str, tuple[Value, tuple[str, ...], float]] = {source.kind: (source.value, (), 0.0)}
         artifacts: list[Artifact] = []
         failures: list[tuple[Failure, UserError]] = []
@@ -275,18 +278,27 @@ def _finish(
     record, as an app's session will.
     """
     if produced != dst:
-        shutil.copyfile(produced, dst)
+        if produced.is_dir():
+            shutil.copytree(produced, dst)
+        else:
+            shutil.copyfile(produced, dst)
     notes = value.notes
     parity = accuracy = None
     unverified = None
     flex: list[str] = notes.get("flex_ops") or []
-    with captured_output():  # LiteRT announces its delegate on stderr
-        raw = None if flex else _open(fmt, dst)
+    raw = None
+    if flex:
+        unverified = (f"uses TensorFlow Select ops ({', '.join(flex)}), which ai-edge-litert cannot run without the "
+                      "Flex delegate; parity was not measured")
+    else:
+        try:
+            with captured_output():  # LiteRT announces its delegate on stderr
+                raw = _open(fmt, dst)
+        except NotVerifiableError as exc:
+            unverified = str(exc)
     inputs = describe_io(raw.inputs, {s.name: s for s in value.inputs or ()}) if raw else value.inputs
     outputs = describe_io(raw.outputs, {s.name: s for s in value.outputs or ()}) if raw else value.outputs
     if raw is None:
-        unverified = (f"uses TensorFlow Select ops ({', '.join(flex)}), which ai-edge-litert cannot run without the "
-                      "Flex delegate; parity was not measured")
         say(f"{target.id}: not validated: {unverified}")
     else:
         say(f"{target.id}: validating the {fmt} artifact on {samples.count} samples")
@@ -317,7 +329,7 @@ def _with_size_ratios(artifacts: list[Artifact],
         info = TARGETS[art.target]
         base = fp32.get((art.format, info.family))
         if base is None and art.format == info.format and info.reference_kind in cache:
-            base = cache[info.reference_kind][0].file.stat().st_size
+            base = hash_path(cache[info.reference_kind][0].file)[1]
         out.append(replace(art, size_ratio=round(art.size_bytes / base, 4) if base else None))
     return out
 

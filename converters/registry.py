@@ -28,6 +28,11 @@ class Kind:
     TFLITE_DYNAMIC_INT8 = "tflite.dynamic-int8"
     TFLITE_INT8 = "tflite.int8"
     TFLITE_INT16X8 = "tflite.int16x8"
+    COREML_FP32 = "coreml.fp32"  # an .mlpackage ML Program, float32 compute
+    COREML_FP16 = "coreml.fp16"
+    COREML_INT8 = "coreml.int8"
+    COREML_PAL4 = "coreml.palettize4"
+    COREML_PAL6 = "coreml.palettize6"
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,24 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.TF, Kind.TFLITE_INT8, ("tensorflow", "ai_edge_litert")),
     PassInfo("tflite-int16x8", "edgekit.converters.passes.tflite:TfliteInt16x8",
              Kind.TF, Kind.TFLITE_INT16X8, ("tensorflow", "ai_edge_litert")),
+    PassInfo("torch-coreml-fp32", "edgekit.converters.passes.coreml:TorchModuleToCoremlFp32",
+             Kind.TORCH_MODULE, Kind.COREML_FP32, ("torch", "coremltools")),
+    PassInfo("torch-coreml-fp16", "edgekit.converters.passes.coreml:TorchModuleToCoremlFp16",
+             Kind.TORCH_MODULE, Kind.COREML_FP16, ("torch", "coremltools")),
+    PassInfo("torch-program-coreml-fp32", "edgekit.converters.passes.coreml:TorchProgramToCoremlFp32",
+             Kind.TORCH_EXPORT, Kind.COREML_FP32, ("torch", "coremltools")),
+    PassInfo("torch-program-coreml-fp16", "edgekit.converters.passes.coreml:TorchProgramToCoremlFp16",
+             Kind.TORCH_EXPORT, Kind.COREML_FP16, ("torch", "coremltools")),
+    PassInfo("tf-coreml-fp32", "edgekit.converters.passes.coreml:TfToCoremlFp32",
+             Kind.TF, Kind.COREML_FP32, ("tensorflow", "coremltools")),
+    PassInfo("tf-coreml-fp16", "edgekit.converters.passes.coreml:TfToCoremlFp16",
+             Kind.TF, Kind.COREML_FP16, ("tensorflow", "coremltools")),
+    PassInfo("coreml-int8", "edgekit.converters.passes.coreml:CoremlInt8",
+             Kind.COREML_FP16, Kind.COREML_INT8, ("coremltools",)),
+    PassInfo("coreml-palettize4", "edgekit.converters.passes.coreml:CoremlPalettize4",
+             Kind.COREML_FP16, Kind.COREML_PAL4, ("coremltools",)),
+    PassInfo("coreml-palettize6", "edgekit.converters.passes.coreml:CoremlPalettize6",
+             Kind.COREML_FP16, Kind.COREML_PAL6, ("coremltools",)),
     # PyTorch's direct route to LiteRT (fp32 only); the default torch route goes through ONNX and onnx2tf
     PassInfo("litert-torch", "edgekit.converters.passes.litert_torch:TorchModuleToTflite",
              Kind.TORCH_MODULE, Kind.TFLITE, ("torch", "litert_torch", "ai_edge_litert"), alternative="litert-torch"),
@@ -145,6 +168,21 @@ TARGETS: dict[str, TargetInfo] = {
         TargetInfo("tflite-int16x8", Kind.TFLITE_INT16X8, "tflite", "int16x8", "tflite",
                    "16-bit activations, 8-bit weights, for models that lose too much under int8",
                    Tolerance(max_rel_error=0.1, min_top1_agreement=0.98), Kind.TFLITE, suffix=".tflite"),
+        TargetInfo("coreml-fp16", Kind.COREML_FP16, "mlpackage", "fp16", "coreml",
+                   "Core ML ML Program, float16 compute (the default on Apple GPUs and the Neural Engine)",
+                   Tolerance(max_rel_error=5e-2, min_top1_agreement=0.99), Kind.COREML_FP32, suffix=".mlpackage"),
+        TargetInfo("coreml", Kind.COREML_FP32, "mlpackage", "fp32", "coreml",
+                   "Core ML ML Program, float32 compute (runs on CPU and GPU)",
+                   Tolerance(max_rel_error=1e-3), Kind.COREML_FP32, suffix=".mlpackage"),
+        TargetInfo("coreml-int8", Kind.COREML_INT8, "mlpackage", "int8", "coreml",
+                   "fp16 program with linear int8 weights (per channel)",
+                   Tolerance(max_rel_error=0.25, min_top1_agreement=0.98), Kind.COREML_FP32, suffix=".mlpackage"),
+        TargetInfo("coreml-palettize4", Kind.COREML_PAL4, "mlpackage", "palettize4", "coreml",
+                   "fp16 program with 4-bit k-means palettized weights",
+                   Tolerance(max_rel_error=0.5, min_top1_agreement=0.9), Kind.COREML_FP32, suffix=".mlpackage"),
+        TargetInfo("coreml-palettize6", Kind.COREML_PAL6, "mlpackage", "palettize6", "coreml",
+                   "fp16 program with 6-bit k-means palettized weights",
+                   Tolerance(max_rel_error=0.25, min_top1_agreement=0.95), Kind.COREML_FP32, suffix=".mlpackage"),
     )
 }
 
@@ -159,6 +197,7 @@ RUNTIME_OF_FORMAT: dict[str, str] = {
     "onnx": "edgekit.runtimes.onnxruntime:OrtRuntime",
     "ort": "edgekit.runtimes.onnxruntime:OrtRuntime",
     "tflite": "edgekit.runtimes.litert:LiteRtRuntime",
+    "mlpackage": "edgekit.converters.mil:MilRuntime",  # the numpy reference interpreter, on any OS
 }
 
 def target_modules(target: TargetInfo) -> tuple[str, ...]:
@@ -166,7 +205,8 @@ def target_modules(target: TargetInfo) -> tuple[str, ...]:
     needed: list[str] = []
     kind = target.kind
     by_product = {p.produces: p for p in PASSES
-                  if p.produces != Kind.ONNX and p.consumes not in (Kind.KERAS, Kind.TF_SAVED_MODEL)
+                  if p.produces != Kind.ONNX
+                  and p.consumes not in (Kind.KERAS, Kind.TF_SAVED_MODEL, Kind.TORCH_MODULE, Kind.TORCH_EXPORT)
                   and p.alternative is None}
     while kind in by_product:
         step = by_product[kind]

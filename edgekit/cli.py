@@ -22,7 +22,7 @@ from edgekit.errors import EdgekitError
 
 app = typer.Typer(
     name="edgekit",
-    help="Convert trained models to verified on-device bundles (ONNX-web and TFLite; Core ML to come).",
+    help="Convert trained models to verified on-device bundles: ONNX-web, TFLite and Core ML.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -117,6 +117,7 @@ def convert(
         help="tflite-int8: int8 inputs and outputs (scale, zero point in the manifest)")] = False,
     allow_flex: Annotated[bool, typer.Option(
         help="TFLite: accept TensorFlow Select (Flex) ops; adds tens of MB to apps")] = False,
+    min_ios: Annotated[int, typer.Option(help="Core ML: minimum iOS version (deployment target)")] = 16,
     via: Annotated[list[str] | None, typer.Option(help="Prefer an alternative route where it applies: litert-torch")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each pass")] = False,
 ) -> None:
@@ -130,7 +131,8 @@ def convert(
             result = run_convert(
                 model, target, out=out, calibration=calibration, name=name, version=version, labels_key=labels_key,
                 overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
-                int8_io=int8_io, allow_flex=allow_flex, via=tuple(via or ()), progress=lambda msg: _err(f"  - {msg}"),
+                int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios, via=tuple(via or ()),
+                progress=lambda msg: _err(f"  - {msg}"),
             )
         except PartialConversionError as partial:
             written: Any = partial.result

@@ -102,6 +102,11 @@ class ProviderError(UserError):
     refused a fallback); the message lists every provider tried and why it was passed over."""
 
 
+class NotVerifiableError(EdgekitError):
+    """No checker on this host can run the artifact (an op the reference interpreter lacks, Flex ops):
+    it is kept, marked ``unverified`` with this message, instead of being validated."""
+
+
 class InferenceError(EdgekitError):
     """The runtime failed while running a loaded model on valid inputs (out of memory, a kernel error)."""
 

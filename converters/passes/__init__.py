@@ -49,6 +49,7 @@ class Options:
 
     int8_io: bool = False  # tflite-int8: int8 inputs and outputs instead of float
     allow_flex: bool = False  # TFLite: accept TensorFlow Select (Flex) ops when builtins do not suffice
+    min_ios: int = 16  # Core ML: the minimum_deployment_target (iOS 16 and up: ML Programs with fp16 I/O ops)
 
 
 @dataclass(frozen=True)

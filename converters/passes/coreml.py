@@ -1,0 +1,237 @@
+"""Core ML: ML Programs (``.mlpackage``) from PyTorch (traced) and from TensorFlow graphs, then compressed.
+
+PyTorch goes through ``torch.jit.trace`` (coremltools 9 rejects this model's ``torch.export`` program:
+"non-contiguous dim order"); Keras, SavedModel and ONNX (through onnx2tf) go through the same
+``tf.function`` the TFLite family uses. Inputs and outputs stay float32 whatever the compute
+precision, and keep the source's names. Compression (int8 weights, 4- and 6-bit palettes) starts from
+the fp16 program, as an iOS app would ship it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgekit._console import captured_output
+from edgekit.bundle import TensorSpec
+from edgekit.converters.passes import Pass, PassContext, Value
+from edgekit.converters.registry import Kind
+from edgekit.errors import UnsupportedModelError
+
+MAX_BATCH = 64  # the dynamic batch dimension of a converted model ranges over 1..MAX_BATCH
+# Weights smaller than this many elements stay uncompressed (biases, tiny kernels).
+WEIGHT_THRESHOLD = 64
+
+
+def _target(ct: Any, min_ios: int) -> Any:
+    target = getattr(ct.target, f"iOS{min_ios}", None)
+    if target is None or min_ios < 15:
+        raise UnsupportedModelError(f"--min-ios {min_ios} is not a Core ML ML Program target coremltools offers "
+                                    "(use 15 to 18)")
+    return target
+
+
+def _shape(ct: Any, spec: TensorSpec) -> Any:
+    dims = [d if isinstance(d, int) and d > 0 else None for d in spec.shape]
+    if all(d is not None for d in dims):
+        return tuple(dims)
+    return tuple(ct.RangeDim(1, MAX_BATCH, 1) if d is None else d for d in dims)
+
+
+def _save(model: Any, ctx: PassContext, name: str) -> Path:
+    out = ctx.scratch(f"{name}.mlpackage")
+    with captured_output():
+        model.save(str(out))
+    return out
+
+
+def _io(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> tuple[
+        tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Artifact I/O named as the model's features, mapped in order to ``inputs``/``outputs``."""
+    desc = model.get_spec().description
+    ins = tuple(TensorSpec(f.name, s.shape, "float32", layout=s.layout, source_name=s.source_name or s.name,
+                           source_transpose=s.source_transpose) for f, s in zip(desc.input, inputs, strict=True))
+    outs = tuple(TensorSpec(f.name, s.shape, "float32", layout=s.layout, source_name=s.source_name or s.name,
+                            source_transpose=s.source_transpose) for f, s in zip(desc.output, outputs, strict=True))
+    return ins, outs
+
+
+class _TorchToCoreml(Pass):
+    """Trace the module and convert; ``precision`` is the compute precision."""
+
+    modules = ("torch", "coremltools")
+    precision: ClassVar[str]
+
+    def module(self, value: Value, ctx: PassContext) -> tuple[Any, tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        import coremltools as ct
+        import torch
+
+        module, args = self.module(value, ctx)
+        with torch.no_grad(), captured_output():
+            traced = torch.jit.trace(module, args)  # type: ignore[no-untyped-call]
+            model = ct.convert(
+                traced, convert_to="mlprogram", minimum_deployment_target=_target(ct, ctx.options.min_ios),
+                compute_precision=ct.precision.FLOAT16 if self.precision == "fp16" else ct.precision.FLOAT32,
+                inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=np.float32) for s in ctx.inputs],
+                outputs=[ct.TensorType(name=s.name, dtype=np.float32) for s in ctx.outputs])
+        inputs, outputs = _io(model, ctx.inputs, ctx.outputs)
+        notes = {"converter": f"coremltools {ct.__version__} (torch.jit.trace)", "minimum_deployment_target":
+                 f"iOS{ctx.options.min_ios}", "compute_precision": self.precision}
+        return Value(self.produces, path=_save(model, ctx, self.name), notes=notes, inputs=inputs, outputs=outputs)
+
+
+class TorchModuleToCoremlFp32(_TorchToCoreml):
+    """An nn.Module to an fp32 ML Program."""
+
+    name = "torch-coreml-fp32"
+    consumes = Kind.TORCH_MODULE
+    produces = Kind.COREML_FP32
+    precision = "fp32"
+
+    def module(self, value: Value, ctx: PassContext) -> tuple[Any, tuple[Any, ...]]:
+        return value.obj.eval(), tuple(ctx.example_inputs or ())
+
+
+class TorchModuleToCoremlFp16(TorchModuleToCoremlFp32):
+    """An nn.Module to an fp16 ML Program."""
+
+    name = "torch-coreml-fp16"
+    produces = Kind.COREML_FP16
+    precision = "fp16"
+
+
+class TorchProgramToCoremlFp32(_TorchToCoreml):
+    """A saved torch.export program (its module, traced) to an fp32 ML Program."""
+
+    name = "torch-program-coreml-fp32"
+    consumes = Kind.TORCH_EXPORT
+    produces = Kind.COREML_FP32
+    precision = "fp32"
+
+    def module(self, value: Value, ctx: PassContext) -> tuple[Any, tuple[Any, ...]]:
+        args, _ = value.obj.example_inputs
+        return value.obj.module(), tuple(args)
+
+
+class TorchProgramToCoremlFp16(TorchProgramToCoremlFp32):
+    """A saved torch.export program to an fp16 ML Program."""
+
+    name = "torch-program-coreml-fp16"
+    produces = Kind.COREML_FP16
+    precision = "fp16"
+
+
+class TfToCoremlFp32(Pass):
+    """A TensorFlow graph (Keras, SavedModel, or ONNX through onnx2tf) to an fp32 ML Program."""
+
+    name = "tf-coreml-fp32"
+    consumes = Kind.TF
+    produces = Kind.COREML_FP32
+    modules = ("tensorflow", "coremltools")
+    precision = "fp32"
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        import coremltools as ct
+
+        graph = value.obj
+        structured = graph.function.structured_outputs
+        # the converter names outputs after the graph's tensors, in the order TensorFlow flattens the
+        # output dict (sorted keys); rename them to the source's names
+        flat = sorted(structured) if isinstance(structured, dict) else [s.name for s in graph.outputs]
+        with captured_output():
+            model = ct.convert(
+                [graph.function], source="tensorflow", convert_to="mlprogram",
+                minimum_deployment_target=_target(ct, ctx.options.min_ios),
+                compute_precision=ct.precision.FLOAT16 if self.precision == "fp16" else ct.precision.FLOAT32,
+                inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=np.float32) for s in graph.inputs],
+                outputs=[ct.TensorType(dtype=np.float32) for _ in flat])
+        spec = model.get_spec()
+        for feature, name in zip(list(spec.description.output), flat, strict=True):
+            if feature.name != name:
+                ct.utils.rename_feature(spec, feature.name, name, rename_inputs=False)
+        model = ct.models.MLModel(spec, weights_dir=model.weights_dir, skip_model_load=True)
+        by_name = {s.name: s for s in graph.outputs}
+        outputs = tuple(by_name[n] for n in flat)
+        inputs, outs = _io(model, graph.inputs, outputs)
+        notes = {"converter": f"coremltools {ct.__version__} ({value.notes.get('frontend', 'tf')} -> tf.function)",
+                 "minimum_deployment_target": f"iOS{ctx.options.min_ios}", "compute_precision": self.precision}
+        return Value(self.produces, path=_save(model, ctx, self.name), notes=notes, inputs=inputs, outputs=outs)
+
+
+class TfToCoremlFp16(TfToCoremlFp32):
+    """A TensorFlow graph to an fp16 ML Program."""
+
+    name = "tf-coreml-fp16"
+    produces = Kind.COREML_FP16
+    precision = "fp16"
+
+
+class _Compress(Pass):
+    """Compress the weights of the fp16 program with coremltools.optimize.coreml."""
+
+    consumes = Kind.COREML_FP16
+    modules = ("coremltools",)
+
+    def config(self, cto: Any) -> Any:
+        raise NotImplementedError
+
+    def apply(self, cto: Any, model: Any, config: Any) -> Any:
+        raise NotImplementedError
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        import coremltools as ct
+        import coremltools.optimize.coreml as cto
+
+        model = ct.models.MLModel(str(value.file), skip_model_load=True)
+        with captured_output():
+            compressed = self.apply(cto, model, cto.OptimizationConfig(global_config=self.config(cto)))
+        out = _save(compressed, ctx, self.name)
+        notes = {**value.notes, "compression": f"{self.name} (coremltools.optimize.coreml, weights with at least "
+                 f"{WEIGHT_THRESHOLD} elements)"}
+        return Value(self.produces, path=out, notes=notes, inputs=value.inputs, outputs=value.outputs)
+
+
+class CoremlInt8(_Compress):
+    """Linear symmetric int8 weights, per channel (constexpr_affine_dequantize)."""
+
+    name = "coreml-int8"
+    produces = Kind.COREML_INT8
+
+    def config(self, cto: Any) -> Any:
+        return cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=WEIGHT_THRESHOLD)
+
+    def apply(self, cto: Any, model: Any, config: Any) -> Any:
+        return cto.linear_quantize_weights(model, config)
+
+
+class CoremlPalettize4(_Compress):
+    """4-bit k-means palettes (constexpr_lut_to_dense)."""
+
+    name = "coreml-palettize4"
+    produces = Kind.COREML_PAL4
+    nbits = 4
+
+    def config(self, cto: Any) -> Any:
+        return cto.OpPalettizerConfig(nbits=self.nbits, mode="kmeans", weight_threshold=WEIGHT_THRESHOLD)
+
+    def apply(self, cto: Any, model: Any, config: Any) -> Any:
+        return cto.palettize_weights(model, config)
+
+
+class CoremlPalettize6(CoremlPalettize4):
+    """6-bit k-means palettes."""
+
+    name = "coreml-palettize6"
+    produces = Kind.COREML_PAL6
+    nbits = 6
+
+
+def copy_package(src: Path, dst: Path) -> None:
+    """Copy an ``.mlpackage`` directory."""
+    shutil.copytree(src, dst)
