@@ -10,6 +10,7 @@ from edgekit.converters.planner import plan, reachable_kinds, resolve_targets, u
 from edgekit.converters.registry import PASSES, TARGETS, Kind, PassInfo
 from edgekit.errors import NoRouteError, UnknownTargetError
 
+
 @pytest.mark.parametrize("source,first", [
     (Kind.ONNX, {"onnx-web": ["onnx-web-optimize"], "tflite": ["onnx2tf"], "coreml": ["onnx2tf"]}),
     (Kind.TORCH_MODULE, {"onnx-web": ["torch-export-onnx", "onnx-web-optimize"],
