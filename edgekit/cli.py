@@ -143,14 +143,20 @@ def convert(
         _report(result)
 
 
+def _explain(manifest: Any) -> None:
+    """Why an artifact has no parity (it could not be run by any checker here)."""
+    for a in manifest.artifacts:
+        if a.unverified:
+            text = a.unverified if a.unverified.startswith("unverified") else f"unverified: {a.unverified}"
+            typer.echo(f"\n{a.target} ({a.format}): {text}")
+
+
 def _report(result: Any) -> None:
     manifest = result.bundle.manifest
     typer.echo(f"\nbundle {manifest.name} {manifest.version} written to {result.bundle.path} "
                f"in {result.seconds:.1f}s\n")
     typer.echo(artifact_table(manifest))
-    for a in manifest.artifacts:
-        if a.unverified:
-            typer.echo(f"\n{a.target}: unverified: {a.unverified}")
+    _explain(manifest)
     if result.failures:
         typer.echo("\nfailed targets (kept out of the bundle; recorded in bundle.json):")
         for f in result.failures:
@@ -181,6 +187,7 @@ def inspect(
                        + (", labelled" if m.calibration.has_labels else ""))
         typer.echo("all artifacts verified (size and sha256)\n")
         typer.echo(artifact_table(m))
+        _explain(m)
 
 
 def _load_feeds(path: Path, inputs: Any) -> dict[str, Any]:
