@@ -40,6 +40,8 @@ bench: $(VENV)/.test-installed
 	$(PIP) --no-deps facenet-pytorch==2.6.0
 	$(BIN)/python benchmarks/bench_onnx_web.py
 	$(BIN)/python benchmarks/bench_tflite.py
+	$(BIN)/python benchmarks/bench_coreml.py
+	$(BIN)/python benchmarks/bench_runtime.py
 
 # Regenerate examples/digits (trains the CNN; needs the torch extra).
 example: $(VENV)/.test-installed

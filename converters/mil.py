@@ -250,7 +250,8 @@ def _expand_dims(op: Op, get: Getter) -> list[np.ndarray]:
 
 @_op("concat")
 def _concat(op: Op, get: Getter) -> list[np.ndarray]:
-    return [np.concatenate([_f32(v) for v in get("values")], axis=int(get("axis")))]
+    values = [np.atleast_1d(_f32(np.asarray(v))) for v in get("values")]  # scalars (gathered dims) join as [1]
+    return [np.concatenate(values, axis=int(get("axis")))]
 
 
 @_op("pad")
@@ -291,6 +292,48 @@ def _slice_by_index(op: Op, get: Getter) -> list[np.ndarray]:
     out = x[index]
     axes = tuple(i for i, s in enumerate(squeeze) if s)
     return [np.squeeze(out, axis=axes) if axes else out]
+
+
+@_op("shape")
+def _shape_op(op: Op, get: Getter) -> list[np.ndarray]:
+    return [np.asarray(np.shape(get("x")), np.int32)]
+
+
+@_op("gather")
+def _gather(op: Op, get: Getter) -> list[np.ndarray]:
+    x, indices = get("x"), np.asarray(get("indices")).astype(np.int64)
+    axis = int(get("axis", 0)) % np.ndim(x)
+    if int(get("batch_dims", 0)):
+        raise NotVerifiableError("unverified: op gather with batch_dims (not implemented by edgekit's MIL reference "
+                                 "interpreter)")
+    return [np.take(x, np.where(indices < 0, indices + np.shape(x)[axis], indices), axis=axis)]
+
+
+@_op("select")
+def _select(op: Op, get: Getter) -> list[np.ndarray]:
+    return [np.where(get("cond"), _f32(get("a")), _f32(get("b")))]
+
+
+@_op("slice_by_size")
+def _slice_by_size(op: Op, get: Getter) -> list[np.ndarray]:
+    x, begin, size = get("x"), [int(b) for b in get("begin")], [int(n) for n in get("size")]
+    return [x[tuple(slice(b, None if n == -1 else b + n) for b, n in zip(begin, size, strict=True))]]
+
+
+@_op("tile")
+def _tile(op: Op, get: Getter) -> list[np.ndarray]:
+    return [np.tile(get("x"), [int(r) for r in get("reps")])]
+
+
+@_op("logical_not")
+def _logical_not(op: Op, get: Getter) -> list[np.ndarray]:
+    return [np.logical_not(get("x"))]
+
+
+@_op("logical_and", "logical_or", "logical_xor")
+def _logical(op: Op, get: Getter) -> list[np.ndarray]:
+    fn = {"logical_and": np.logical_and, "logical_or": np.logical_or, "logical_xor": np.logical_xor}[op.op_type]
+    return [fn(get("x"), get("y"))]
 
 
 # ---------------------------------------------------------------- compressed weights (iOS16 forms)

@@ -181,3 +181,34 @@ def test_an_op_the_interpreter_lacks_leaves_the_artifact_unverified(tmp_path: Pa
     assert result.bundle.manifest.artifact("onnx-web").parity is not None
     shown = run_cli("inspect", result.bundle.path)
     assert "unverified: op cumsum" in shown.output
+
+
+@pytest.mark.torch
+def test_prelu_after_a_linear_layer_is_rewritten_and_verified(tmp_path: Path) -> None:
+    """coremltools' prelu takes rank-4 inputs only (MTCNN's O-Net has one after a linear layer)."""
+    pytest.importorskip("coremltools")
+    import torch
+    from torch import nn
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.act1 = nn.Conv2d(3, 4, 3), nn.PReLU(4)
+            self.dense, self.act2 = nn.Linear(4 * 5 * 5, 8), nn.PReLU(8)
+
+        def forward(self, x: Any) -> Any:
+            x = self.act1(self.conv(x))
+            return self.act2(self.dense(x.view(x.shape[0], -1)))  # shape, gather, concat, reshape in MIL
+
+    torch.manual_seed(0)
+    model = Head().eval()
+    for act in (model.act1, model.act2):
+        act.weight.data.uniform_(-0.5, 0.5)
+    x = np.random.default_rng(0).normal(size=(32, 3, 7, 7)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    result = convert(model, ["coreml", "coreml-fp16"], out=tmp_path / "b", example_inputs=(torch.from_numpy(x[:2]),),
+                     calibration=tmp_path / "cal.npz")
+    for art in result.bundle.manifest.artifacts:
+        assert "2 PReLU" in art.extra["conversion"]["rewrites"][0]
+        assert art.parity is not None and art.parity.passed, art.target
+    assert model.act2.__class__ is nn.PReLU  # the caller's module is untouched

@@ -59,6 +59,51 @@ def _io(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, .
     return ins, outs
 
 
+def _explicit_prelu(x: Any, weight: Any) -> Any:
+    """PReLU written as ``where(x >= 0, x, alpha * x)``, one slope per channel (axis 1), for any rank."""
+    import torch
+
+    shape = [1, -1] + [1] * (x.dim() - 2) if x.dim() >= 2 else [-1]
+    return torch.where(x >= 0, x, x * weight.reshape(shape))
+
+
+def rewrite_prelu(module: Any) -> tuple[Any, int]:
+    """A copy of ``module`` whose PReLUs are :func:`_explicit_prelu` (exact), and how many were rewritten.
+
+    coremltools' PyTorch frontend maps PReLU to MIL ``prelu``, which takes rank-4 inputs and rank 3 or 5
+    only with one shared slope: the PReLU after a linear layer (MTCNN's O-Net) fails to convert.
+    """
+    import copy
+
+    import torch
+    from torch import nn
+
+    class ExplicitPReLU(nn.Module):
+        def __init__(self, weight: Any):
+            super().__init__()
+            self.weight = weight
+
+        def forward(self, x: Any) -> Any:
+            return _explicit_prelu(x, self.weight)
+
+    module = copy.deepcopy(module)
+    count = 0
+    if isinstance(module, torch.fx.GraphModule):  # a torch.export program's module: rewrite the calls
+        targets = {torch.ops.aten.prelu.default, torch.nn.functional.prelu}
+        for node in module.graph.nodes:
+            if node.op == "call_function" and node.target in targets:
+                node.target = _explicit_prelu
+                count += 1
+        if count:
+            module.recompile()
+    for name, child in list(module.named_modules()):
+        if isinstance(child, nn.PReLU):
+            parent = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
+            setattr(parent, name.rpartition(".")[2], ExplicitPReLU(child.weight))
+            count += 1
+    return module, count
+
+
 class _TorchToCoreml(Pass):
     """Trace the module and convert; ``precision`` is the compute precision."""
 
@@ -73,6 +118,7 @@ class _TorchToCoreml(Pass):
         import torch
 
         module, args = self.module(value, ctx)
+        module, prelus = rewrite_prelu(module)
         with torch.no_grad(), captured_output():
             traced = torch.jit.trace(module, args)  # type: ignore[no-untyped-call]
             model = ct.convert(
@@ -81,8 +127,12 @@ class _TorchToCoreml(Pass):
                 inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=np.float32) for s in ctx.inputs],
                 outputs=[ct.TensorType(name=s.name, dtype=np.float32) for s in ctx.outputs])
         inputs, outputs = _io(model, ctx.inputs, ctx.outputs)
-        notes = {"converter": f"coremltools {ct.__version__} (torch.jit.trace)", "minimum_deployment_target":
-                 f"iOS{ctx.options.min_ios}", "compute_precision": self.precision}
+        notes: dict[str, Any] = {"converter": f"coremltools {ct.__version__} (torch.jit.trace)",
+                                 "minimum_deployment_target": f"iOS{ctx.options.min_ios}",
+                                 "compute_precision": self.precision}
+        if prelus:
+            notes["rewrites"] = [f"{prelus} PReLU -> where(x >= 0, x, alpha * x) (exact; coremltools' prelu "
+                                 "takes rank-4 inputs only)"]
         return Value(self.produces, path=_save(model, ctx, self.name), notes=notes, inputs=inputs, outputs=outputs)
 
 
