@@ -311,6 +311,8 @@ def _finish(
             if not accept_parity_failure:
                 raise ParityError(describe_failure(f"{target.id} ({fmt})", parity))
             parity = replace(parity, accepted=True)
+        if fmt == "mlpackage":
+            notes = {**notes, **_coreml_on_this_mac(dst, inputs, outputs, source, samples, reference, target)}
     digest, size = hash_path(dst)
     return Artifact(
         target=target.id, format=fmt, precision=target.precision, file=dst.name, size_bytes=size, sha256=digest,
@@ -318,6 +320,23 @@ def _finish(
         convert_seconds=round(seconds, 3), unverified=unverified,
         extra={"conversion": dict(notes)} if notes else {},
     )
+
+
+def _coreml_on_this_mac(path: Path, inputs: Any, outputs: Any, source: Source, samples: Samples,
+                        reference: dict[str, np.ndarray], target: TargetInfo) -> dict[str, Any]:
+    """On macOS, Core ML's own prediction as well as the interpreter's: recorded as ``macos_parity``."""
+    from edgekit.runtimes.coreml import CoreMlRuntime, host_can_run_coreml
+
+    if not host_can_run_coreml():
+        return {}
+    try:
+        session = adapt(CoreMlRuntime().open(path), inputs, outputs)
+        actual = run_batched(session.run, samples.inputs, session.inputs)
+    except Exception as exc:  # Core ML's own failure is worth recording, not fatal: the interpreter passed
+        return {"macos_parity": {"error": f"{type(exc).__name__}: {exc}"}}
+    parity, _ = compare(reference, actual, source.outputs, target.tolerance)
+    return {"macos_parity": {"max_abs_error": parity.max_abs_error, "top1_agreement": parity.top1_agreement,
+                             "passed": parity.passed, "provider": session.provider}}
 
 
 def _with_size_ratios(artifacts: list[Artifact],
