@@ -356,24 +356,58 @@ def unpack_bits(packed: np.ndarray, nbits: int, count: int) -> np.ndarray:
     return np.asarray((bits << np.arange(nbits, dtype=np.uint32)).sum(axis=1))
 
 
+def _blockwise(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Repeat per-block ``values`` (one entry per block along each axis) to the full ``shape``."""
+    values = np.asarray(values)
+    for axis, (full, blocks) in enumerate(zip(shape, values.shape, strict=True)):
+        if blocks != full:
+            values = np.repeat(values, full // blocks, axis=axis)
+    return values
+
+
 @_op("constexpr_lut_to_dense")
 def _lut_to_dense(op: Op, get: Getter) -> list[np.ndarray]:
     lut = np.asarray(get("lut"))
-    shape = [int(s) for s in get("shape")]
-    count = int(np.prod(shape))
-    nbits = int(np.log2(lut.shape[-1]))
-    indices = unpack_bits(get("indices"), nbits, count)
-    return [lut[indices].reshape(shape)]
+    shape = get("shape")
+    if shape is not None:  # iOS16: one palette, indices bit-packed, the shape given
+        dims = [int(s) for s in shape]
+        count = int(np.prod(dims))
+        nbits = int(np.log2(lut.shape[-1]))
+        return [lut[unpack_bits(get("indices"), nbits, count)].reshape(dims)]
+    # iOS18: indices as a tensor of the output's shape; lut [*blocks, palettes, vector size], one palette per block
+    indices = np.asarray(get("indices")).astype(np.int64)
+    if lut.shape[-1] != 1:
+        raise NotVerifiableError("unverified: op constexpr_lut_to_dense with vector palettes (not implemented by "
+                                 "edgekit's MIL reference interpreter)")
+    blocks = lut.shape[:-2]
+    grids = np.meshgrid(*[np.arange(d) // (d // b) for d, b in zip(indices.shape, blocks, strict=True)],
+                        indexing="ij")
+    return [lut[(*grids, indices, 0)]]
+
+
+@_op("constexpr_blockwise_shift_scale")
+def _blockwise_shift_scale(op: Op, get: Getter) -> list[np.ndarray]:
+    """iOS18 quantization: ``scale * (data - offset)``, scale and offset given per block."""
+    data = np.asarray(get("data")).astype(np.float32)
+    scale = _blockwise(np.asarray(get("scale"), np.float32), data.shape)
+    offset = get("offset")
+    if offset is not None:
+        data = data - _blockwise(np.asarray(offset, np.float32), data.shape)
+    return [data * scale]
 
 
 @_op("constexpr_sparse_to_dense")
 def _sparse_to_dense(op: Op, get: Getter) -> list[np.ndarray]:
-    nonzero = np.asarray(get("nonzero_data"))
-    shape = [int(s) for s in get("shape")]
-    mask = np.unpackbits(np.asarray(get("mask"), np.uint8), bitorder="little")[: int(np.prod(shape))].astype(bool)
-    dense = np.zeros(int(np.prod(shape)), dtype=nonzero.dtype)
-    dense[mask] = nonzero
-    return [dense.reshape(shape)]
+    nonzero, mask = np.asarray(get("nonzero_data")), np.asarray(get("mask"))
+    shape = get("shape")
+    if shape is not None:  # iOS16: the mask bit-packed
+        dims = [int(s) for s in shape]
+        flat = np.unpackbits(mask.astype(np.uint8), bitorder="little")[: int(np.prod(dims))].astype(bool)
+    else:  # iOS18: the mask as a tensor of the output's shape
+        dims, flat = list(mask.shape), mask.astype(bool).ravel()
+    dense = np.zeros(int(np.prod(dims)), dtype=nonzero.dtype)
+    dense[flat] = nonzero
+    return [dense.reshape(dims)]
 
 
 # ---------------------------------------------------------------- the session

@@ -145,14 +145,12 @@ def test_each_op_matches_onnxruntime(name: str, tmp_path: Path) -> None:
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-def test_weight_decompression_matches_coremltools(coreml_bundle: tuple[str, Path]) -> None:
-    """edgekit's own unpacking of int8 and palettized weights, against coremltools' materialization."""
+def _check_decompression(package_dir: Path, targets: tuple[str, ...]) -> set[str]:
     from edgekit.converters.mil import OPS, load_program
 
-    _, path = coreml_bundle
     checked = set()
-    for target in ("coreml-int8", "coreml-palettize4", "coreml-palettize6"):
-        function = load_program(path / f"{target}.mlpackage")
+    for target in targets:
+        function = load_program(package_dir / f"{target}.mlpackage")
         for op in function.operations:
             if not op.op_type.startswith("constexpr_"):
                 continue
@@ -160,7 +158,26 @@ def test_weight_decompression_matches_coremltools(coreml_bundle: tuple[str, Path
             theirs = op.materialized_val_inference() if hasattr(op, "materialized_val_inference") else op.value_inference()
             np.testing.assert_array_equal(mine.astype(np.float16), np.asarray(theirs, np.float16))
             checked.add(op.op_type)
+    return checked
+
+
+def test_weight_decompression_matches_coremltools(coreml_bundle: tuple[str, Path]) -> None:
+    """edgekit's own unpacking of int8 and palettized weights (iOS16 forms), against coremltools' materialization."""
+    _, path = coreml_bundle
+    checked = _check_decompression(path, ("coreml-int8", "coreml-palettize4", "coreml-palettize6"))
     assert checked == {"constexpr_affine_dequantize", "constexpr_lut_to_dense"}
+
+
+@pytest.mark.torch
+def test_ios18_compression_forms_are_interpreted(tmp_path: Path) -> None:
+    pytest.importorskip("coremltools")
+    targets = ("coreml-int8", "coreml-palettize4")
+    result = convert(SOURCES["torch"], list(targets), out=tmp_path / "b", calibration=DIGITS / "digits.npz", min_ios=18)
+    for art in result.bundle.manifest.artifacts:
+        assert art.extra["conversion"]["minimum_deployment_target"] == "iOS18"
+        assert art.parity is not None and art.parity.passed, art.target
+    assert _check_decompression(result.bundle.path, targets) == {"constexpr_blockwise_shift_scale",
+                                                                 "constexpr_lut_to_dense"}
 
 
 @pytest.mark.torch
