@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+import edgekit.converters.auto as auto
 from edgekit import __version__
 from edgekit._console import captured_output
 from edgekit._deps import require
@@ -81,6 +82,7 @@ def convert(
     allow_flex: bool = False,
     min_ios: int = 16,
     via: Sequence[str] = (),
+    budget: auto.Budget | None = None,
     progress: Progress | None = None,
 ) -> ConversionResult:
     """Convert ``model`` to each target, validate every artifact and write one bundle to ``out``.
@@ -101,6 +103,8 @@ def convert(
         allow_flex: Accept TFLite models that need TensorFlow Select (Flex) ops (listed in the manifest).
         min_ios: Core ML targets' minimum deployment target (iOS 15 to 18; recorded in the manifest).
         via: Alternative routes to prefer where they reach a target, for example ``["litert-torch"]``.
+        budget: For ``-auto`` targets: what the chosen precision must keep (default: at most 1 point of
+            top-1 accuracy with labels, else top-1 agreement 0.99, else relative error 0.05).
         progress: Called with a short message at each step.
 
     Raises:
@@ -111,7 +115,9 @@ def convert(
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
-    infos = resolve_targets(list(targets))
+    plain, auto_families = auto.expand(list(targets))
+    infos = resolve_targets(plain)
+    candidates = {c for f in auto_families for c in auto.CANDIDATES[f]} - {t for t in targets if not t.endswith("-auto")}
     passes = usable_passes(tuple(via))
     if Path(out).exists() and not overwrite:
         BundleWriter(out)  # raises OutputExistsError before any work
@@ -136,11 +142,17 @@ def convert(
         cache: dict[str, tuple[Value, tuple[str, ...], float]] = {source.kind: (source.value, (), 0.0)}
         artifacts: list[Artifact] = []
         failures: list[tuple[Failure, UserError]] = []
+        candidate_failures: dict[str, str] = {}
         for target in infos:
             try:
                 artifacts.extend(_build_target(target, routes[target.id], cache, ctx, writer.staging, source,
-                                               samples, reference, accept_parity_failure, say))
+                                               samples, reference, accept_parity_failure or target.id in candidates,
+                                               say))
             except UserError as exc:
+                if target.id in candidates:  # a candidate that cannot be built is only passed over
+                    candidate_failures[target.id] = str(exc)
+                    say(f"{target.id}: candidate failed ({type(exc).__name__})")
+                    continue
                 log.warning("target %s failed: %s", target.id, exc)
                 say(f"{target.id}: failed ({type(exc).__name__})")
                 tried = tuple(step.name for step in routes[target.id])
@@ -151,6 +163,28 @@ def convert(
             first = failures[0][1]
             raise type(first)(" | ".join(f"{f.target}: {f.error}" for f, _ in failures))
         artifacts = _with_size_ratios(artifacts, cache)
+        selections = []
+        if auto_families:
+            has_labels = samples.labels is not None
+            chosen_budget = budget or auto.Budget()
+            if chosen_budget.max_accuracy_drop is None and chosen_budget.min_agreement is None and \
+                    chosen_budget.max_error is None and has_labels:  # the default budget: 1 point of top-1
+                chosen_budget = replace(chosen_budget, max_accuracy_drop=1.0)
+            keep = {a.target for a in artifacts if a.target not in candidates}
+            for family in auto_families:
+                say(f"{family}-auto: choosing among {len(auto.CANDIDATES[family])} candidates")
+                chosen, selection = auto.select(family, artifacts, candidate_failures, chosen_budget, has_labels,
+                                                _latency_probe(writer.staging))
+                selections.append(selection)
+                if chosen is None:
+                    failures.append((Failure(f"{family}-auto", selection.reason, kind="BudgetError"),
+                                     UserError(selection.reason)))
+                else:
+                    keep.add(chosen.target)
+            artifacts = [replace(a, extra={**a.extra, "chosen_by": f"{TARGETS[a.target].family}-auto"})
+                         if a.target in candidates else a for a in auto.discard(writer.staging, artifacts, keep)]
+            if not artifacts:
+                raise failures[-1][1]
         reference_info = _write_reference(writer.staging, samples, reference, source)
         manifest = Manifest(
             name=name or _default_name(model, source),
@@ -164,6 +198,7 @@ def convert(
             reference=reference_info,
             artifacts=tuple(artifacts),
             failures=tuple(f for f, _ in failures) or None,
+            selections=tuple(selections) or None,
         )
         say("writing the bundle")
         bundle = writer.commit(manifest)
@@ -320,6 +355,27 @@ def _finish(
         convert_seconds=round(seconds, 3), unverified=unverified,
         extra={"conversion": dict(notes)} if notes else {},
     )
+
+
+def _latency_probe(staging: Path) -> Callable[[Artifact], float | None]:
+    """Median latency (ms, batch 1) of a staged artifact on this host, or None where it cannot run here."""
+    from edgekit.runtimes import host_formats
+    from edgekit.runtimes.bench import bench_session
+
+    measured: dict[str, float | None] = {}
+
+    def probe(art: Artifact) -> float | None:
+        if art.file not in measured:
+            if host_formats().get(art.format) != "" or art.format not in VALIDATION_PROVIDERS:
+                measured[art.file] = None
+            else:
+                session, _ = bench_session(
+                    lambda: adapt(_open(art.format, staging / art.file), art.inputs, art.outputs),
+                    runs=auto.LATENCY_RUNS, warmup=5, batch=1)
+                measured[art.file] = round(session.stats().p50_ms, 4)
+        return measured[art.file]
+
+    return probe
 
 
 def _coreml_on_this_mac(path: Path, inputs: Any, outputs: Any, source: Source, samples: Samples,

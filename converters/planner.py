@@ -20,7 +20,8 @@ def resolve_targets(ids: list[str] | tuple[str, ...]) -> list[TargetInfo]:
     for tid in ids:
         if tid not in TARGETS:
             raise UnknownTargetError(
-                f"unknown target {tid!r}; known targets: {', '.join(TARGETS)} (list them with: edgekit targets)"
+                f"unknown target {tid!r}; known targets: {', '.join(TARGETS)}, and the automatic onnx-web-auto, "
+                "tflite-auto, coreml-auto, all-auto (list them with: edgekit targets)"
             )
         if TARGETS[tid] not in out:
             out.append(TARGETS[tid])

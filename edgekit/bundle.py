@@ -218,6 +218,23 @@ class Failure(_Record):
 
 
 @dataclass(frozen=True)
+class Selection(_Record):
+    """How an automatic target (``tflite-auto``...) chose its artifact: the budget, every candidate, why."""
+
+    family: str
+    chosen: str | None
+    reason: str
+    budget: dict[str, Any] = field(default_factory=dict)
+    candidates: tuple[dict[str, Any], ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Selection:
+        record: Selection = super().from_dict(data)
+        return dataclasses.replace(record, candidates=tuple(record.candidates))
+
+
+@dataclass(frozen=True)
 class Manifest(_Record):
     """The content of ``bundle.json``."""
 
@@ -229,6 +246,7 @@ class Manifest(_Record):
         "reference": ReferenceInfo,
         "artifacts": [Artifact],
         "failures": [Failure],
+        "selections": [Selection],
     }
 
     name: str
@@ -243,6 +261,7 @@ class Manifest(_Record):
     calibration: CalibrationInfo | None = None
     reference: ReferenceInfo | None = None
     failures: tuple[Failure, ...] | None = None
+    selections: tuple[Selection, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -118,6 +118,14 @@ def convert(
     allow_flex: Annotated[bool, typer.Option(
         help="TFLite: accept TensorFlow Select (Flex) ops; adds tens of MB to apps")] = False,
     min_ios: Annotated[int, typer.Option(help="Core ML: minimum iOS version (deployment target)")] = 16,
+    max_accuracy_drop: Annotated[float | None, typer.Option(
+        help="-auto targets: most points of top-1 accuracy to lose (needs labels; default 1.0)")] = None,
+    min_agreement: Annotated[float | None, typer.Option(
+        help="-auto targets: least top-1 agreement with the source (default 0.99 without labels)")] = None,
+    max_error: Annotated[float | None, typer.Option(
+        help="-auto targets: largest relative output error, for regression outputs (default 0.05)")] = None,
+    optimize: Annotated[str, typer.Option(
+        help="-auto targets: balanced (int8 only if not slower here) or size")] = "balanced",
     via: Annotated[list[str] | None, typer.Option(help="Prefer an alternative route where it applies: litert-torch")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each pass")] = False,
 ) -> None:
@@ -125,13 +133,21 @@ def convert(
     _setup_logging(verbose)
     with _handled():
         from edgekit.converters import convert as run_convert
-        from edgekit.errors import PartialConversionError
+        from edgekit.converters.auto import Budget
+        from edgekit.errors import PartialConversionError, UserError
+
+        if optimize not in ("balanced", "size"):
+            raise UserError(f"--optimize must be balanced or size, not {optimize!r}")
+        budget = None
+        if max_accuracy_drop is not None or min_agreement is not None or max_error is not None or optimize != "balanced":
+            budget = Budget(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_error=max_error,
+                            optimize=optimize)
 
         try:
             result = run_convert(
                 model, target, out=out, calibration=calibration, name=name, version=version, labels_key=labels_key,
                 overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
-                int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios, via=tuple(via or ()),
+                int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios, via=tuple(via or ()), budget=budget,
                 progress=lambda msg: _err(f"  - {msg}"),
             )
         except PartialConversionError as partial:
@@ -144,7 +160,9 @@ def convert(
 
 
 def _explain(manifest: Any) -> None:
-    """Why an artifact has no parity (it could not be run by any checker here)."""
+    """Why an automatic target chose its artifact, and why an artifact has no parity."""
+    for selection in manifest.selections or ():
+        typer.echo(f"\n{selection.family}-auto: {selection.reason}")
     for a in manifest.artifacts:
         if a.unverified:
             text = a.unverified if a.unverified.startswith("unverified") else f"unverified: {a.unverified}"
