@@ -339,6 +339,47 @@ def bench(
 
 
 @app.command()
+def check(
+    model: Annotated[Path, typer.Argument(help="Model: .onnx, .pt2, .keras, .h5, or a SavedModel dir")],
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Target to check; repeat (default: all)")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the findings as JSON")] = False,
+) -> None:
+    """Without converting: can MODEL reach each target, which operators block it, expected sizes. Exit 0 if all can."""
+    _setup_logging(False)
+    with _handled():
+        import json
+
+        from edgekit._console import captured_output
+        from edgekit.converters.check import check as run_check
+
+        with captured_output():
+            results = run_check(model, target)
+        if json_:
+            typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        else:
+            rows = [("target", "reachable", "expected size", "route")]
+            for r in results:
+                rows.append((r.target, "yes" if r.reachable else "NO",
+                             _size(r.expected_bytes) if r.expected_bytes is not None else "-",
+                             " -> ".join(r.route) or "-"))
+            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            for i, row in enumerate(rows):
+                typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+                if i == 0:
+                    typer.echo("  ".join("-" * w for w in widths))
+            for r in results:
+                for problem in r.problems:
+                    typer.echo(f"\n{r.target}: {problem}")
+            notes = list(dict.fromkeys(r.dynamic for r in results if r.dynamic))
+            if notes:
+                typer.echo("\ndynamic dimensions, by what the targets do with them:")
+                for note in notes:
+                    typer.echo(f"  {note}")
+        if not all(r.reachable for r in results):
+            raise typer.Exit(2)
+
+
+@app.command()
 def targets() -> None:
     """List target ids, the extra each needs and whether it is installed here."""
     with _handled():

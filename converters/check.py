@@ -1,0 +1,130 @@
+"""``edgekit check``: say, without converting, whether and how a model can reach each target.
+
+For every requested target: the route (or why there is none), the model's operators that the
+route's converter is known not to take (ONNX models: the op types against the converter's own op
+list), the dynamic dimensions and what the target does with them, and the expected artifact size
+from the model's weights. Only the model is read; no converter runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.converters.planner import plan, resolve_targets, usable_passes
+from edgekit.converters.registry import TARGETS, Kind, TargetInfo
+from edgekit.errors import NoRouteError
+
+# Bytes per weight by precision, for the size estimate (palettes and scales add a little).
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "dynamic-int8": 1.0, "int16x8": 1.0,
+                    "palettize6": 0.75, "palettize4": 0.5}
+DYNAMIC_NOTES = {
+    "onnx-web": "kept dynamic",
+    "tflite": "kept dynamic (the interpreter resizes tensors); other than batch, fixed by onnx2tf at conversion",
+    "coreml": "batch becomes a range 1..64; other dynamic dimensions must be fixed",
+}
+
+
+@dataclass
+class TargetCheck:
+    """What ``check`` found for one target."""
+
+    target: str
+    reachable: bool
+    route: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    expected_bytes: int | None = None
+    dynamic: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON."""
+        return dict(self.__dict__)
+
+
+def _onnx_ops_and_weights(path: Path) -> tuple[set[str], int, list[str]]:
+    """Op types, number of weight elements and dynamic input dims of an ONNX file (read, not run)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
+    weights = sum(int(max(1, _prod(t.dims))) for t in model.graph.initializer)
+    initializers = {t.name for t in model.graph.initializer}
+    dynamic = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        for i, d in enumerate(value.type.tensor_type.shape.dim):
+            if not d.HasField("dim_value"):
+                dynamic.append(f"{value.name}[{i}] ({d.dim_param or '?'})")
+    return ops, weights, dynamic
+
+
+def _prod(dims: Any) -> int:
+    out = 1
+    for d in dims:
+        out *= int(d)
+    return out
+
+
+def onnx2tf_ops() -> set[str] | None:
+    """The ONNX ops onnx2tf converts (its ops/ modules), read from the installed package without importing it."""
+    spec = importlib.util.find_spec("onnx2tf")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    ops_dir = Path(next(iter(spec.submodule_search_locations))) / "ops"
+    return {p.stem for p in ops_dir.glob("*.py") if not p.stem.startswith("_")}
+
+
+def check(model: str | Path, targets: list[str] | None = None) -> list[TargetCheck]:
+    """Check ``model`` (a file path) against ``targets`` (default: every target).
+
+    Raises:
+        InvalidModelError, UnsupportedModelError: The model cannot be read.
+        UnknownTargetError: A target id is unknown.
+    """
+    from edgekit.converters.sources import SUFFIXES, load_source
+
+    path = Path(model)
+    infos: list[TargetInfo] = resolve_targets(targets) if targets else list(TARGETS.values())
+    kind = Kind.TF_SAVED_MODEL if path.is_dir() else SUFFIXES.get(path.suffix.lower(), "")
+    ops: set[str] = set()
+    weights: int | None = None
+    dynamic: list[str] = []
+    if kind == Kind.ONNX:
+        load_source(path)  # a clear error for a broken file, before anything else
+        ops, weights, dynamic = _onnx_ops_and_weights(path)
+    else:
+        source = load_source(path)
+        kind = source.kind
+        dynamic = [f"{s.name}[{i}] ({d})" for s in source.inputs for i, d in enumerate(s.shape)
+                   if not isinstance(d, int) or d < 0]
+        weights = source.info.size_bytes // 4  # fp32 weights dominate a saved model's size
+    known_tf = onnx2tf_ops()
+    passes = usable_passes()
+    results = []
+    for info in infos:
+        item = TargetCheck(info.id, reachable=True)
+        try:
+            item.route = [p.name for p in plan(kind, info, passes)]
+        except NoRouteError as exc:
+            item.reachable = False
+            item.problems.append(str(exc))
+            results.append(item)
+            continue
+        if "onnx2tf" in item.route and ops:
+            if known_tf is None:
+                item.problems.append("onnx2tf is not installed (pip install 'edgekit[tflite]'): its op support is unknown")
+            else:
+                missing = sorted(ops - known_tf)
+                if missing:
+                    item.reachable = False
+                    item.problems.append(f"onnx2tf (route {' -> '.join(item.route)}) does not convert the ONNX "
+                                         f"operator(s) {', '.join(missing)}")
+        if weights is not None:
+            item.expected_bytes = int(weights * BYTES_PER_WEIGHT.get(info.precision, 4.0))
+        if dynamic:
+            item.dynamic = f"{', '.join(dynamic)} in {info.family}: {DYNAMIC_NOTES.get(info.family, 'kept')}"
+        results.append(item)
+    return results
