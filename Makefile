@@ -29,7 +29,14 @@ demo: $(VENV)/.demo-installed
 		--name digits --version 1.0.0 --out $(BUNDLE) --overwrite
 	$(BIN)/edgekit inspect $(BUNDLE)
 
-test: $(VENV)/.test-installed
+# The report test renders pages in Debian's Chromium (playwright drives it; `playwright install`
+# would download a browser and fails offline). Needs root and apt where Chromium is missing.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "install Chromium at $(CHROMIUM) (Debian: apt-get install chromium)"; exit 1; }
+	apt-get install -y -qq chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: $(VENV)/.test-installed $(CHROMIUM)
 	$(BIN)/python -m ruff check .
 	MYPYPATH=$$(ls -d build/__editable__*) $(BIN)/python -m mypy -p edgekit
 	$(BIN)/python -m pytest

@@ -83,6 +83,7 @@ def convert(
     min_ios: int = 16,
     via: Sequence[str] = (),
     budget: auto.Budget | None = None,
+    report: bool = True,
     progress: Progress | None = None,
 ) -> ConversionResult:
     """Convert ``model`` to each target, validate every artifact and write one bundle to ``out``.
@@ -103,6 +104,7 @@ def convert(
         allow_flex: Accept TFLite models that need TensorFlow Select (Flex) ops (listed in the manifest).
         min_ios: Core ML targets' minimum deployment target (iOS 15 to 18; recorded in the manifest).
         via: Alternative routes to prefer where they reach a target, for example ``["litert-torch"]``.
+        report: Write ``report.html`` (the table, the choices and plots; no latency run) into the bundle.
         budget: For ``-auto`` targets: what the chosen precision must keep (default: at most 1 point of
             top-1 accuracy with labels, else top-1 agreement 0.99, else relative error 0.05).
         progress: Called with a short message at each step.
@@ -200,6 +202,10 @@ def convert(
             failures=tuple(f for f, _ in failures) or None,
             selections=tuple(selections) or None,
         )
+        if report:
+            from edgekit.report import REPORT_NAME, render
+
+            (writer.staging / REPORT_NAME).write_text(render(manifest), encoding="utf-8")
         say("writing the bundle")
         bundle = writer.commit(manifest)
     result = ConversionResult(bundle, tuple(f for f, _ in failures), time.perf_counter() - started)

@@ -127,6 +127,7 @@ def convert(
     optimize: Annotated[str, typer.Option(
         help="-auto targets: balanced (int8 only if not slower here) or size")] = "balanced",
     via: Annotated[list[str] | None, typer.Option(help="Prefer an alternative route where it applies: litert-torch")] = None,
+    write_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the bundle")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each pass")] = False,
 ) -> None:
     """Convert MODEL to each --target, validate every artifact against MODEL, and write one bundle."""
@@ -148,6 +149,7 @@ def convert(
                 model, target, out=out, calibration=calibration, name=name, version=version, labels_key=labels_key,
                 overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
                 int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios, via=tuple(via or ()), budget=budget,
+                report=write_report,
                 progress=lambda msg: _err(f"  - {msg}"),
             )
         except PartialConversionError as partial:
@@ -336,6 +338,36 @@ def bench(
         for r in results:
             if r.error:
                 typer.echo(f"{r.target} ({r.format}) not measured: {r.error}")
+
+
+@app.command()
+def report(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the page (default: BUNDLE/report.html)")] = None,
+    bench: Annotated[bool, typer.Option(help="Measure latency of every artifact this host can run first")] = True,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per artifact when measuring")] = 50,
+) -> None:
+    """Write one self-contained HTML page: the per-target table, the precision choices, and plots."""
+    _setup_logging(False)
+    with _handled():
+        import os
+        import platform
+
+        from edgekit.bundle import read_bundle
+        from edgekit.report import REPORT_NAME, latency_of, render
+
+        manifest = read_bundle(bundle).manifest
+        latency = {}
+        if bench:
+            from edgekit.runtimes.bench import bench_bundle
+
+            latency = latency_of(bench_bundle(bundle, runs=runs, warmup=5))
+        target = out or bundle / REPORT_NAME
+        text = render(manifest, latency, host=f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+        typer.echo(f"report written to {target}")
 
 
 @app.command()

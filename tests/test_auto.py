@@ -43,7 +43,7 @@ def test_all_auto_picks_a_small_artifact_per_family_and_says_why(all_auto: tuple
         assert f"{family}-auto: {selection.chosen}" in output  # the CLI explains the choice
     # only the chosen artifacts stay in the bundle (the .ort copy of a chosen web target too)
     assert {a.target for a in manifest.artifacts} == {s.chosen for s in selections.values()}
-    assert sorted(p.name for p in path.iterdir() if p.name not in ("bundle.json", "reference.npz")) == sorted(
+    assert sorted(p.name for p in path.iterdir() if p.name not in ("bundle.json", "reference.npz", "report.html")) == sorted(
         a.file for a in manifest.artifacts)
     web = selections["onnx-web"]
     measured = [c for c in web.candidates if c.get("latency_p50_ms") is not None]
@@ -92,6 +92,8 @@ def test_the_gate_rejects_int8_that_breaks_accuracy(tmp_path: Path) -> None:
         assert f"{int8}: over budget: accuracy drop" in selection.reason
     shown = run_cli("inspect", result.bundle.path)
     assert "tflite-auto:" in shown.output and "tflite-int8: over budget" in shown.output
+    page = (result.bundle.path / "report.html").read_text()
+    assert "tflite-auto: tflite" in page and "tflite-int8: over budget: accuracy drop" in page
 
 
 def test_budget_flags_and_unknown_auto_targets(tmp_path: Path) -> None:

@@ -1,0 +1,190 @@
+"""The bundle report: one self-contained HTML page (inline CSS and SVG, no script, no network).
+
+It shows the per-target table (size, ratio, parity, accuracy, latency on this host, provider), the
+automatic-precision decisions, failures, and two plots: size against accuracy for every artifact and
+candidate, and latency by target. ``edgekit convert`` writes it into the bundle as ``report.html``;
+``edgekit report`` writes it anywhere and can measure latency first.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from edgekit.bundle import Manifest
+
+REPORT_NAME = "report.html"
+_COLORS = {"onnx-web": "#2f6db5", "tflite": "#d9822b", "coreml": "#3a9d5d"}
+_CSS = """
+body{font:14px/1.45 -apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d232a;padding:0 1rem}
+h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde3ea}
+.muted{color:#5b6672}table{border-collapse:collapse;width:100%;margin:.6rem 0}
+th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #e8edf2;font-variant-numeric:tabular-nums}
+th{background:#f4f7fa}.ok{color:#217a3c}.bad{color:#b42318}.plots{display:flex;flex-wrap:wrap;gap:1.5rem}
+figure{margin:0}figcaption{font-weight:600;margin-bottom:.3rem}svg text{font-size:11px;fill:#3a4450}
+"""
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _points(manifest: Manifest) -> list[dict[str, Any]]:
+    """One point per artifact and per automatic candidate: family, label, size, quality and its name."""
+    points: dict[str, dict[str, Any]] = {}
+    for a in manifest.artifacts:
+        quality = a.accuracy.top1 if a.accuracy else (a.parity.top1_agreement if a.parity else None)
+        key = f"{a.target}/{a.format}"
+        points[key] = {"family": a.target.split("-")[0] if not a.target.startswith("onnx-web") else "onnx-web",
+                       "label": f"{a.target} ({a.format})", "size": a.size_bytes, "quality": quality, "chosen": True}
+    for selection in manifest.selections or ():
+        for c in selection.candidates:
+            if c.get("size_bytes") is None or any(p["label"].startswith(f"{c['target']} (") for p in points.values()):
+                continue
+            quality = c.get("top1") if c.get("top1") is not None else c.get("top1_agreement")
+            points[c["target"]] = {"family": selection.family, "label": c["target"], "size": c["size_bytes"],
+                                   "quality": quality, "chosen": False}
+    return [p for p in points.values() if p["quality"] is not None]
+
+
+def size_accuracy_svg(manifest: Manifest, width: int = 520, height: int = 340) -> str:
+    """Scatter plot: artifact size (log scale) against top-1 accuracy (or agreement without labels)."""
+    points = _points(manifest)
+    has_labels = any(a.accuracy for a in manifest.artifacts)
+    left, right, top, bottom = 60, 20, 20, 50
+    plot_w, plot_h = width - left - right, height - top - bottom
+    if not points:
+        return f'<svg id="size-accuracy" width="{width}" height="60"><text x="10" y="30">no parity data</text></svg>'
+    sizes = [math.log10(max(p["size"], 1)) for p in points]
+    lo_s, hi_s = min(sizes) - 0.1, max(sizes) + 0.1
+    qualities = [p["quality"] for p in points]
+    lo_q, hi_q = min(min(qualities) - 0.02, 0.9), 1.0
+    lo_q = max(0.0, lo_q)
+
+    def x(size: float) -> float:
+        return float(left + (math.log10(max(size, 1)) - lo_s) / (hi_s - lo_s) * plot_w)
+
+    def y(quality: float) -> float:
+        return float(top + (hi_q - quality) / max(hi_q - lo_q, 1e-9) * plot_h)
+
+    parts = [f'<svg id="size-accuracy" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img">',
+             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fbfcfd" stroke="#cfd8e1"/>']
+    for k in range(5):
+        q = lo_q + (hi_q - lo_q) * k / 4
+        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(q):.1f}" y2="{y(q):.1f}" stroke="#e8edf2"/>'
+                     f'<text x="{left - 6}" y="{y(q) + 4:.1f}" text-anchor="end">{q:.3f}</text>')
+    decade = math.floor(lo_s)
+    while decade <= hi_s:
+        if decade >= lo_s:
+            parts.append(f'<text x="{x(10 ** decade):.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
+                         f'{_size(10 ** decade)}</text>')
+        decade += 1
+    for p in sorted(points, key=lambda p: p["chosen"]):
+        color = _COLORS.get(p["family"], "#6b7785")
+        fill = color if p["chosen"] else "#ffffff"
+        parts.append(f'<circle class="point" cx="{x(p["size"]):.1f}" cy="{y(p["quality"]):.1f}" r="5" fill="{fill}" '
+                     f'stroke="{color}" stroke-width="2"><title>{html.escape(p["label"])}: {_size(p["size"])}, '
+                     f'{p["quality"]:.4f}</title></circle>'
+                     f'<text x="{x(p["size"]) + 7:.1f}" y="{y(p["quality"]) - 6:.1f}">{html.escape(p["label"])}</text>')
+    axis = "top-1 accuracy" if has_labels else "top-1 agreement with the source"
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">size (log scale); '
+                 f'filled: in the bundle, hollow: candidates not kept</text>'
+                 f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" text-anchor="middle">{axis}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def latency_svg(latency: Mapping[str, Mapping[str, Any]], width: int = 520) -> str:
+    """Horizontal bars of p50 latency by artifact, with a whisker to p99."""
+    rows = [(k, v) for k, v in latency.items() if v.get("p50_ms") is not None]
+    if not rows:
+        return (f'<svg id="latency" width="{width}" height="60"><text x="10" y="30">latency not measured on this '
+                f'host (edgekit report BUNDLE measures it)</text></svg>')
+    left, bar_h, gap, top = 190, 16, 8, 10
+    height = top + len(rows) * (bar_h + gap) + 30
+    worst = max(float(v.get("p99_ms") or v["p50_ms"]) for _, v in rows) or 1.0
+    scale = (width - left - 70) / worst
+    parts = [f'<svg id="latency" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img">']
+    for i, (name, v) in enumerate(rows):
+        y0 = top + i * (bar_h + gap)
+        p50 = float(v["p50_ms"])
+        p99 = float(v.get("p99_ms") or p50)
+        color = _COLORS.get("onnx-web" if name.startswith("onnx-web") else name.split("-")[0], "#6b7785")
+        parts.append(f'<text x="{left - 6}" y="{y0 + 12}" text-anchor="end">{html.escape(name)}</text>'
+                     f'<rect class="bar" x="{left}" y="{y0}" width="{max(p50 * scale, 1):.1f}" height="{bar_h}" '
+                     f'fill="{color}"><title>p50 {p50:.3f} ms</title></rect>'
+                     f'<line x1="{left + p50 * scale:.1f}" x2="{left + p99 * scale:.1f}" y1="{y0 + bar_h / 2}" '
+                     f'y2="{y0 + bar_h / 2}" stroke="#1d232a"/>'
+                     f'<text x="{left + p99 * scale + 5:.1f}" y="{y0 + 12}">{p50:.3f} ms</text>')
+    parts.append(f'<text x="{left}" y="{height - 8}">p50 bar, whisker to p99, batch 1, this host</text></svg>')
+    return "".join(parts)
+
+
+def render(manifest: Manifest, latency: Mapping[str, Mapping[str, Any]] | None = None,
+           host: str = "") -> str:
+    """The report page for ``manifest``; ``latency`` maps "target (format)" to bench figures."""
+    latency = dict(latency or {})
+    for selection in manifest.selections or ():  # latencies measured while choosing a precision
+        for c in selection.candidates:
+            if c.get("latency_p50_ms") is not None:
+                fmt = next((a.format for a in manifest.artifacts if a.target == c["target"]), c.get("format", ""))
+                latency.setdefault(f"{c['target']} ({fmt})", {"p50_ms": c["latency_p50_ms"]})
+    e = html.escape
+    rows = []
+    for a in manifest.artifacts:
+        key = f"{a.target} ({a.format})"
+        lat = latency.get(key, {})
+        if a.parity is None:
+            parity = f'<span class="bad">{e(a.unverified or "not measured")}</span>'
+        else:
+            parity = (f'<span class="{"ok" if a.parity.passed else "bad"}">{"passed" if a.parity.passed else "FAILED"}'
+                      f'</span> max abs {a.parity.max_abs_error:.3g}'
+                      + (f", top-1 agr. {a.parity.top1_agreement:.4f}" if a.parity.top1_agreement is not None else ""))
+        accuracy = f"{a.accuracy.top1:.4f} (source {a.accuracy.source_top1:.4f})" if a.accuracy else "-"
+        lat_text = (" / ".join(f"{float(lat[k]):.3f}" if lat.get(k) is not None else "-"
+                               for k in ("p50_ms", "p95_ms", "p99_ms")) if lat else "-")
+        rows.append(f"<tr><td>{e(a.target)}</td><td>{e(a.format)}</td><td>{e(a.precision)}</td>"
+                    f"<td>{_size(a.size_bytes)}</td><td>{f'{a.size_ratio:.2f}x' if a.size_ratio else '-'}</td>"
+                    f"<td>{parity}</td><td>{accuracy}</td><td>{lat_text}</td><td>{e(str(lat.get('provider', '-')))}</td></tr>")
+    selections = []
+    for s in manifest.selections or ():
+        cands = "".join(
+            f"<tr><td>{e(c.get('target', ''))}</td><td>{_size(c.get('size_bytes'))}</td>"
+            f"<td>{e(str(c.get('latency_p50_ms', '-')))}</td><td>{e(c.get('verdict', ''))}</td></tr>"
+            for c in s.candidates)
+        selections.append(f"<h3>{e(s.family)}-auto: {e(s.chosen or 'nothing chosen')}</h3><p>{e(s.reason)}</p>"
+                          f"<table><tr><th>candidate</th><th>size</th><th>p50 ms</th><th>verdict</th></tr>{cands}</table>")
+    failures = "".join(f"<li><b>{e(f.target)}</b>: {e(f.error)}</li>" for f in manifest.failures or ())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(manifest.name)} {e(manifest.version)}: edgekit report</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body>
+<h1>{e(manifest.name)} {e(manifest.version)}</h1>
+<p class="muted">{e(manifest.source.format)} source {e(manifest.source.file)}, {e(manifest.created_by)},
+{e(manifest.created_at or '')}{(', measured on ' + e(host)) if host else ''}</p>
+<h2>Artifacts</h2>
+<table><tr><th>target</th><th>format</th><th>precision</th><th>size</th><th>ratio</th><th>parity</th>
+<th>top-1 accuracy</th><th>latency p50 / p95 / p99 ms</th><th>provider</th></tr>{''.join(rows)}</table>
+<h2>Plots</h2><div class="plots">
+<figure><figcaption>Size against accuracy</figcaption>{size_accuracy_svg(manifest)}</figure>
+<figure><figcaption>Latency by target</figcaption>{latency_svg(latency)}</figure></div>
+{'<h2>Automatic precision</h2>' + ''.join(selections) if selections else ''}
+{'<h2>Failed targets</h2><ul>' + failures + '</ul>' if failures else ''}
+</body></html>
+"""
+
+
+def latency_of(results: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Bench results (edgekit.runtimes.bench) keyed as the report expects."""
+    return {f"{r.target} ({r.format})": {"p50_ms": r.p50_ms, "p95_ms": r.p95_ms, "p99_ms": r.p99_ms,
+                                         "provider": r.provider}
+            for r in results if not r.error}
