@@ -427,7 +427,13 @@ def targets() -> None:
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             typer.echo("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
-        typer.echo("\nSources: .onnx (extra onnx), .pt2 or nn.Module (extra torch), .keras/.h5 (extra tensorflow).")
+        from edgekit.converters.auto import AUTO_TARGETS, CANDIDATES
+
+        typer.echo("\nAutomatic (the smallest candidate within --max-accuracy-drop / --min-agreement / --max-error):")
+        for auto_id, families in AUTO_TARGETS.items():
+            typer.echo(f"  {auto_id}: " + "; ".join(", ".join(CANDIDATES[f]) for f in families))
+        typer.echo("\nSources: .onnx (extra onnx), .pt2 or nn.Module (extra torch), .keras/.h5 or a SavedModel "
+                   "directory (extra tensorflow). Core ML from PyTorch needs the coreml and torch extras only.")
 
 
 @app.command()
