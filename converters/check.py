@@ -1,9 +1,11 @@
 """``edgekit check``: say, without converting, whether and how a model can reach each target.
 
 For every requested target: the route (or why there is none), the model's operators that the
-route's converter is known not to take (ONNX models: the op types against the converter's own op
-list), the dynamic dimensions and what the target does with them, and the expected artifact size
-from the model's weights. Only the model is read; no converter runs.
+route's converter is known not to take (ONNX models: the op types against onnx2tf's own op list),
+the dynamic dimensions and what the target does with them, and the expected artifact size from the
+model's weights; and, per family, what only a conversion can tell. Only the model is read; no
+converter runs. (onnxruntime-web kernels need no check for an ONNX source: a source onnxruntime
+cannot load is refused when it is read.)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class TargetCheck:
     problems: list[str] = field(default_factory=list)
     expected_bytes: int | None = None
     dynamic: str = ""
+    after_conversion: str = ""  # what only a conversion can tell for this target
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""
@@ -75,6 +78,13 @@ def onnx2tf_ops() -> set[str] | None:
         return None
     ops_dir = Path(next(iter(spec.submodule_search_locations))) / "ops"
     return {p.stem for p in ops_dir.glob("*.py") if not p.stem.startswith("_")}
+
+
+# What check cannot know without converting, said once per family so nobody reads silence as a pass.
+AFTER_CONVERSION = {
+    "tflite": "TensorFlow Select (Flex) ops show only when TFLiteConverter runs: convert refuses them by name",
+    "coreml": "Core ML ops newer than --min-ios show only when coremltools runs: convert names them",
+}
 
 
 def check(model: str | Path, targets: list[str] | None = None) -> list[TargetCheck]:
@@ -122,6 +132,8 @@ def check(model: str | Path, targets: list[str] | None = None) -> list[TargetChe
                     item.reachable = False
                     item.problems.append(f"onnx2tf (route {' -> '.join(item.route)}) does not convert the ONNX "
                                          f"operator(s) {', '.join(missing)}")
+        if info.family in AFTER_CONVERSION:
+            item.after_conversion = AFTER_CONVERSION[info.family]
         if weights is not None:
             item.expected_bytes = int(weights * BYTES_PER_WEIGHT.get(info.precision, 4.0))
         if dynamic:

@@ -402,6 +402,11 @@ def check(
             for r in results:
                 for problem in r.problems:
                     typer.echo(f"\n{r.target}: {problem}")
+            later = list(dict.fromkeys(r.after_conversion for r in results if r.after_conversion))
+            if later:
+                typer.echo("\nonly a conversion can tell:")
+                for line in later:
+                    typer.echo(f"  {line}")
             notes = list(dict.fromkeys(r.dynamic for r in results if r.dynamic))
             if notes:
                 typer.echo("\ndynamic dimensions, by what the targets do with them:")

@@ -20,6 +20,7 @@ def test_the_digits_model_reaches_every_target(tmp_path: Path) -> None:
     assert 500_000 < fp32 < 700_000  # the converted file is 592 KB
     assert rows["onnx-web-int8"]["expected_bytes"] == fp32 // 4
     assert "x[0] (batch) in coreml: batch becomes a range 1..64" in rows["coreml"]["dynamic"]
+    assert "Flex" in rows["tflite"]["after_conversion"] and "--min-ios" in rows["coreml"]["after_conversion"]
     assert not list(tmp_path.iterdir())  # nothing was written
 
 
