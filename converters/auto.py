@@ -27,7 +27,10 @@ AUTO_TARGETS: dict[str, tuple[str, ...]] = {
     "all-auto": ("onnx-web", "tflite", "coreml"),
 }
 INTEGER_PRECISIONS = ("int8", "dynamic-int8", "int16x8")  # kept only when not slower than the next larger
-SLOWER_MARGIN = 1.05  # timing noise allowed before an integer candidate counts as slower
+# An integer candidate counts as slower only beyond timing noise: 10% and 0.02 ms (two clock-level
+# jitters on a 15 us model would otherwise flip the choice from run to run).
+SLOWER_RATIO = 1.10
+SLOWER_MS = 0.02
 LATENCY_RUNS = 30
 
 
@@ -123,7 +126,7 @@ def select(family: str, artifacts: list[Artifact], failed: dict[str, str], budge
             mine, theirs = latency_ms(art), latency_ms(bigger)
             records[art.target]["latency_p50_ms"] = mine
             records[bigger.target]["latency_p50_ms"] = theirs
-            if mine is not None and theirs is not None and mine > theirs * SLOWER_MARGIN:
+            if mine is not None and theirs is not None and mine > theirs * SLOWER_RATIO and mine - theirs > SLOWER_MS:
                 records[art.target]["verdict"] += (f"; but slower here than {bigger.target} "
                                                    f"({mine:.3f} vs {theirs:.3f} ms p50)")
                 continue

@@ -56,7 +56,8 @@ def test_convert_writes_a_report_and_the_browser_draws_its_plots(auto_bundle: Pa
     assert len(points) >= len(manifest.artifacts) + 1
     assert all(p["w"] > 0 and p["inside"] for p in points)
     assert {p["fill"] for p in points} >= {"rgb(255, 255, 255)"}  # hollow: a candidate that was not kept
-    assert page.locator("text=onnx-web-auto: onnx-web-int8").count() == 1
+    (selection,) = manifest.selections or ()
+    assert page.locator(f"text=onnx-web-auto: {selection.chosen}").count() == 1
     page.close()
 
 
