@@ -16,7 +16,6 @@ Run: .venv/bin/python benchmarks/bench_coreml.py   (about 5 minutes on 2 cores)
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SIZE, prepare_mobilenet, timed  # noqa: E402
+from common import SIZE, alternate, prepare_mobilenet, timed  # noqa: E402
 
 ROUNDS = 2
 
@@ -100,18 +99,7 @@ def run_onet(work: Path) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
         work = Path(tmp)
-        prep_seconds, prep = timed(__file__, "prepare", work)
-        print(f"trained MobileNetV2 96x96 in {prep_seconds:.0f}s, held-out accuracy {prep['held_out_accuracy']:.3f}")
-        times: dict[str, list[float]] = {"direct": [], "edgekit": []}
-        results: dict[str, dict[str, Any]] = {}
-        for _ in range(ROUNDS):
-            for mode in ("direct", "edgekit"):
-                seconds, results[mode] = timed(__file__, mode, work)
-                times[mode].append(seconds)
-        direct, edge = statistics.median(times["direct"]), statistics.median(times["edgekit"])
-        print(f"\nwall time (median of {ROUNDS}, fresh process each, imports included): direct {direct:.1f}s, "
-              f"edgekit {edge:.1f}s (with parity of both artifacts on 360 samples), ratio {edge / direct:.2f}x "
-              f"(runs: {times})")
+        results, _ = alternate(__file__, work, ROUNDS, ' (with parity of both artifacts on 360 samples)')
         for name in ("fp16", "int8"):
             d, e = results["direct"][name], results["edgekit"][name]
             print(f"{name}: direct {d['size_bytes']:,} B, edgekit {e['size_bytes']:,} B "

@@ -17,7 +17,6 @@ Run: .venv/bin/python benchmarks/bench_onnx_web.py   (about 5 minutes on 2 cores
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SIZE, prepare_mobilenet, timed  # noqa: E402
+from common import SIZE, alternate, load_mobilenet, prepare_mobilenet  # noqa: E402
 
 ROUNDS = 2
 
@@ -34,7 +33,6 @@ ROUNDS = 2
 def run_direct(work: Path) -> None:
     """The hand-stitched pipeline a user would write without edgekit."""
     start = time.perf_counter()
-    import keras
     import onnx
     import onnxruntime as ort
     import tensorflow as tf
@@ -43,10 +41,7 @@ def run_direct(work: Path) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    model = keras.saving.load_model(str(work / "model.keras"), compile=False)
-    data = np.load(work / "calibration.npz")
-    x, y = data["x"], data["y"]
-    reference = np.concatenate([model(x[i:i + 64], training=False).numpy() for i in range(0, len(x), 64)])
+    model, x, y, reference = load_mobilenet(work)
     spec = [tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="x")]
 
     @tf.function(input_signature=spec)
@@ -111,17 +106,7 @@ def run_edgekit(work: Path) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
         work = Path(tmp)
-        prep_seconds, prep = timed(__file__, "prepare", work)
-        print(f"trained MobileNetV2 96x96 in {prep_seconds:.0f}s, held-out accuracy {prep['held_out_accuracy']:.3f}")
-        times: dict[str, list[float]] = {"direct": [], "edgekit": []}
-        results: dict[str, dict] = {}
-        for _ in range(ROUNDS):
-            for mode in ("direct", "edgekit"):
-                seconds, results[mode] = timed(__file__, mode, work)
-                times[mode].append(seconds)
-        direct, edge = statistics.median(times["direct"]), statistics.median(times["edgekit"])
-        print(f"\nwall time (median of {ROUNDS}, fresh process each, imports included): direct {direct:.1f}s, "
-              f"edgekit {edge:.1f}s, ratio {edge / direct:.2f}x  (runs: {times})")
+        results, _ = alternate(__file__, work, ROUNDS)
         print("\n| precision | direct size | edgekit size | size ratio | direct top1 agr. | edgekit top1 agr. "
               "| edgekit max abs err | accuracy src -> edgekit |")
         print("|---|---|---|---|---|---|---|---|")

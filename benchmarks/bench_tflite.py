@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import prepare_mobilenet, timed  # noqa: E402
+from common import alternate, load_mobilenet, prepare_mobilenet, timed  # noqa: E402
 
 ROUNDS = 2
 PRECISIONS = ("fp32", "fp16", "dynamic-int8", "int8", "int16x8")
@@ -43,14 +42,10 @@ CALIBRATION_SAMPLES = 300
 def run_direct(work: Path) -> None:
     """The pipeline a user would write with TFLiteConverter and the LiteRT interpreter."""
     start = time.perf_counter()
-    import keras
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    model = keras.saving.load_model(str(work / "model.keras"), compile=False)
-    data = np.load(work / "calibration.npz")
-    x, y = data["x"], data["y"]
-    reference = np.concatenate([model(x[i:i + 64], training=False).numpy() for i in range(0, len(x), 64)])
+    model, x, y, reference = load_mobilenet(work)
 
     def representative():
         for i in range(CALIBRATION_SAMPLES):
@@ -189,17 +184,7 @@ def run_onet(work: Path) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
         work = Path(tmp)
-        prep_seconds, prep = timed(__file__, "prepare", work)
-        print(f"trained MobileNetV2 96x96 in {prep_seconds:.0f}s, held-out accuracy {prep['held_out_accuracy']:.3f}")
-        times: dict[str, list[float]] = {"direct": [], "edgekit": []}
-        results: dict[str, dict[str, Any]] = {}
-        for _ in range(ROUNDS):
-            for mode in ("direct", "edgekit"):
-                seconds, results[mode] = timed(__file__, mode, work)
-                times[mode].append(seconds)
-        direct, edge = statistics.median(times["direct"]), statistics.median(times["edgekit"])
-        print(f"\nwall time (median of {ROUNDS}, fresh process each, imports included): direct {direct:.1f}s, "
-              f"edgekit {edge:.1f}s, ratio {edge / direct:.2f}x  (runs: {times})")
+        results, _ = alternate(__file__, work, ROUNDS)
         print("\n| precision | direct size | edgekit size | size ratio | size vs fp32 | direct top1 agr. "
               "| edgekit top1 agr. | edgekit max abs err | accuracy src -> edgekit |")
         print("|---|---|---|---|---|---|---|---|---|")

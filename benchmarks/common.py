@@ -48,6 +48,36 @@ def prepare_mobilenet(work: Path) -> None:
     print(json.dumps({"held_out_accuracy": accuracy}))
 
 
+def load_mobilenet(work: Path) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """The saved Keras model, the held-out inputs and labels, and the model's outputs on them."""
+    import keras
+
+    model = keras.saving.load_model(str(work / "model.keras"), compile=False)
+    data = np.load(work / "calibration.npz")
+    x, y = data["x"], data["y"]
+    reference = np.concatenate([model(x[i:i + 64], training=False).numpy() for i in range(0, len(x), 64)])
+    return model, x, y, reference
+
+
+def alternate(script: str, work: Path, rounds: int, note: str = "") -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Train the MobileNetV2, then run the script's ``direct`` and ``edgekit`` modes alternately
+    ``rounds`` times, each in a fresh process; print the wall times. The last results and all times."""
+    import statistics
+
+    prep_seconds, prep = timed(script, "prepare", work)
+    print(f"trained MobileNetV2 96x96 in {prep_seconds:.0f}s, held-out accuracy {prep['held_out_accuracy']:.3f}")
+    times: dict[str, list[float]] = {"direct": [], "edgekit": []}
+    results: dict[str, Any] = {}
+    for _ in range(rounds):
+        for mode in ("direct", "edgekit"):
+            seconds, results[mode] = timed(script, mode, work)
+            times[mode].append(seconds)
+    direct, edge = statistics.median(times["direct"]), statistics.median(times["edgekit"])
+    print(f"\nwall time (median of {rounds}, fresh process each, imports included): direct {direct:.1f}s, "
+          f"edgekit {edge:.1f}s{note}, ratio {edge / direct:.2f}x  (runs: {times})")
+    return results, times
+
+
 def timed(script: str, mode: str, work: Path) -> tuple[float, dict[str, Any]]:
     """Run ``script mode work`` in a fresh interpreter; its wall time and the JSON its last line prints."""
     start = time.perf_counter()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgekit.parity import Tolerance
+
 
 class Kind:
     """Artifact kinds: the nodes of the conversion graph."""
@@ -45,25 +47,6 @@ class PassInfo:
     produces: str
     modules: tuple[str, ...]  # Python modules the pass imports; checked before any work starts
     alternative: str | None = None  # an alternative route's name: used only when asked for (``--via``)
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """When an artifact's outputs count as matching the source's.
-
-    ``max_rel_error`` bounds each output's max abs error divided by the largest magnitude of the
-    source output. For outputs that look like class scores, ``min_top1_agreement`` (when set)
-    replaces the error bound: quantized models move logits but must keep the decisions.
-    """
-
-    max_rel_error: float
-    min_top1_agreement: float | None = None
-
-    def to_dict(self) -> dict[str, float]:
-        out = {"max_rel_error": self.max_rel_error}
-        if self.min_top1_agreement is not None:
-            out["min_top1_agreement"] = self.min_top1_agreement
-        return out
 
 
 @dataclass(frozen=True)

@@ -7,23 +7,32 @@ with it when a device checks a downloaded artifact against the reference outputs
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from edgekit.bundle import Accuracy, Parity, TensorSpec
 
 
-class Tolerance(Protocol):
-    """The bounds an artifact's outputs must meet (see ``edgekit.converters.registry.Tolerance``)."""
+@dataclass(frozen=True)
+class Tolerance:
+    """When an artifact's outputs count as matching the source's.
 
-    @property
-    def max_rel_error(self) -> float: ...
+    ``max_rel_error`` bounds each output's max abs error divided by the largest magnitude of the
+    source output. For outputs that look like class scores, ``min_top1_agreement`` (when set)
+    replaces the error bound: quantized models move logits but must keep the decisions.
+    """
 
-    @property
-    def min_top1_agreement(self) -> float | None: ...
+    max_rel_error: float
+    min_top1_agreement: float | None = None
 
-    def to_dict(self) -> dict[str, float]: ...
+    def to_dict(self) -> dict[str, float]:
+        out = {"max_rel_error": self.max_rel_error}
+        if self.min_top1_agreement is not None:
+            out["min_top1_agreement"] = self.min_top1_agreement
+        return out
+
 
 RunFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 MAX_CHUNK = 64
@@ -70,7 +79,7 @@ def compare(
     """Measure per-output error and top-1 agreement of ``actual`` against ``reference``.
 
     Outputs are matched by name, or by position when a converter renamed them. The parity passes when every
-    output is within ``tolerance``; see :class:`~edgekit.converters.registry.Tolerance`.
+    output is within ``tolerance``; see :class:`Tolerance`.
     """
     ref_values = [np.asarray(reference[o.name]) for o in outputs]
     by_name = all(o.name in actual for o in outputs)

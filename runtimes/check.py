@@ -6,26 +6,13 @@ this host's provider and reproduce the source model's outputs within the artifac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edgekit.bundle import Parity
 from edgekit.errors import BundleError
-from edgekit.parity import compare, run_batched
-
-
-@dataclass(frozen=True)
-class _Bounds:
-    max_rel_error: float
-    min_top1_agreement: float | None = None
-
-    def to_dict(self) -> dict[str, float]:
-        out = {"max_rel_error": self.max_rel_error}
-        if self.min_top1_agreement is not None:
-            out["min_top1_agreement"] = self.min_top1_agreement
-        return out
+from edgekit.parity import Tolerance, compare, run_batched
 
 
 def smoke_test(session: Any) -> Parity:
@@ -52,6 +39,6 @@ def smoke_test(session: Any) -> Parity:
         expected = {k[4:]: data[k] for k in data.files if k.startswith("out.")}
     actual = run_batched(session.run, inputs, session.inputs)
     tolerance = artifact.parity.tolerance
-    bounds = _Bounds(float(tolerance["max_rel_error"]), tolerance.get("min_top1_agreement"))
+    bounds = Tolerance(float(tolerance["max_rel_error"]), tolerance.get("min_top1_agreement"))
     parity, _ = compare(expected, actual, bundle.manifest.outputs, bounds)
     return parity

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from edgekit.bundle import TensorSpec
-from edgekit.converters.registry import Tolerance
-from edgekit.parity import compare, describe_failure
+from edgekit.parity import Tolerance, compare, describe_failure
 from tests.conftest import run_cli
 
 OUT = (TensorSpec("logits", ("batch", 3), "float32"),)

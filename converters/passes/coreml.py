@@ -9,7 +9,6 @@ the fp16 program, as an iOS app would ship it.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -280,8 +279,3 @@ class CoremlPalettize6(CoremlPalettize4):
     name = "coreml-palettize6"
     produces = Kind.COREML_PAL6
     nbits = 6
-
-
-def copy_package(src: Path, dst: Path) -> None:
-    """Copy an ``.mlpackage`` directory."""
-    shutil.copytree(src, dst)
