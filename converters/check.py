@@ -6,6 +6,11 @@ the dynamic dimensions and what the target does with them, and the expected arti
 model's weights; and, per family, what only a conversion can tell. Only the model is read; no
 converter runs. (onnxruntime-web kernels need no check for an ONNX source: a source onnxruntime
 cannot load is refused when it is read.)
+
+``probe=True`` answers what only a conversion can tell, at the cost of one: the family's float
+target is converted into a temporary directory (no quantization, nothing kept), and the TFLite Flex
+ops it needed or the converter's error (a Core ML op newer than ``min_ios``, an op a converter
+lacks) are reported against every requested target of that family.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class TargetCheck:
     expected_bytes: int | None = None
     dynamic: str = ""
     after_conversion: str = ""  # what only a conversion can tell for this target
+    probed: str = ""  # what the probe conversion found (with probe=True)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""
@@ -87,8 +93,48 @@ AFTER_CONVERSION = {
 }
 
 
-def check(model: str | Path, targets: list[str] | None = None) -> list[TargetCheck]:
+# The float target a probe converts for each family: the cheapest full pass through its converter.
+PROBE_TARGET = {"onnx-web": "onnx-web", "tflite": "tflite", "coreml": "coreml"}
+
+
+def probe_family(model: Path, family: str, min_ios: int = 16) -> tuple[bool, str, list[str]]:
+    """Convert ``model`` to the family's float target in a temporary directory.
+
+    Returns (reached, what was found, problems). Flex ops do not make a target unreachable
+    (``--allow-flex`` reaches it) but are problems: each costs the Flex delegate at run time.
+    """
+    import tempfile
+
+    from edgekit.converters.pipeline import convert
+    from edgekit.errors import UserError
+
+    target = PROBE_TARGET[family]
+    with tempfile.TemporaryDirectory(prefix="edgekit-probe-") as tmp:
+        try:
+            result = convert(model, [target], out=Path(tmp) / "bundle", allow_flex=True, min_ios=min_ios,
+                             keep_partial=True, accept_parity_failure=True, report=False)
+        except UserError as exc:
+            message = str(exc).splitlines()[0]
+            return False, f"{target}: failed to convert (see above)", [f"probe conversion to {target}: {message}"]
+        if result.failures:
+            failure = result.failures[0]
+            return False, f"{target}: failed to convert (see above)", [f"probe conversion to {target}: {failure.error}"]
+        art = result.bundle.manifest.artifacts[0]
+        flex = art.extra.get("conversion", {}).get("flex_ops") or []
+        if flex:
+            return True, f"{target}: converted; it needs Flex ops {', '.join(flex)}", [
+                f"needs TensorFlow Select (Flex) ops {', '.join(flex)}: the app must link the Flex delegate "
+                "(tens of MB) and these ops run outside LiteRT's optimized kernels; convert needs --allow-flex"]
+        return True, f"{target}: converted in {result.seconds:.1f} s; no Flex ops, no op newer than the OS target", []
+
+
+def check(model: str | Path, targets: list[str] | None = None, *, probe: bool = False,
+          min_ios: int = 16) -> list[TargetCheck]:
     """Check ``model`` (a file path) against ``targets`` (default: every target).
+
+    With ``probe``, each requested family's float target is also converted (in a temporary
+    directory) to find what only a conversion can tell: TFLite Flex ops, Core ML ops newer than
+    ``min_ios``, converter errors.
 
     Raises:
         InvalidModelError, UnsupportedModelError: The model cannot be read.
@@ -132,11 +178,22 @@ def check(model: str | Path, targets: list[str] | None = None) -> list[TargetChe
                     item.reachable = False
                     item.problems.append(f"onnx2tf (route {' -> '.join(item.route)}) does not convert the ONNX "
                                          f"operator(s) {', '.join(missing)}")
-        if info.family in AFTER_CONVERSION:
+        if info.family in AFTER_CONVERSION and not probe:
             item.after_conversion = AFTER_CONVERSION[info.family]
         if weights is not None:
             item.expected_bytes = int(weights * BYTES_PER_WEIGHT.get(info.precision, 4.0))
         if dynamic:
             item.dynamic = f"{', '.join(dynamic)} in {info.family}: {DYNAMIC_NOTES.get(info.family, 'kept')}"
         results.append(item)
+    if probe:
+        found: dict[str, tuple[bool, str, list[str]]] = {}
+        for item in results:
+            family = TARGETS[item.target].family
+            if not item.reachable or family not in PROBE_TARGET:
+                continue
+            if family not in found:
+                found[family] = probe_family(path, family, min_ios)
+            reached, item.probed, problems = found[family]
+            item.reachable = item.reachable and reached
+            item.problems.extend(problems)
     return results

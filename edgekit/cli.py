@@ -374,9 +374,14 @@ def report(
 def check(
     model: Annotated[Path, typer.Argument(help="Model: .onnx, .pt2, .keras, .h5, or a SavedModel dir")],
     target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Target to check; repeat (default: all)")] = None,
+    probe: Annotated[bool, typer.Option("--probe", help="Also convert each family's float target in a temporary "
+                                        "directory, to find Flex ops and Core ML ops newer than --min-ios")] = False,
+    min_ios: Annotated[int, typer.Option("--min-ios", help="Core ML minimum iOS the probe converts for")] = 16,
     json_: Annotated[bool, typer.Option("--json", help="Print the findings as JSON")] = False,
 ) -> None:
-    """Without converting: can MODEL reach each target, which operators block it, expected sizes. Exit 0 if all can."""
+    """Without converting: can MODEL reach each target, which operators block it, expected sizes. Exit 0 if all can.
+
+    With --probe, what only a conversion can tell as well (one float conversion per family, nothing kept)."""
     _setup_logging(False)
     with _handled():
         import json
@@ -385,7 +390,7 @@ def check(
         from edgekit.converters.check import check as run_check
 
         with captured_output():
-            results = run_check(model, target)
+            results = run_check(model, target, probe=probe, min_ios=min_ios)
         if json_:
             typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
         else:
@@ -402,9 +407,14 @@ def check(
             for r in results:
                 for problem in r.problems:
                     typer.echo(f"\n{r.target}: {problem}")
+            probed = list(dict.fromkeys(r.probed for r in results if r.probed))
+            if probed:
+                typer.echo("\nprobe conversions:")
+                for line in probed:
+                    typer.echo(f"  {line}")
             later = list(dict.fromkeys(r.after_conversion for r in results if r.after_conversion))
             if later:
-                typer.echo("\nonly a conversion can tell:")
+                typer.echo("\nonly a conversion can tell (edgekit check --probe converts to find out):")
                 for line in later:
                     typer.echo(f"  {line}")
             notes = list(dict.fromkeys(r.dynamic for r in results if r.dynamic))

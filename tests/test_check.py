@@ -49,3 +49,24 @@ def test_check_refuses_a_bad_model_and_an_unknown_target(tmp_path: Path) -> None
     assert bad.exit_code == 2 and "not a valid ONNX model" in bad.stderr
     unknown = run_cli("check", DIGITS / "digits.onnx", "-t", "tflite-int3")
     assert unknown.exit_code == 2 and "unknown target" in unknown.stderr
+
+
+@pytest.mark.tensorflow
+def test_probe_names_flex_ops_and_a_core_ml_op_coremltools_lacks(tmp_path: Path) -> None:
+    pytest.importorskip("onnx2tf")
+    pytest.importorskip("coremltools")
+    import keras
+
+    x = keras.Input((4, 4), name="a")
+    y = keras.layers.Dense(4, name="mix")(keras.ops.linalg.inv(x + keras.ops.eye(4) * 4.0))
+    keras.Model(x, y).save(tmp_path / "inv.keras")
+    plain = run_cli("check", tmp_path / "inv.keras", "-t", "tflite", "-t", "coreml")
+    assert plain.exit_code == 0 and "--probe converts to find out" in plain.stdout  # static check cannot see it
+    result = run_cli("check", tmp_path / "inv.keras", "-t", "tflite", "-t", "tflite-fp16", "-t", "coreml",
+                     "--probe", "--json")
+    assert result.exit_code == 2, result.output
+    rows = {r["target"]: r for r in json.loads(result.stdout)}
+    assert rows["tflite"]["reachable"] and rows["tflite-fp16"]["reachable"]  # --allow-flex reaches them
+    assert "Flex) ops MatrixInverse" in rows["tflite-fp16"]["problems"][0]
+    assert not rows["coreml"]["reachable"] and "'MatrixInverse' not implemented" in rows["coreml"]["problems"][0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inv.keras"]  # the probes kept nothing

@@ -99,7 +99,7 @@ class Pass:
         except EdgekitError:
             raise
         except (Exception, SystemExit) as exc:  # converters raise anything (onnx2tf even sys.exit); say which pass failed
-            first_line = (str(exc).strip().splitlines() or [""])[0][:500]
+            first_line = (str(exc).strip().splitlines() or [""])[0][:500].rstrip(".")
             raise ConversionError(
                 f"the {self.name} pass ({self.consumes} -> {self.produces}) failed: "
                 f"{type(exc).__name__}: {first_line}. The model may use an operator or construct this "
