@@ -17,7 +17,7 @@ $(VENV)/.demo-installed: pyproject.toml constraints.txt | $(BIN)/python
 
 # The strict editable install links each module into build/__editable__* (what mypy reads); the
 # package folders are prerequisites so that adding or removing a module re-links the tree.
-PKG_DIRS := edgekit edgekit/schemas converters converters/passes runtimes
+PKG_DIRS := edgekit edgekit/schemas converters converters/passes runtimes web web/src web/demo
 $(VENV)/.test-installed: pyproject.toml constraints.txt $(PKG_DIRS) | $(BIN)/python
 	$(PIP) -e '.[all,dev]' --config-settings editable_mode=strict
 	touch $@ $(VENV)/.demo-installed
@@ -36,7 +36,12 @@ $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "install Chromium at $(CHROMIUM) (Debian: apt-get install chromium)"; exit 1; }
 	apt-get install -y -qq chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-test: $(VENV)/.test-installed $(CHROMIUM)
+# onnxruntime-web for the browser library, demo and tests, pinned by web/package-lock.json.
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(VENV)/.test-installed $(CHROMIUM) web/node_modules/.package-lock.json
 	$(BIN)/python -m ruff check .
 	MYPYPATH=$$(ls -d build/__editable__*) $(BIN)/python -m mypy -p edgekit
 	$(BIN)/python -m pytest
@@ -56,4 +61,4 @@ example: $(VENV)/.test-installed
 	$(BIN)/python examples/digits/make_digits_keras.py
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache web/node_modules

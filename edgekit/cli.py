@@ -452,6 +452,31 @@ def targets() -> None:
 
 
 @app.command()
+def web(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory with an onnx-web artifact")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port)")] = 8000,
+    ort_dir: Annotated[Path | None, typer.Option("--ort-dir", help="onnxruntime-web's dist folder "
+                                                 "(default: web/node_modules, or $EDGEKIT_ORT_WEB_DIR)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every request")] = False,
+) -> None:
+    """Serve the browser demo for BUNDLE: draw a digit, classify it with onnxruntime-web in the page."""
+    _setup_logging(verbose)
+    with _handled():
+        from edgekit.web.server import make_server
+
+        server = make_server(bundle, host=host, port=port, ort_dir=ort_dir)
+        typer.echo(f"serving {server.bundle_dir} at {server.url}/demo/ (onnxruntime-web from {server.ort_dir}); "
+                   "Ctrl-C stops")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            typer.echo("stopped")
+        finally:
+            server.server_close()
+
+
+@app.command()
 def version() -> None:
     """Print edgekit's version."""
     typer.echo(__version__)

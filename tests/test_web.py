@@ -1,0 +1,255 @@
+"""The browser runtime (web/src/edgekit.js) and demo page, in Debian's Chromium, against onnxruntime in Python."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import DIGITS, run_cli
+
+pytestmark = pytest.mark.browser
+
+SEVEN = [[(70, 60), (210, 60), (120, 230)]]  # a hand-drawn 7, in canvas pixels
+ZERO = [[(140 + 60 * np.sin(t / 10 * np.pi), 140 - 95 * np.cos(t / 10 * np.pi)) for t in range(21)]]
+
+
+@pytest.fixture(scope="module")
+def server(digits_bundle: Path) -> Iterator[Any]:
+    from edgekit.web.server import running
+
+    with running(digits_bundle) as srv:
+        yield srv
+
+
+def _open_demo(browser: Any, url: str, context: Any = None, **context_options: Any) -> tuple[Any, dict[str, Any]]:
+    """A fresh context (empty cache) unless one is given; waits until the demo has loaded its bundle."""
+    ctx = context or browser.new_context(**context_options)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    described = page.evaluate("() => window.edgekitDemo.ready")
+    assert not errors, errors
+    return page, described
+
+
+def _draw(page: Any, strokes: list[list[tuple[float, float]]]) -> None:
+    box = page.locator("#pad").bounding_box()
+    page.click("#clear")
+    for stroke in strokes:
+        page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x, box["y"] + y, steps=8)
+        page.mouse.up()
+    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'")
+
+
+def _python_outputs(artifact: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("target", [None, "onnx-web", "onnx-web-fp16"])
+def test_browser_outputs_match_onnxruntime_on_the_same_artifact(browser: Any, server: Any, digits_bundle: Path,
+                                                                target: str | None) -> None:
+    query = f"?target={target}" if target else ""
+    page, described = _open_demo(browser, f"{server.url}/demo/{query}")
+    manifest = json.loads((digits_bundle / "bundle.json").read_text())
+    if target is None:  # the automatic choice on wasm: the smallest integer artifact that passed parity
+        assert described["target"] == "onnx-web-int8" and "smallest integer" in described["reason"]
+    else:
+        assert described["target"] == target
+    artifact = next(a for a in manifest["artifacts"] if a["target"] == described["target"] and a["format"] == "onnx")
+    x = np.load(DIGITS / "digits.npz")["x"][:32]
+    out = page.evaluate("([v, d]) => window.edgekitDemo.run(v, d)", [x.ravel().tolist(), list(x.shape)])
+    browser_logits = np.asarray(out["logits"]["data"], dtype=np.float32).reshape(out["logits"]["dims"])
+    python_logits = _python_outputs(digits_bundle / artifact["file"], x)
+    error = float(np.abs(browser_logits - python_logits).max())
+    print(f"{described['target']}: max abs error browser vs onnxruntime (Python) {error:.2e}")
+    scale = float(np.abs(python_logits).max())
+    assert error <= 1e-5 * scale if artifact["precision"] == "fp32" else error <= 2e-2 * scale
+    assert (browser_logits.argmax(1) == python_logits.argmax(1)).all()
+    page.context.close()
+
+
+def test_provider_report_names_what_ran_and_what_was_passed_over(browser: Any, server: Any) -> None:
+    page, described = _open_demo(browser, f"{server.url}/demo/")
+    assert described["provider"] == "wasm"
+    webgpu, wasm = described["attempts"]
+    assert webgpu["provider"] == "webgpu" and not webgpu["ok"] and "adapter" in webgpu["reason"]  # headless, no GPU
+    assert wasm == {"provider": "wasm", "ok": True, "reason": ""}
+    assert described["crossOriginIsolated"] is True  # COOP/COEP from the server: wasm threads allowed
+    assert described["threads"] >= 1 and described["loadMs"] > 0
+    assert page.inner_text("#provider") == "wasm"
+    assert (page.locator("#attempts li").first.text_content() or "").startswith("webgpu: passed over (no WebGPU adapter")
+    strict, _ = _open_demo(browser, f"{server.url}/demo/?providers=webgpu")
+    error = strict.evaluate("() => window.edgekitDemo.error")
+    assert error["code"] == "provider" and "webgpu: no WebGPU adapter" in error["message"]
+    page.context.close()
+    strict.context.close()
+
+
+def test_a_reload_reads_the_verified_copy_from_the_cache(browser: Any, server: Any) -> None:
+    context = browser.new_context()
+    artifact = "/bundle/onnx-web-int8.onnx"
+    before = server.requests.get(artifact, 0)
+    page, first = _open_demo(browser, f"{server.url}/demo/", context)
+    assert not first["fromCache"] and server.requests.get(artifact, 0) == before + 1
+    page.reload()
+    second = page.evaluate("() => window.edgekitDemo.ready")
+    assert second["fromCache"] and "from cache" in page.inner_text("#load")
+    assert server.requests.get(artifact, 0) == before + 1  # no second download
+    # A damaged cache entry is caught by the hash check on read, dropped and downloaded again.
+    page.evaluate("""async () => {
+        const cache = await caches.open('edgekit-artifacts-v1');
+        const key = (await cache.keys())[0];
+        await cache.put(key, new Response(new Uint8Array(157801)));
+    }""")
+    page.reload()
+    third = page.evaluate("() => window.edgekitDemo.ready")
+    assert not third["fromCache"] and server.requests.get(artifact, 0) == before + 2
+    context.close()
+
+
+def test_a_tampered_artifact_is_refused(browser: Any, bundle_copy: Path) -> None:
+    from edgekit.web.server import running
+
+    with running(bundle_copy) as srv:  # the server checks the bundle at start; the file changes after
+        path = bundle_copy / "onnx-web-int8.onnx"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        page, described = _open_demo(browser, f"{srv.url}/demo/")
+        assert described is None
+        error = page.evaluate("() => window.edgekitDemo.error")
+        assert error["code"] == "integrity" and "sha256" in error["message"] and "refusing to load it" in error["message"]
+        assert "refusing" in page.inner_text("#status") and page.evaluate("() => window.edgekitDemo.session") is None
+        cached = page.evaluate("async () => (await (await caches.open('edgekit-artifacts-v1')).keys()).length")
+        assert cached == 0  # nothing unverified is cached
+        page.context.close()
+
+
+def test_mismatched_input_is_refused_with_the_expected_spec(browser: Any, server: Any) -> None:
+    page, _ = _open_demo(browser, f"{server.url}/demo/")
+    cases = {
+        "{ x: { data: new Float32Array(64), dims: [1, 8, 8] } }":
+            "has shape [1, 8, 8], the model expects [batch, 1, 8, 8] float32",
+        "{ x: { data: new Float64Array(64), dims: [1, 1, 8, 8] } }": "is a Float64Array, the model expects float32",
+        "{ y: { data: new Float32Array(64), dims: [1, 1, 8, 8] } }": "takes input(s) x; got y (missing x) (unknown y)",
+        "{ x: { data: new Float32Array(60), dims: [1, 1, 8, 8] } }": "has 60 values, its shape [1, 1, 8, 8] needs 64",
+    }
+    for feeds, message in cases.items():
+        got = page.evaluate(f"""async () => {{
+            try {{ await window.edgekitDemo.runFeeds({feeds}); return null; }}
+            catch (e) {{ return {{ name: e.name, code: e.code, message: e.message }}; }} }}""")
+        assert got is not None and got["name"] == "EdgekitWebError" and got["code"] == "input", feeds
+        assert message in got["message"], got
+    page.context.close()
+
+
+def test_drawing_classifies_and_the_page_renders(browser: Any, server: Any, tmp_path: Path) -> None:
+    from PIL import Image
+
+    page, _ = _open_demo(browser, f"{server.url}/demo/", viewport={"width": 1280, "height": 560})
+    _draw(page, SEVEN)
+    assert page.inner_text("#digit") == "7"
+    assert page.locator("#bars li").count() == 10 and "ms" in page.inner_text("#latency")
+    _draw(page, ZERO)
+    assert page.inner_text("#digit") == "0"
+    shot = Image.open(io.BytesIO(page.screenshot())).convert("L")
+    pixels = np.asarray(shot, dtype=np.float32)
+    assert pixels.std() > 20  # not blank: dark canvas, white ink, text on light cards
+    box = page.locator("#pad").bounding_box()
+    canvas = pixels[int(box["y"]):int(box["y"] + box["height"]), int(box["x"]):int(box["x"] + box["width"])]
+    assert (canvas > 200).mean() > 0.02 and (canvas < 30).mean() > 0.5  # the drawn zero is on screen
+    page.context.close()
+
+
+def test_touch_draws_too(browser: Any, server: Any) -> None:
+    page, _ = _open_demo(browser, f"{server.url}/demo/", has_touch=True)
+    box = page.locator("#pad").bounding_box()
+    page.touchscreen.tap(box["x"] + 140, box["y"] + 140)
+    page.wait_for_function("() => document.getElementById('digit').textContent !== '–'")
+    ink = page.evaluate("""() => { const c = document.getElementById('pad');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 0; i < d.length; i += 4) n += d[i] > 200; return n; }""")
+    assert ink > 300  # a finger tap leaves a dot (pointer events cover touch)
+    page.context.close()
+
+
+def test_the_file_picker_loads_another_bundle(browser: Any, server: Any, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    result = run_cli("convert", DIGITS / "digits.onnx", "-t", "onnx-web", "--name", "digits-picked",
+                     "--version", "2.0.0", "--no-report", "--out", other)
+    assert result.exit_code == 0, result.output
+    page, _ = _open_demo(browser, f"{server.url}/demo/")
+    page.set_input_files("#picker", [str(other / "bundle.json")])
+    page.wait_for_function("() => document.getElementById('status').className === 'error'")
+    assert "pick onnx-web.onnx together with bundle.json" in page.inner_text("#status")
+    page.set_input_files("#picker", [str(other / "bundle.json"), str(other / "onnx-web.onnx")])
+    page.wait_for_function("() => document.getElementById('model').textContent === 'digits-picked 2.0.0'")
+    assert page.inner_text("#artifact").startswith("onnx-web (fp32")
+    _draw(page, SEVEN)
+    assert page.inner_text("#digit") == "7"
+    page.context.close()
+
+
+# --- the server, without a browser --------------------------------------------------------------------
+
+
+def _get(server: Any, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", path, headers=headers or {})
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+
+
+def test_server_headers_ranges_etags_and_refusals(server: Any, digits_bundle: Path) -> None:
+    status, headers, body = _get(server, "/bundle/onnx-web-int8.onnx")
+    data = (digits_bundle / "onnx-web-int8.onnx").read_bytes()
+    assert status == 200 and body == data
+    assert headers["cross-origin-opener-policy"] == "same-origin"
+    assert headers["cross-origin-embedder-policy"] == "require-corp"
+    assert headers["accept-ranges"] == "bytes"
+    status, part_headers, part = _get(server, "/bundle/onnx-web-int8.onnx", {"Range": "bytes=100-199"})
+    assert status == 206 and part == data[100:200] and part_headers["content-range"] == f"bytes 100-199/{len(data)}"
+    status, _, tail = _get(server, "/bundle/onnx-web-int8.onnx", {"Range": "bytes=-10"})
+    assert status == 206 and tail == data[-10:]
+    assert _get(server, "/bundle/onnx-web-int8.onnx", {"Range": f"bytes={len(data)}-"})[0] == 416
+    assert _get(server, "/bundle/onnx-web-int8.onnx", {"If-None-Match": headers["etag"]})[0] == 304
+    assert _get(server, "/ort/ort-wasm-simd-threaded.wasm")[1]["content-type"] == "application/wasm"
+    for bad in ("/bundle/../pyproject.toml", "/bundle/%2e%2e/%2e%2e/pyproject.toml", "/src/../server.py",
+                "/ort/ort.all.min.js", "/ort/../package.json", "/etc/passwd"):
+        assert _get(server, bad)[0] == 404, bad
+    status, redirect, _ = _get(server, "/?target=onnx-web")
+    assert status == 302 and redirect["location"] == "/demo/?target=onnx-web"
+
+
+def test_edgekit_web_refuses_what_it_cannot_serve(tmp_path: Path, digits_bundle: Path) -> None:
+    not_bundle = run_cli("web", DIGITS)
+    assert not_bundle.exit_code == 2 and "has no bundle.json" in not_bundle.stderr
+    no_ort = run_cli("web", digits_bundle, "--ort-dir", tmp_path)
+    assert no_ort.exit_code == 2 and "npm ci --prefix web" in no_ort.stderr
+    web_less = tmp_path / "b"
+    shutil.copytree(digits_bundle, web_less)
+    manifest = json.loads((web_less / "bundle.json").read_text())
+    for art in manifest["artifacts"]:
+        art["target"] = art["target"].replace("onnx-web", "onnx-desktop")
+    (web_less / "bundle.json").write_text(json.dumps(manifest))
+    refused = run_cli("web", web_less)
+    assert refused.exit_code == 2, refused.output
+    assert "no onnx-web artifact" in refused.stderr or "onnx-desktop" in refused.stderr
