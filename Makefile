@@ -48,12 +48,13 @@ test: $(VENV)/.test-installed $(CHROMIUM) web/node_modules/.package-lock.json
 
 # Benchmarks (minutes each; results go in benchmarks/RESULTS.md by hand). facenet-pytorch only
 # carries O-Net's weights here: its declared dependencies (torchvision) would pull a CUDA torch.
-bench: $(VENV)/.test-installed
+bench: $(VENV)/.test-installed $(CHROMIUM) web/node_modules/.package-lock.json
 	$(PIP) --no-deps facenet-pytorch==2.6.0
 	$(BIN)/python benchmarks/bench_onnx_web.py
 	$(BIN)/python benchmarks/bench_tflite.py
 	$(BIN)/python benchmarks/bench_coreml.py
 	$(BIN)/python benchmarks/bench_runtime.py
+	$(BIN)/python benchmarks/bench_web.py
 
 # Regenerate examples/digits (trains the CNN; needs the torch extra).
 example: $(VENV)/.test-installed

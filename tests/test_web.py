@@ -100,6 +100,32 @@ def test_provider_report_names_what_ran_and_what_was_passed_over(browser: Any, s
     strict.context.close()
 
 
+def test_the_artifact_suits_the_backend(browser: Any, server: Any, digits_bundle: Path) -> None:
+    page, _ = _open_demo(browser, f"{server.url}/demo/?prefer=speed")
+    assert page.evaluate("() => window.edgekitDemo.session.artifact.target") == "onnx-web"
+    manifest = json.loads((digits_bundle / "bundle.json").read_text())
+    choose = """async ([manifest, options]) => {
+        const lib = await import('/src/edgekit.js');
+        try { return lib.chooseArtifact(manifest, options).artifact.target; } catch (e) { return e.code + ': ' + e.message; }
+    }"""
+    cases = [({"backend": "webgpu", "shaderF16": True}, "onnx-web-fp16"),
+             ({"backend": "webgpu", "shaderF16": False}, "onnx-web"),
+             ({"backend": "wasm"}, "onnx-web-int8"),
+             ({"backend": "wasm", "target": "onnx-web-int3"}, "target: the bundle has no usable web artifact")]
+    for options, expected in cases:
+        assert page.evaluate(choose, [manifest, options]).startswith(expected), options
+    auto = dict(manifest, selections=[{"family": "onnx-web", "chosen": "onnx-web", "reason": "r"}])
+    assert page.evaluate(choose, [auto, {"backend": "wasm"}]) == "onnx-web"  # the accuracy-gated choice wins
+    failed = json.loads(json.dumps(manifest))
+    for art in failed["artifacts"]:
+        if art["target"] == "onnx-web-int8":
+            art["parity"]["passed"] = False
+    assert page.evaluate(choose, [failed, {"backend": "wasm"}]) == "onnx-web"  # never an artifact that failed parity
+    only_fp16 = dict(manifest, artifacts=[a for a in manifest["artifacts"] if a["target"] == "onnx-web-fp16"])
+    assert page.evaluate(choose, [only_fp16, {"backend": "wasm"}]) == "onnx-web-fp16"
+    page.context.close()
+
+
 def test_a_reload_reads_the_verified_copy_from_the_cache(browser: Any, server: Any) -> None:
     context = browser.new_context()
     artifact = "/bundle/onnx-web-int8.onnx"

@@ -1,7 +1,7 @@
 // The digits demo: draw on a canvas, classify with the bundle's web artifact, show what ran.
 // Query parameters: bundle (URL of a bundle.json, default /bundle/bundle.json), ort (where
 // onnxruntime-web's files are served, default /ort/), target (an artifact id to force),
-// providers (comma-separated, default auto).
+// prefer (size or speed), providers (comma-separated, default auto), threads (wasm threads).
 import { open, EdgekitWebError } from "../src/edgekit.js";
 
 const params = new URLSearchParams(location.search);
@@ -191,6 +191,8 @@ async function load(source, label) {
     const options = {
       ortBase: params.get("ort") || "/ort/",
       target: params.get("target"),
+      prefer: params.get("prefer") || "size",
+      threads: Number(params.get("threads")) || undefined,
       providers: params.get("providers") ? params.get("providers").split(",") : "auto",
       onProgress: ({ loaded, total }) => { if (total) $("bar").style.width = `${(100 * loaded / total).toFixed(0)}%`; },
     };

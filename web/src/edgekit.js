@@ -72,14 +72,15 @@ function isWebArtifact(a) {
 
 /**
  * Choose the web artifact for this browser.
- *   wasm:   the target the bundle's onnx-web-auto selection chose, else the smallest integer or
- *           fp32 artifact; fp16 only when nothing else exists (wasm has no fp16 arithmetic: it
- *           converts every fp16 tensor, slower than fp32).
+ *   wasm:   prefer "size" (default): the target the bundle's onnx-web-auto selection chose, else
+ *           the smallest integer artifact, else fp32. prefer "speed": fp32 (int8 convolutions ran
+ *           1.6x slower than fp32 on wasm for MobileNetV2, see benchmarks/RESULTS.md). fp16 only
+ *           when nothing else exists (wasm has no fp16 arithmetic: it converts every fp16 tensor).
  *   webgpu: fp16 when the adapter has shader-f16, else fp32 (int8 QDQ graphs mostly fall back to
  *           the CPU on WebGPU).
  * Returns { artifact, reason }.
  */
-export function chooseArtifact(manifest, { backend = "wasm", shaderF16 = false, target = null } = {}) {
+export function chooseArtifact(manifest, { backend = "wasm", shaderF16 = false, target = null, prefer = "size" } = {}) {
   const web = manifest.artifacts.filter(isWebArtifact);
   if (target) {
     const wanted = web.find((a) => a.target === target);
@@ -97,6 +98,7 @@ export function chooseArtifact(manifest, { backend = "wasm", shaderF16 = false, 
     if (shaderF16 && by("fp16")) return { artifact: by("fp16"), reason: "WebGPU with shader-f16: fp16 halves the download and runs natively" };
     if (by("fp32")) return { artifact: by("fp32"), reason: shaderF16 ? "WebGPU: no fp16 artifact in the bundle" : "WebGPU without shader-f16: fp32" };
   }
+  if (prefer === "speed" && by("fp32")) return { artifact: by("fp32"), reason: "wasm, prefer speed: fp32 (integer kernels are slower on wasm)" };
   const chosen = (manifest.selections || []).find((s) => s.family === "onnx-web" && s.chosen);
   const picked = chosen && web.find((a) => a.target === chosen.chosen);
   if (picked && picked.precision !== "fp16") {
@@ -351,13 +353,15 @@ export class EdgekitSession {
  *   ortBase     where onnxruntime-web's dist files are served ("/ort/")
  *   providers   "auto" (webgpu where an adapter exists, then wasm) or a list, e.g. ["wasm"]
  *   target      a target id to use instead of the automatic choice
+ *   prefer      "size" (default: the smallest verified artifact) or "speed" (fp32 on wasm)
  *   onProgress  ({ phase, loaded, total }) during the download
  *   cache       keep verified artifacts in Cache Storage (default true)
  *   threads     wasm threads (default: the cores, when the page is cross-origin isolated, else 1)
  */
 export async function open(source, options = {}) {
   const t0 = performance.now();
-  const { ortBase = "/ort/", providers = "auto", target = null, onProgress = null, cache = true } = options;
+  const { ortBase = "/ort/", providers = "auto", target = null, prefer = "size", onProgress = null, cache = true } = options;
+  if (prefer !== "size" && prefer !== "speed") throw new EdgekitWebError("usage", `prefer is "size" or "speed", not "${prefer}"`);
   let manifest;
   let base = null;
   let files = null;
@@ -385,7 +389,7 @@ export async function open(source, options = {}) {
       attempts.push({ provider, ok: false, reason: env.reason });
       continue;
     }
-    const { artifact, reason } = chooseArtifact(manifest, { backend: provider, shaderF16: env.shaderF16, target });
+    const { artifact, reason } = chooseArtifact(manifest, { backend: provider, shaderF16: env.shaderF16, target, prefer });
     let got;
     if (files) {
       const file = Array.from(files).find((f) => f.name === artifact.file);
