@@ -403,14 +403,17 @@ def _coreml_on_this_mac(path: Path, inputs: Any, outputs: Any, source: Source, s
 
 def _with_size_ratios(artifacts: list[Artifact],
                       cache: dict[str, tuple[Value, tuple[str, ...], float]]) -> list[Artifact]:
-    """Fill ``size_ratio``: size over the fp32 artifact of the same format (or the fp32 intermediate)."""
+    """Fill ``size_ratio``: size over the fp32 artifact of the same format (or the fp32 intermediate,
+    or, for a format variant whose fp32 copy was not kept, the family's fp32 artifact)."""
     fp32 = {(a.format, TARGETS[a.target].family): a.size_bytes for a in artifacts if a.precision == "fp32"}
     out = []
     for art in artifacts:
         info = TARGETS[art.target]
         base = fp32.get((art.format, info.family))
-        if base is None and art.format == info.format and info.reference_kind in cache:
+        if base is None and info.reference_kind in cache:
             base = hash_path(cache[info.reference_kind][0].file)[1]
+        if base is None:
+            base = fp32.get((info.format, info.family))
         out.append(replace(art, size_ratio=round(art.size_bytes / base, 4) if base else None))
     return out
 

@@ -382,12 +382,12 @@ def read_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
         for art in manifest.artifacts:
             verify_artifact(bundle, art)
         if manifest.reference is not None:
-            _verify_file(root / manifest.reference.file, manifest.reference.size_bytes, manifest.reference.sha256,
+            verify_file(root / manifest.reference.file, manifest.reference.size_bytes, manifest.reference.sha256,
                          "the reference samples")
     return bundle
 
 
-def _verify_file(path: Path, size_bytes: int, sha256: str, what: str) -> None:
+def verify_file(path: Path, size_bytes: int, sha256: str, what: str) -> None:
     fix = "the file was changed or damaged after conversion; download or convert the bundle again"
     if not path.exists():
         raise IntegrityError(f"{what} ({path.name}) are missing from {path.parent}; {fix}")

@@ -7,6 +7,7 @@ parity failure), 1 an internal error. User errors print one message, never a tra
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -474,6 +475,29 @@ def web(
             typer.echo("stopped")
         finally:
             server.server_close()
+
+
+def _wrapped(fn: Any) -> Any:
+    """A command from another module, with the CLI's error handling (exit codes, no tracebacks)."""
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        _setup_logging(False)
+        with _handled():
+            return fn(*args, **kwargs)
+    return command
+
+
+def _add_ota_commands() -> None:
+    from edgekit.ota import cli as ota
+
+    for registered in ota.ota_app.registered_commands:
+        registered.callback = _wrapped(registered.callback)
+    app.add_typer(ota.ota_app, name="ota")
+    for fn in (ota.serve, ota.publish, ota.pull):
+        app.command(fn.__name__)(_wrapped(fn))
+
+
+_add_ota_commands()
 
 
 @app.command()

@@ -18,7 +18,12 @@ Anything else is a bug in edgekit and maps to exit code 1.
     │   ├── BundleError                a bundle is missing, malformed or not valid against the schema
     │   │   └── IntegrityError         an artifact's size or sha256 does not match the manifest
     │   ├── ConversionError            a converter library failed on this model (names pass and cause)
-    │   └── OutputExistsError          the output directory exists and overwriting was not asked
+    │   ├── OutputExistsError          the output directory exists and overwriting was not asked
+    │   ├── OtaRequestError            the OTA service refused a request (bad name, token, scope, state)
+    │   │   └── AuthError              no API token, an unknown one, or one without the scope
+    ├── UpdateError                    a device could not update (network, server) (exit code 1)
+    │   └── VerificationError          what the server sent fails TUF verification: tampered, replayed,
+    │                                  expired, a release older than the installed one (refused)
     └── InternalError                  a bug in edgekit (exit code 1)
 """
 
@@ -115,11 +120,39 @@ class InvalidInputError(UserError):
     """Feeds given to a session do not match the model's inputs (name, rank, fixed size or dtype)."""
 
 
+class OtaRequestError(UserError):
+    """The OTA service refused a request the caller can correct; ``status`` is the HTTP status to answer."""
+
+    status = 400
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class AuthError(OtaRequestError):
+    """A publishing or rollout request without a token, with an unknown one, or one lacking the scope."""
+
+    status = 401
+
+
+class UpdateError(EdgekitError):
+    """A device could not complete an update (server unreachable, download failed): its active model
+    is untouched and the update can be tried again."""
+
+
+class VerificationError(UpdateError):
+    """What the server sent fails verification (TUF signatures, versions, expiry, length or hashes,
+    or a release older than the installed one without a signed rollback): it is refused, not installed."""
+
+
 class InternalError(EdgekitError):
     """A bug in edgekit: please report it with the message and the command that caused it."""
 
 
 __all__ = [
+    "AuthError",
     "BundleError",
     "CalibrationError",
     "ConversionError",
@@ -129,9 +162,12 @@ __all__ = [
     "InvalidModelError",
     "MissingDependencyError",
     "NoRouteError",
+    "OtaRequestError",
     "OutputExistsError",
     "ParityError",
     "UnknownTargetError",
     "UnsupportedModelError",
+    "UpdateError",
     "UserError",
+    "VerificationError",
 ]

@@ -7,14 +7,15 @@ never imports converters or a training framework.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgekit.bundle import MANIFEST_NAME, Artifact, Manifest, read_bundle
-from edgekit.errors import BundleError, EdgekitError, ProviderError
+from edgekit.bundle import MANIFEST_NAME, Artifact, Manifest, read_bundle, verify_artifact
+from edgekit.errors import BundleError, EdgekitError, IntegrityError, ProviderError
 from edgekit.runtimes.adapt import AdaptedSession, adapt
 from edgekit.runtimes.base import POLICIES, Attempt, Runtime, Session, TimedSession
 from edgekit.runtimes.check import smoke_test
@@ -131,8 +132,14 @@ def open(  # noqa: A001 - the public name the SDK documents
         return runtime_for(_FORMAT_SUFFIXES[path.suffix]).open(path, providers=providers, policy=policy)
     if not (path / MANIFEST_NAME).is_file():
         raise BundleError(f"{path} is neither a bundle directory nor an .onnx/.ort/.tflite/.mlpackage model")
-    bundle = read_bundle(path)
-    candidates, reason = choose(bundle.manifest, target=target, format=format, providers=providers)
+    bundle = read_bundle(path, verify=False)  # only the artifact that runs is hashed, just before it opens
+    absent = {a.file for a in bundle.manifest.artifacts if not bundle.artifact_path(a).exists()}
+    present = bundle.manifest if not absent else dataclasses.replace(
+        bundle.manifest, artifacts=tuple(a for a in bundle.manifest.artifacts if a.file not in absent))
+    if absent and not present.artifacts:
+        raise IntegrityError(f"bundle {path} holds none of its artifacts' files ({', '.join(sorted(absent))}); "
+                             "download or convert the bundle again")
+    candidates, reason = choose(present, target=target, format=format, providers=providers)
     if not candidates:
         have = ", ".join(f"{a.target} ({a.format})" for a in bundle.manifest.artifacts) or "none"
         wanted = f"target {target!r}" + (f" in format {format!r}" if format else "") if target else "any artifact"
@@ -140,6 +147,7 @@ def open(  # noqa: A001 - the public name the SDK documents
                           f"it has: {have}")
     failures: list[str] = []
     for art in candidates if target is None and policy == "fallback" else candidates[:1]:
+        verify_artifact(bundle, art)  # IntegrityError: the bytes differ from the manifest, never run
         try:
             raw = runtime_for(art.format).open(bundle.artifact_path(art), providers=providers, policy=policy)
         except EdgekitError as exc:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bundle import Parity
+from edgekit.bundle import Parity, verify_file
 from edgekit.errors import BundleError
 from edgekit.parity import Tolerance, compare, run_batched
 
@@ -34,6 +34,7 @@ def smoke_test(session: Any) -> Parity:
     if artifact.parity is None or not artifact.parity.tolerance:
         raise BundleError(f"artifact {artifact.target} ({artifact.format}) was not validated at conversion "
                           f"({artifact.unverified or 'no tolerance recorded'}); there is nothing to check it against")
+    verify_file(bundle.path / reference.file, reference.size_bytes, reference.sha256, "the reference samples")
     with np.load(bundle.path / reference.file, allow_pickle=False) as data:
         inputs = {k[3:]: data[k] for k in data.files if k.startswith("in.")}
         expected = {k[4:]: data[k] for k in data.files if k.startswith("out.")}

@@ -1,0 +1,220 @@
+"""The OTA commands: ``edgekit serve``, ``edgekit publish``, ``edgekit pull`` and ``edgekit ota ...``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgekit.errors import AuthError, OtaRequestError, UpdateError
+
+ota_app = typer.Typer(help="OTA keys, repository, tokens and rollouts (the service itself: edgekit serve).",
+                      no_args_is_help=True)
+TOKEN_ENV = "EDGEKIT_OTA_TOKEN"
+
+Server = Annotated[str, typer.Option("--server", help="The OTA service's URL, e.g. http://127.0.0.1:8080")]
+Model = Annotated[str, typer.Option("--model", help="Model name")]
+Channel = Annotated[str, typer.Option("--channel", help="Channel name, e.g. stable or beta")]
+Token = Annotated[str | None, typer.Option("--token", help=f"API token (default: ${TOKEN_ENV})", show_default=False)]
+
+
+def _token(token: str | None) -> str:
+    token = token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise AuthError(f"this command needs an API token: pass --token or set {TOKEN_ENV} "
+                        "(create one with `edgekit ota token`)")
+    return token
+
+
+def call(server: str, method: str, path: str, *, token: str | None = None, body: Any = None,
+         data: bytes | None = None, content_type: str = "application/json", timeout: float = 300) -> Any:
+    """One request to the service; its JSON answer. HTTP errors become OtaRequestError with the server's message."""
+    headers = {"Content-Type": content_type}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if body is not None:
+        data = json.dumps(body).encode()
+    request = urllib.request.Request(server.rstrip("/") + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (the operator's server URL)
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error") or exc.reason
+        except (ValueError, AttributeError):
+            message = exc.reason
+        cls = AuthError if exc.code in (401, 403) else OtaRequestError
+        raise cls(f"the server refused {method} {path}: HTTP {exc.code}: {message}", status=exc.code) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise UpdateError(f"cannot reach the OTA service at {server} ({exc}); is `edgekit serve` running?") from exc
+
+
+def bundle_tar(bundle: Path) -> bytes:
+    """The bundle directory's files as one flat tar (what the publish endpoint takes)."""
+    from edgekit.bundle import read_bundle
+
+    read_bundle(bundle)  # refuse a damaged bundle before uploading it
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for path in sorted(bundle.iterdir()):
+            if path.is_file():
+                tar.add(path, arcname=path.name)
+    return out.getvalue()
+
+
+def _echo(result: Any, as_json: bool, line: str) -> None:
+    typer.echo(json.dumps(result, indent=2) if as_json else line)
+
+
+@ota_app.command()
+def keygen(keys: Annotated[Path, typer.Argument(help="Directory for the five role keys (created, mode 0700)")]) -> None:
+    """Generate ed25519 keys for root, targets, bins, snapshot and timestamp (development; see the README for production)."""
+    from edgekit.ota.repo import generate_keys
+
+    ids = generate_keys(keys)
+    for role, keyid in ids.items():
+        typer.echo(f"{role:9} {keyid}")
+    typer.echo(f"keys written to {keys}; keep root.pem and targets.pem offline once the repository exists")
+
+
+@ota_app.command()
+def init(
+    data: Annotated[Path, typer.Option("--data", help="The service's data directory (created)")],
+    keys: Annotated[Path, typer.Option("--keys", help="The directory edgekit ota keygen wrote")],
+) -> None:
+    """Create the TUF repository and the first admin token (printed once)."""
+    from edgekit.ota.registry import SqliteRegistry
+    from edgekit.ota.repo import Repository
+    from edgekit.ota.storage import FileStorage
+
+    repo = Repository.create(FileStorage(data / "files"), keys)
+    token = SqliteRegistry(data / "registry.sqlite3").create_token("admin", ["admin"])
+    root = data / "root.json"
+    root.write_bytes(repo.root_bytes())
+    typer.echo(f"repository created in {data}\ntrusted root (ship it with your apps): {root}\n"
+               f"admin token (shown once): {token}")
+
+
+@ota_app.command()
+def token(
+    data: Annotated[Path, typer.Option("--data", help="The service's data directory")],
+    name: Annotated[str, typer.Option("--name", help="Who uses it, e.g. ci")],
+    scope: Annotated[list[str], typer.Option("--scope", help="publish, rollout or admin; repeat")],
+) -> None:
+    """Create an API token with scopes (printed once; only its hash is stored)."""
+    from edgekit.ota.registry import SqliteRegistry
+
+    typer.echo(SqliteRegistry(data / "registry.sqlite3").create_token(name, scope))
+
+
+@ota_app.command()
+def rollout(server: Server, model: Model, channel: Channel,
+            percent: Annotated[float, typer.Option("--percent", min=0, max=100, help="Share of the fleet")],
+            token: Token = None, json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Set the current release's rollout share."""
+    r = call(server, "POST", f"/v1/models/{model}/channels/{channel}/rollout", token=_token(token), body={"percent": percent})
+    _echo(r, json_, f"{model}/{channel} release {r['release']}: {r['basis_points'] / 100:g}% of devices")
+
+
+@ota_app.command()
+def halt(server: Server, model: Model, channel: Channel,
+         reason: Annotated[str, typer.Option("--reason")] = "halted by an operator",
+         token: Token = None, json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Halt the current rollout: no more devices take it; those that have it keep it."""
+    r = call(server, "POST", f"/v1/models/{model}/channels/{channel}/halt", token=_token(token), body={"reason": reason})
+    _echo(r, json_, f"{model}/{channel} release {r['release']} halted: {r['halted_reason']}")
+
+
+@ota_app.command()
+def resume(server: Server, model: Model, channel: Channel, token: Token = None,
+           json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Resume a halted rollout."""
+    r = call(server, "POST", f"/v1/models/{model}/channels/{channel}/resume", token=_token(token))
+    _echo(r, json_, f"{model}/{channel} release {r['release']} resumed at {r['basis_points'] / 100:g}%")
+
+
+@ota_app.command()
+def rollback(server: Server, model: Model, channel: Channel,
+             to_release: Annotated[int | None, typer.Option("--to-release", help="Default: the stable release")] = None,
+             token: Token = None, json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Publish an earlier release's files as a new release for every device of the channel."""
+    r = call(server, "POST", f"/v1/models/{model}/channels/{channel}/rollback", token=_token(token),
+             body={"to_release": to_release})
+    _echo(r, json_, f"{model}/{channel} release {r['release']} rolls back release {r['rollback_of']} "
+                    f"to version {r['version']}")
+
+
+@ota_app.command()
+def status(server: Server, model: Model, channel: Channel) -> None:
+    """A channel's signed state, releases and device outcomes (JSON)."""
+    typer.echo(json.dumps(call(server, "GET", f"/v1/models/{model}/channels/{channel}"), indent=2))
+
+
+def serve(
+    data: Annotated[Path, typer.Option("--data", help="Data directory (edgekit ota init made it)")],
+    keys: Annotated[Path, typer.Option("--keys", help="Directory holding bins.pem, snapshot.pem, timestamp.pem")],
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8080,
+    halt_failure_rate: Annotated[float, typer.Option("--halt-failure-rate",
+                                                     help="Percent of failed reports that halts a rollout")] = 20.0,
+    halt_min_reports: Annotated[int, typer.Option("--halt-min-reports", help="Reports needed before halting")] = 5,
+    workers: Annotated[int, typer.Option("--workers", help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the OTA service (TUF metadata and files for devices; publish and rollout API; /metrics; /docs)."""
+    import logging
+
+    import uvicorn
+
+    from edgekit.ota.server import JsonLogFormatter, create_app
+    from edgekit.ota.service import HaltPolicy, OtaService
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    logger = logging.getLogger("edgekit.ota")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    service = OtaService.embedded(data, keys, halt_policy=HaltPolicy(round(halt_failure_rate * 100), halt_min_reports))
+    logger.info("serving", extra={"event": "serving", "url": f"http://{host}:{port}", "data": str(data)})
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning", workers=1 if workers < 2 else workers)
+
+
+def publish(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory (edgekit convert made it)")],
+    server: Server, model: Model, channel: Channel,
+    percent: Annotated[float, typer.Option("--percent", min=0, max=100, help="Initial rollout share")] = 0,
+    token: Token = None, json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Publish BUNDLE as the next release of MODEL on CHANNEL."""
+    data = bundle_tar(bundle)
+    r = call(server, "POST", f"/v1/models/{model}/channels/{channel}/releases?basis_points={round(percent * 100)}",
+             token=_token(token), data=data, content_type="application/x-tar")
+    _echo(r, json_, f"published {bundle} as {model}/{channel} release {r['release']} (version {r['version']}), "
+                    f"{r['basis_points'] / 100:g}% of devices")
+
+
+def pull(
+    server: Server, model: Model, channel: Channel,
+    cache: Annotated[Path, typer.Option("--cache", help="The device's update directory")],
+    device_id: Annotated[str, typer.Option("--device-id", help="This device's stable id")],
+    root: Annotated[Path, typer.Option("--root", help="The trusted root.json this device ships with")],
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Update MODEL on this device: check, download (resumable), verify, install, smoke-test, switch, report."""
+    from edgekit.ota.client import Updater
+
+    result = Updater(server, cache, device_id, root).update(model, channel)
+    payload = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
+    line = {"installed": f"installed {model} release {result.release} ({result.version}): {result.detail} in {result.path}",
+            "up_to_date": f"{model} is up to date (release {result.release})",
+            "failed": f"release {result.release} failed here and was not activated: {result.detail}"}[result.status]
+    _echo(payload, json_, line)
+    if result.status == "failed":
+        raise typer.Exit(1)

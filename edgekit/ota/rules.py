@@ -1,0 +1,165 @@
+"""What the OTA service and every device client must agree on, bit for bit (no dependencies).
+
+- Names: models and channels are lowercase slugs; a target path is ``MODEL/CHANNEL/RELEASE/FILE``.
+- The rollout rule: a device is in a release's rollout when the bucket of its id, a number in
+  ``[0, 10000)`` from SHA-256 over ``"<seed>:<device id>"``, is below the rule's ``basis_points``
+  (5000 = 50%) and the release is not halted. The seed names the release, so each release samples
+  its own share of the fleet. The Kotlin client computes the same (``tests/data/ota-vectors.json``).
+- The descriptor: the ``custom`` field of every TUF target edgekit publishes.
+- The channel state: the ``custom`` field of ``MODEL/CHANNEL/channel.json``: the current release,
+  its rollout rule, and the stable release devices outside the rollout keep or get.
+
+TUF signs canonical JSON, which has no floats: shares are integer basis points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edgekit.errors import OtaRequestError, VerificationError
+
+DESCRIPTOR_VERSION = 1
+BUCKETS = 10_000
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CHANNEL_FILE = "channel.json"
+
+
+def check_name(value: str, what: str = "model name") -> str:
+    """A model or channel name: 1-64 of a-z 0-9 . _ - starting with a letter or digit (no path tricks).
+
+    Raises:
+        OtaRequestError: Anything else, with the rule.
+    """
+    if not isinstance(value, str) or not NAME.match(value) or ".." in value:
+        raise OtaRequestError(f"{what} {value!r} is not allowed: use 1-64 characters of a-z, 0-9, '.', '_', '-', "
+                              "starting with a letter or digit, and no '..'", status=422)
+    return value
+
+
+def check_device_id(value: str) -> str:
+    """A device id: 1-128 of A-Z a-z 0-9 . _ : - starting with a letter or digit."""
+    if not isinstance(value, str) or not DEVICE_ID.match(value):
+        raise OtaRequestError(f"device id {value!r} is not allowed: use 1-128 characters of A-Z, a-z, 0-9, '.', '_', "
+                              "':', '-', starting with a letter or digit", status=422)
+    return value
+
+
+def check_file_name(value: str) -> str:
+    """A bundle file name (no directories)."""
+    if not isinstance(value, str) or not FILE.match(value) or ".." in value:
+        raise OtaRequestError(f"file name {value!r} is not allowed in a published bundle: plain names only "
+                              "(letters, digits, '.', '_', '-'), no directories", status=422)
+    return value
+
+
+def target_path(model: str, channel: str, release: int, file: str) -> str:
+    """The TUF target path of one file of a release."""
+    return f"{check_name(model)}/{check_name(channel, 'channel name')}/{int(release)}/{check_file_name(file)}"
+
+
+def channel_path(model: str, channel: str) -> str:
+    """The TUF target path whose ``custom`` holds the channel state."""
+    return f"{check_name(model)}/{check_name(channel, 'channel name')}/{CHANNEL_FILE}"
+
+
+def bucket(device_id: str, seed: str) -> int:
+    """The device's bucket in ``[0, 10000)`` for a rollout seeded with ``seed``."""
+    digest = hashlib.sha256(f"{seed}:{device_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Which share of the fleet gets a release: ``basis_points`` of 10000, unless ``halted``."""
+
+    basis_points: int
+    seed: str
+    halted: bool = False
+
+    def includes(self, device_id: str) -> bool:
+        """Whether ``device_id`` is in this rollout."""
+        return not self.halted and bucket(device_id, self.seed) < self.basis_points
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Rollout:
+        try:
+            points = data["basis_points"]
+            if not isinstance(points, int) or isinstance(points, bool) or not 0 <= points <= BUCKETS:
+                raise ValueError(f"basis_points {points!r} is not an integer in 0..{BUCKETS}")
+            return cls(points, str(data["seed"]), bool(data.get("halted", False)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VerificationError(f"a signed rollout rule is malformed ({exc}); the server's metadata is wrong") from exc
+
+
+@dataclass(frozen=True)
+class ReleaseRef:
+    """A release of a channel: its counter and the bundle version it delivers."""
+
+    release: int
+    version: str
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    """The signed state of one channel of one model."""
+
+    model: str
+    channel: str
+    current: ReleaseRef
+    rollout: Rollout
+    stable: ReleaseRef | None = None  # what devices outside the rollout get (None: nothing yet)
+    rollback_of: int | None = None  # the current release undoes this one (a signed rollback)
+    files: dict[str, list[str]] = field(default_factory=dict)  # release counter -> its file names
+
+    def release_for(self, device_id: str) -> ReleaseRef | None:
+        """The release this device should run (None: none yet)."""
+        return self.current if self.rollout.includes(device_id) else self.stable
+
+    def to_custom(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["edgekit"] = DESCRIPTOR_VERSION
+        return data
+
+    @classmethod
+    def from_custom(cls, data: Any) -> ChannelState:
+        try:
+            if data.get("edgekit") != DESCRIPTOR_VERSION:
+                raise ValueError(f"descriptor version {data.get('edgekit')!r}, this client reads {DESCRIPTOR_VERSION}")
+            stable = data.get("stable")
+            return cls(
+                model=str(data["model"]), channel=str(data["channel"]),
+                current=ReleaseRef(int(data["current"]["release"]), str(data["current"]["version"])),
+                rollout=Rollout.from_dict(data["rollout"]),
+                stable=ReleaseRef(int(stable["release"]), str(stable["version"])) if stable else None,
+                rollback_of=int(data["rollback_of"]) if data.get("rollback_of") is not None else None,
+                files={str(k): [str(f) for f in v] for k, v in dict(data.get("files") or {}).items()},
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise VerificationError(f"the signed channel state is malformed ({exc}); the server's metadata is wrong") from exc
+
+
+def descriptor(*, model: str, channel: str, version: str, release: int, file: str, kind: str, size: int,
+               rollout: Rollout, rollback_of: int | None = None, artifact: Any = None) -> dict[str, Any]:
+    """The ``custom`` field of a release file's TUF target.
+
+    ``kind`` is ``manifest`` (bundle.json), ``reference`` (reference.npz) or ``artifact``; artifacts
+    add their target id, format, precision and the runtime they need.
+    """
+    out: dict[str, Any] = {
+        "edgekit": DESCRIPTOR_VERSION, "model": model, "channel": channel, "version": version, "release": release,
+        "file": file, "kind": kind, "size": size, "rollout": asdict(rollout), "rollback_of": rollback_of,
+    }
+    if artifact is not None:
+        out.update(target=artifact.target, format=artifact.format, precision=artifact.precision,
+                   runtime=RUNTIME_OF_FORMAT.get(artifact.format, artifact.format))
+    return out
+
+
+# What a device needs to run each artifact format (informational: the device checks it can open it).
+RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "ort": "onnxruntime", "tflite": "ai-edge-litert",
+                     "mlpackage": "coreml (macOS)"}

@@ -1,0 +1,295 @@
+"""``edgekit serve``: the OTA service over HTTP (FastAPI; its OpenAPI document is at ``/openapi.json``).
+
+Device paths are plain files any CDN or object store could serve: ``GET /metadata/<name>`` and
+``GET /targets/<path>``, with ``ETag``/``If-None-Match`` and ``Range``. Devices decide their rollout
+from the signed rule, so the hot path reads no per-device state. Devices ``POST /v1/reports``.
+Publishing and rollout changes need a bearer token with the ``publish`` or ``rollout`` scope.
+``/metrics`` is Prometheus text; logs are JSON lines (one event per line).
+"""
+
+
+import json
+import logging
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import AuthError, BundleError, OtaRequestError, UserError
+from edgekit.ota.service import OtaService
+from edgekit.ota.storage import check_key
+
+log = logging.getLogger("edgekit.ota")
+MAX_UPLOAD = 2 << 30
+RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the event's fields."""
+
+    RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage()}
+        out.update({k: v for k, v in record.__dict__.items() if k not in self.RESERVED})
+        return json.dumps(out, default=str)
+
+
+def _metrics() -> dict[str, Any]:
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()
+    return {
+        "registry": registry,
+        "requests": Counter("edgekit_ota_requests_total", "HTTP requests", ["route", "status"], registry=registry),
+        "latency": Histogram("edgekit_ota_request_seconds", "HTTP request latency", ["route"], registry=registry,
+                             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)),
+        "events": Counter("edgekit_ota_events_total", "Service events (published, rollout, halted, report...)",
+                          ["event"], registry=registry),
+        "reports": Counter("edgekit_ota_reports_total", "Device reports", ["outcome"], registry=registry),
+        "bytes": Counter("edgekit_ota_sent_bytes_total", "Bytes of metadata and targets sent", ["kind"],
+                         registry=registry),
+    }
+
+
+def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> Any:
+    """The FastAPI application for ``service``."""
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from pydantic import BaseModel, Field
+
+    metrics = _metrics()
+    previous = service._events  # noqa: SLF001 (chain the service's event hook)
+
+    def count(name: str, fields: dict[str, Any]) -> None:
+        metrics["events"].labels(name).inc()
+        if name == "report":
+            metrics["reports"].labels(fields.get("outcome", "?")).inc()
+        previous(name, fields)
+
+    service._events = count  # noqa: SLF001
+    app = FastAPI(title="edgekit OTA", version="1", description=__doc__)
+
+    @app.on_event("startup")
+    def _start() -> None:  # a restart mid-rollout: re-sign whatever the registry and the metadata disagree on
+        service.resync()
+        if refresh_every_s:
+            service.keep_fresh(refresh_every_s)
+
+    @app.on_event("shutdown")
+    def _stop() -> None:
+        service.close()
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        metrics["requests"].labels(name, str(response.status_code)).inc()
+        metrics["latency"].labels(name).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(OtaRequestError)
+    async def _refused(_request: Request, exc: OtaRequestError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(BundleError)
+    async def _bad_bundle(_request: Request, exc: BundleError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=422)
+
+    @app.exception_handler(UserError)
+    async def _user(_request: Request, exc: UserError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    def scope(needed: str) -> Any:
+        def check(request: Request) -> str:
+            header = request.headers.get("authorization", "")
+            if not header.lower().startswith("bearer ") or not header[7:].strip():
+                raise AuthError(f"this request needs an API token with the {needed!r} scope: "
+                                "send 'Authorization: Bearer <token>' (create one with `edgekit ota token`)")
+            found = service.registry.token_scopes(header[7:].strip())
+            if found is None:
+                raise AuthError("unknown API token; create one with `edgekit ota token`")
+            name: str = found[0]
+            scopes = found[1]
+            if needed not in scopes and "admin" not in scopes:
+                raise AuthError(f"token {name!r} lacks the {needed!r} scope (it has: {', '.join(sorted(scopes))})",
+                                status=403)
+            return name
+        return Depends(check)
+
+    # -- device paths (static-friendly) -----------------------------------------------------------
+
+    def _file(request: Request, key: str, kind: str) -> Response:
+        check_key(key)
+        stat = service.storage.stat(key)
+        if stat is None:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        headers = {"ETag": stat.etag, "Accept-Ranges": "bytes",
+                   "Cache-Control": "no-cache" if key.endswith("timestamp.json") or key.endswith("/root.json")
+                   else "public, max-age=31536000, immutable"}
+        if request.headers.get("if-none-match") == stat.etag:
+            return Response(status_code=304, headers=headers)
+        start, end, status = 0, stat.size - 1, 200
+        wanted = request.headers.get("range")
+        if wanted and request.headers.get("if-range", stat.etag) == stat.etag:
+            match = RANGE.match(wanted.strip())
+            if match and (match.group(1) or match.group(2)):
+                if match.group(1):
+                    start = int(match.group(1))
+                    end = min(int(match.group(2)), stat.size - 1) if match.group(2) else stat.size - 1
+                else:
+                    start = max(0, stat.size - int(match.group(2)))
+                if start >= stat.size or start > end:
+                    return Response(status_code=416, headers={"Content-Range": f"bytes */{stat.size}"})
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end}/{stat.size}"
+        headers["Content-Length"] = str(end - start + 1)
+        metrics["bytes"].labels(kind).inc(end - start + 1)
+        media = "application/json" if key.endswith(".json") else "application/octet-stream"
+        if stat.size <= 1 << 20:  # small: one read (metadata, most bundles' manifests)
+            data = b"".join(service.storage.read_range(key, start, end))
+            return Response(data, status_code=status, headers=headers, media_type=media)
+        return StreamingResponse(service.storage.read_range(key, start, end), status_code=status, headers=headers,
+                                 media_type=media)
+
+    @app.get("/metadata/{name}", tags=["devices"], summary="TUF metadata (root, timestamp, snapshot, targets, bins)")
+    def metadata(name: str, request: Request) -> Response:
+        if "/" in name:
+            raise OtaRequestError("not found", status=404)
+        return _file(request, f"metadata/{name}", "metadata")
+
+    @app.get("/targets/{path:path}", tags=["devices"], summary="A release file, by its hash-prefixed name")
+    def targets(path: str, request: Request) -> Response:
+        return _file(request, f"targets/{path}", "targets")
+
+    class Report(BaseModel):
+        device_id: str = Field(max_length=128)
+        model: str = Field(max_length=64)
+        channel: str = Field(max_length=64)
+        release: int = Field(ge=1)
+        outcome: str
+        detail: str = Field("", max_length=2000)
+
+    @app.post("/v1/reports", tags=["devices"], summary="A device's outcome for a release (after its smoke test)")
+    def report(body: Report) -> dict[str, Any]:
+        r = service.report(body.device_id, body.model, body.channel, body.release, body.outcome, body.detail)
+        return {"accepted": True, "halted": r.halted}
+
+    # -- operators --------------------------------------------------------------------------------
+
+    @app.post("/v1/models/{model}/channels/{channel}/releases", status_code=201, tags=["operators"],
+              summary="Publish a bundle (a tar of its directory, optionally gzipped) as the next release")
+    async def publish(model: str, channel: str, request: Request, percent: int = 0,
+                      basis_points: int | None = None, _who: str = scope("publish")) -> dict[str, Any]:
+        points = basis_points if basis_points is not None else percent * 100
+        work = Path(tempfile.mkdtemp(prefix="edgekit-publish-"))
+        try:
+            upload = work / "upload.tar"
+            size = 0
+            with upload.open("wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_UPLOAD:
+                        raise OtaRequestError(f"the upload is over {MAX_UPLOAD >> 30} GB", status=413)
+                    f.write(chunk)
+            bundle = work / "bundle"
+            _extract(upload, bundle)
+            import anyio
+
+            release = await anyio.to_thread.run_sync(
+                lambda: service.publish(model, channel, bundle, basis_points=points))
+            return release.to_dict()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    class Rollout(BaseModel):
+        percent: float | None = Field(None, ge=0, le=100)
+        basis_points: int | None = Field(None, ge=0, le=10000)
+
+    @app.post("/v1/models/{model}/channels/{channel}/rollout", tags=["operators"],
+              summary="Set the current release's rollout share")
+    def rollout(model: str, channel: str, body: Rollout, _who: str = scope("rollout")) -> dict[str, Any]:
+        if body.basis_points is None and body.percent is None:
+            raise OtaRequestError("give percent (0-100) or basis_points (0-10000)", status=422)
+        points = body.basis_points if body.basis_points is not None else round(float(body.percent or 0) * 100)
+        return service.set_rollout(model, channel, points).to_dict()
+
+    class Halt(BaseModel):
+        reason: str = Field("halted by an operator", max_length=500)
+
+    @app.post("/v1/models/{model}/channels/{channel}/halt", tags=["operators"], summary="Halt the current rollout")
+    def halt(model: str, channel: str, body: Halt | None = None, _who: str = scope("rollout")) -> dict[str, Any]:
+        return service.halt(model, channel, body.reason if body else "halted by an operator").to_dict()
+
+    @app.post("/v1/models/{model}/channels/{channel}/resume", tags=["operators"], summary="Resume a halted rollout")
+    def resume(model: str, channel: str, _who: str = scope("rollout")) -> dict[str, Any]:
+        return service.resume(model, channel).to_dict()
+
+    class Rollback(BaseModel):
+        to_release: int | None = Field(None, ge=1)
+
+    @app.post("/v1/models/{model}/channels/{channel}/rollback", tags=["operators"],
+              summary="Publish an earlier release's files as a new release for the whole channel")
+    def rollback(model: str, channel: str, body: Rollback | None = None,
+                 _who: str = scope("rollout")) -> dict[str, Any]:
+        return service.rollback(model, channel, body.to_release if body else None).to_dict()
+
+    @app.get("/v1/models", tags=["operators"], summary="Models and their channels")
+    def models() -> list[dict[str, Any]]:
+        return service.models()
+
+    @app.get("/v1/models/{model}/channels/{channel}", tags=["operators"],
+             summary="A channel's signed state, its releases and device outcomes")
+    def channel(model: str, channel: str) -> dict[str, Any]:
+        return service.channel(model, channel)
+
+    @app.get("/v1/trusted-root", tags=["devices"], summary="The current root metadata (ship it with the app)")
+    def trusted_root() -> Response:
+        return Response(service.repo.root_bytes(), media_type="application/json")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics["registry"]), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _extract(upload: Path, dst: Path) -> None:
+    """Unpack an uploaded bundle tar: regular files only, flat names, nothing outside ``dst``.
+
+    Raises:
+        OtaRequestError: Not a tar, or a member with a path, a link or a device.
+    """
+    from edgekit.ota.rules import check_file_name
+
+    dst.mkdir()
+    try:
+        with tarfile.open(upload, "r:*") as tar:
+            for member in tar.getmembers():
+                name = member.name[2:] if member.name.startswith("./") else member.name
+                if member.isdir() and name in ("", "."):
+                    continue
+                if not member.isfile():
+                    raise OtaRequestError(f"the upload holds {member.name!r}, which is not a regular file; upload a "
+                                          "bundle directory as a flat tar (edgekit publish does)", status=422)
+                check_file_name(name)
+                source = tar.extractfile(member)
+                if source is None:
+                    raise OtaRequestError(f"cannot read {member.name!r} from the upload", status=422)
+                with source, (dst / name).open("wb") as out:
+                    shutil.copyfileobj(source, out)
+    except tarfile.TarError as exc:
+        raise OtaRequestError(f"the upload is not a tar archive ({exc}); upload the bundle with edgekit publish",
+                              status=422) from exc

@@ -1,0 +1,326 @@
+"""The OTA service's logic, without HTTP: publish, roll out, halt, resume, roll back, take reports.
+
+The registry (SQLite, or PostgreSQL) is the source of truth; the signed TUF metadata is a function
+of it. Every change runs under the registry's writer lock in three steps: store the files
+(content-addressed, idempotent), record the change in the registry, then re-sign the targets it
+touches. A crash between the steps is repaired by :meth:`OtaService.resync`, which the service runs
+at start: it re-signs whatever the metadata lacks, so a restart mid-rollout changes nothing a device
+sees except the timestamp.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import BundleError, OtaRequestError
+from edgekit.ota import rules
+from edgekit.ota.registry import Release, SqliteRegistry
+from edgekit.ota.repo import Expiry, Repository, canonical, custom_of, load_signers, target_key
+from edgekit.ota.storage import FileStorage, Storage
+
+log = logging.getLogger("edgekit.ota")
+OUTCOMES = ("installed", "failed", "rolled_back")
+FULL = rules.BUCKETS
+
+
+@dataclass(frozen=True)
+class HaltPolicy:
+    """Halt a rollout when at least ``min_reports`` devices reported on the current release and the
+    share that failed (failed or rolled back) reaches ``failure_rate`` (basis points of 10000)."""
+
+    failure_rate_bp: int = 2000
+    min_reports: int = 5
+
+
+class OtaService:
+    """Publishing, rollouts and reports over a registry, a storage and the online signing keys."""
+
+    def __init__(self, storage: Storage, registry: SqliteRegistry, signers: dict[str, Any], *, expiry: Expiry | None = None,
+                 halt_policy: HaltPolicy | None = None, events: Callable[[str, dict[str, Any]], None] | None = None):
+        self.storage = storage
+        self.registry = registry
+        self.repo = Repository(storage, signers, expiry)
+        self.halt_policy = halt_policy or HaltPolicy()
+        self._events = events or (lambda _name, _fields: None)
+        self._stop = threading.Event()
+
+    @classmethod
+    def embedded(cls, data_dir: str | Path, keys_dir: str | Path, **kwargs: Any) -> OtaService:
+        """The no-setup service: files under ``data_dir/files``, SQLite at ``data_dir/registry.sqlite3``."""
+        data = Path(data_dir)
+        return cls(FileStorage(data / "files"), SqliteRegistry(data / "registry.sqlite3"), load_signers(keys_dir), **kwargs)
+
+    def event(self, name: str, **fields: Any) -> None:
+        log.info("%s", name, extra={"event": name, **fields})
+        self._events(name, fields)
+
+    # -- the signed view of the registry ----------------------------------------------------------
+
+    def _state(self, current: Release) -> rules.ChannelState:
+        stable = self.registry.release(current.model, current.channel, current.stable_release) \
+            if current.stable_release is not None else None
+        files = {str(r.release): [f["file"] for f in r.files]
+                 for r in self.registry.releases(current.model, current.channel)}
+        return rules.ChannelState(
+            model=current.model, channel=current.channel,
+            current=rules.ReleaseRef(current.release, current.version), rollout=self._rollout(current),
+            stable=rules.ReleaseRef(stable.release, stable.version) if stable else None,
+            rollback_of=current.rollback_of, files=files)
+
+    @staticmethod
+    def _rollout(r: Release) -> rules.Rollout:
+        return rules.Rollout(r.basis_points, f"{r.model}/{r.channel}/{r.release}", r.halted)
+
+    def _target_files(self, r: Release) -> dict[str, Any]:
+        from tuf.api.metadata import TargetFile
+
+        out = {}
+        for f in r.files:
+            path = rules.target_path(r.model, r.channel, r.release, f["file"])
+            art = f.get("artifact")
+            custom = rules.descriptor(model=r.model, channel=r.channel, version=r.version, release=r.release,
+                                      file=f["file"], kind=f["kind"], size=f["size"], rollout=self._rollout(r),
+                                      rollback_of=r.rollback_of, artifact=_Art(**art) if art else None)
+            out[path] = TargetFile(f["size"], {"sha256": f["sha256"]}, path, {"custom": custom})
+        return out
+
+    def _sign(self, r: Release, *, files_too: bool) -> None:
+        """Re-sign the channel state (and the release's file targets) from the registry."""
+        state = self._state(r)
+        custom = state.to_custom()
+        changes: dict[str, Any] = {rules.channel_path(r.model, r.channel): (canonical(custom), custom)}
+        if files_too:
+            changes.update(self._target_files(r))
+        self.repo.update(changes)
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    def publish(self, model: str, channel: str, bundle_dir: Path, *, basis_points: int = 0) -> Release:
+        """Publish a verified bundle as the channel's next release, rolled out to ``basis_points``/10000.
+
+        Raises:
+            OtaRequestError: A bad name or share; BundleError: not a bundle, or damaged.
+        """
+        from edgekit.bundle import read_bundle
+
+        rules.check_name(model)
+        rules.check_name(channel, "channel name")
+        _check_points(basis_points)
+        bundle = read_bundle(bundle_dir)  # sizes and sha256 of every file
+        manifest = bundle.manifest
+        if manifest.reference is None:
+            raise BundleError(f"{bundle_dir} has no reference samples (reference.npz), so devices could not smoke-test "
+                              "it before switching to it; convert it again with this edgekit")
+        names = ["bundle.json", manifest.reference.file]
+        files: list[dict[str, Any]] = []
+        for name in names:
+            files.append({"file": rules.check_file_name(name), "kind": "manifest" if name == "bundle.json" else "reference"})
+        skipped = []
+        for art in manifest.artifacts:
+            if art.format == "mlpackage":  # a directory, not one file: not delivered over the air yet
+                skipped.append(art.file)
+                continue
+            files.append({"file": rules.check_file_name(art.file), "kind": "artifact",
+                          "artifact": {"target": art.target, "format": art.format, "precision": art.precision}})
+        from tuf.api.metadata import TargetFile
+
+        with self.registry.lock():
+            latest = self.registry.latest(model, channel)
+            number = latest.release + 1 if latest else 1
+            for f in files:
+                data = (bundle.path / f["file"]).read_bytes()
+                info = TargetFile.from_data(rules.target_path(model, channel, number, f["file"]), data, ["sha256"])
+                f["size"], f["sha256"] = info.length, info.hashes["sha256"]
+                key = target_key(info.path, f["sha256"])
+                if self.storage.stat(key) is None:
+                    self.storage.put(key, data)
+            release = Release(model, channel, number, manifest.version, files, basis_points,
+                              stable_release=_stable_after(latest))
+            self.registry.add_release(release)
+            self._sign(release, files_too=True)
+        self.event("published", model=model, channel=channel, release=number, version=manifest.version,
+                   basis_points=basis_points, skipped=skipped)
+        return release
+
+    def _current(self, model: str, channel: str) -> Release:
+        rules.check_name(model)
+        rules.check_name(channel, "channel name")
+        current = self.registry.latest(model, channel)
+        if current is None:
+            raise OtaRequestError(f"model {model!r} has no release on channel {channel!r}; publish one first", status=404)
+        return current
+
+    def set_rollout(self, model: str, channel: str, basis_points: int) -> Release:
+        """Set the current release's share of the fleet (it only grows the set of devices a bucket admits)."""
+        _check_points(basis_points)
+        with self.registry.lock():
+            current = self._current(model, channel)
+            if current.halted:
+                raise OtaRequestError(f"release {current.release} of {model}/{channel} is halted "
+                                      f"({current.halted_reason}); resume it before changing its rollout", status=409)
+            current.basis_points = basis_points
+            self.registry.update_release(current)
+            self._sign(current, files_too=True)
+        self.event("rollout", model=model, channel=channel, release=current.release, basis_points=basis_points)
+        return current
+
+    def halt(self, model: str, channel: str, reason: str = "halted by an operator", *, auto: bool = False) -> Release:
+        """Stop the current release from reaching more devices (those that have it keep it)."""
+        with self.registry.lock():
+            current = self._current(model, channel)
+            if not current.halted:
+                current.halted, current.halted_reason = True, reason[:500]
+                self.registry.update_release(current)
+                self._sign(current, files_too=True)
+        self.event("halted", model=model, channel=channel, release=current.release, reason=reason, auto=auto)
+        return current
+
+    def resume(self, model: str, channel: str) -> Release:
+        with self.registry.lock():
+            current = self._current(model, channel)
+            if current.halted:
+                current.halted, current.halted_reason = False, None
+                self.registry.update_release(current)
+                self._sign(current, files_too=True)
+        self.event("resumed", model=model, channel=channel, release=current.release)
+        return current
+
+    def rollback(self, model: str, channel: str, to_release: int | None = None) -> Release:
+        """A new release (a higher counter, so devices accept it) delivering an earlier release's files
+        to the whole channel: the signed way back. Default: the stable release before the current one."""
+        with self.registry.lock():
+            current = self._current(model, channel)
+            target_number = to_release if to_release is not None else current.stable_release
+            if target_number is None:
+                raise OtaRequestError(f"{model}/{channel} has no earlier fully rolled-out release to roll back to; "
+                                      "name one with to_release", status=409)
+            old = self.registry.release(model, channel, target_number)
+            if old is None or old.release >= current.release:
+                raise OtaRequestError(f"release {target_number} is not an earlier release of {model}/{channel}", status=409)
+            number = current.release + 1
+            files = [dict(f) for f in old.files]
+            for f in files:
+                src = target_key(rules.target_path(model, channel, old.release, f["file"]), f["sha256"])
+                dst = target_key(rules.target_path(model, channel, number, f["file"]), f["sha256"])
+                if self.storage.stat(dst) is None:
+                    self.storage.put(dst, self.storage.get(src))
+            release = Release(model, channel, number, old.version, files, FULL, stable_release=old.stable_release,
+                              rollback_of=current.release)
+            self.registry.add_release(release)
+            self._sign(release, files_too=True)
+        self.event("rolled_back", model=model, channel=channel, release=number, to_version=old.version,
+                   undoes=current.release)
+        return release
+
+    # -- devices --------------------------------------------------------------------------------
+
+    def report(self, device_id: str, model: str, channel: str, release: int, outcome: str, detail: str = "") -> Release:
+        """Record a device's outcome for a release; halt the rollout when failures pass the policy."""
+        rules.check_device_id(device_id)
+        if outcome not in OUTCOMES:
+            raise OtaRequestError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}", status=422)
+        rules.check_name(model)
+        rules.check_name(channel, "channel name")
+        r = self.registry.release(model, channel, int(release))
+        if r is None:
+            raise OtaRequestError(f"{model}/{channel} has no release {release}", status=404)
+        self.registry.add_report(model, channel, r.release, device_id, outcome, detail)
+        self.event("report", model=model, channel=channel, release=r.release, device=device_id, outcome=outcome)
+        if outcome != "installed":
+            counts = self.registry.outcomes(model, channel, r.release)
+            total = sum(counts.values())
+            failed = counts.get("failed", 0) + counts.get("rolled_back", 0)
+            policy = self.halt_policy
+            latest = self.registry.latest(model, channel)
+            if (latest is not None and latest.release == r.release and not r.halted
+                    and total >= policy.min_reports and failed * FULL >= policy.failure_rate_bp * total):
+                halted: Release = self.halt(model, channel, f"automatic: {failed} of {total} devices failed release "
+                                                            f"{r.release}", auto=True)
+                return halted
+        return r
+
+    # -- upkeep ---------------------------------------------------------------------------------
+
+    def resync(self) -> int:
+        """Re-sign every target whose signed form differs from the registry; how many it fixed."""
+        with self.registry.lock():
+            changes: dict[str, Any] = {}
+            latest: dict[tuple[str, str], Release] = {}
+            for r in self.registry.releases():
+                latest[(r.model, r.channel)] = r
+                for path, info in self._target_files(r).items():
+                    signed = self.repo.target(path)
+                    if signed is None or signed.hashes != info.hashes or custom_of(signed) != info.custom:
+                        changes[path] = info
+            for r in latest.values():
+                custom = self._state(r).to_custom()
+                signed = self.repo.target(rules.channel_path(r.model, r.channel))
+                if signed is None or custom_of(signed) != custom:
+                    changes[rules.channel_path(r.model, r.channel)] = (canonical(custom), custom)
+            if changes:
+                self.repo.update(changes)
+        if changes:
+            self.event("resynced", fixed=len(changes))
+        return len(changes)
+
+    def keep_fresh(self, every_s: float = 60.0) -> threading.Thread:
+        """A daemon thread that re-signs timestamp/snapshot/bins before they expire."""
+        def loop() -> None:
+            while not self._stop.wait(every_s):
+                try:
+                    with self.registry.lock():
+                        if self.repo.refresh():
+                            self.event("metadata_refreshed")
+                except Exception:  # keep refreshing; the next round logs again
+                    log.exception("refreshing TUF metadata failed")
+
+        thread = threading.Thread(target=loop, name="edgekit-ota-refresh", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.registry.releases():
+            entry = out.setdefault(r.model, {"model": r.model, "channels": {}})
+            entry["channels"][r.channel] = {"release": r.release, "version": r.version, "basis_points": r.basis_points,
+                                            "halted": r.halted}
+        return list(out.values())
+
+    def channel(self, model: str, channel: str) -> dict[str, Any]:
+        current = self._current(model, channel)
+        releases = self.registry.releases(model, channel)
+        return {"state": self._state(current).to_custom(),
+                "releases": [dict(r.to_dict(), outcomes=self.registry.outcomes(model, channel, r.release))
+                             for r in releases]}
+
+
+@dataclass(frozen=True)
+class _Art:
+    target: str
+    format: str
+    precision: str
+
+
+def _check_points(basis_points: int) -> None:
+    if not isinstance(basis_points, int) or isinstance(basis_points, bool) or not 0 <= basis_points <= FULL:
+        raise OtaRequestError(f"a rollout share must be 0..{FULL} basis points (0..100 percent), not {basis_points!r}",
+                              status=422)
+
+
+def _stable_after(latest: Release | None) -> int | None:
+    """What devices outside a new release's rollout get: the latest release everyone was given."""
+    if latest is None:
+        return None
+    if latest.basis_points >= FULL and not latest.halted:
+        return latest.release
+    return latest.stable_release

@@ -1,0 +1,119 @@
+"""Where the OTA service keeps files: TUF metadata, release files and its own state.
+
+Keys are relative POSIX paths (``metadata/timestamp.json``, ``targets/digits/stable/3/<sha>.bundle.json``).
+``FileStorage`` is the embedded default, a directory; ``S3Storage`` (in ``edgekit.ota.s3``) keeps the
+same keys in any S3-compatible bucket, so several service replicas can share one store. Every write
+is atomic: a reader sees the old bytes or the new, never a part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+from edgekit.errors import OtaRequestError
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A stored object's size and a strong ETag (quoted)."""
+
+    size: int
+    etag: str
+
+
+def check_key(key: str) -> str:
+    """A storage key: a relative POSIX path without '.', '..' or empty parts.
+
+    Raises:
+        OtaRequestError: A path traversal or an absolute path (HTTP 404: the object cannot exist).
+    """
+    parts = PurePosixPath(key).parts
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts) or "//" in key:
+        raise OtaRequestError(f"no such file: {key!r}", status=404)
+    return key
+
+
+class Storage(Protocol):
+    """The few operations the service needs from a store."""
+
+    def put(self, key: str, data: bytes) -> None: ...
+    def put_file(self, key: str, path: Path) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def stat(self, key: str) -> Stat | None: ...
+    def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]: ...
+    def delete(self, key: str) -> None: ...
+
+
+class FileStorage:
+    """A directory. ETags are the SHA-256 of the content, kept beside each object."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._etags: dict[tuple[str, int, int], str] = {}
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.put(key, path.read_bytes())
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise KeyError(key) from None
+
+    def stat(self, key: str) -> Stat | None:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not path.is_file():
+            return None
+        cache_key = (key, st.st_size, st.st_mtime_ns)
+        etag = self._etags.get(cache_key)
+        if etag is None:
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            etag = f'"{digest.hexdigest()[:32]}"'
+            self._etags[cache_key] = etag
+        return Stat(st.st_size, etag)
+
+    def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``start`` to ``end`` inclusive, in chunks."""
+        with self._path(key).open("rb") as f:
+            f.seek(start)
+            left = end - start + 1
+            while left > 0:
+                chunk = f.read(min(1 << 20, left))
+                if not chunk:
+                    return
+                left -= len(chunk)
+                yield chunk
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
