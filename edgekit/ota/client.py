@@ -17,6 +17,7 @@ tested; the previous slot is kept. So the previously active model always loads.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -263,9 +264,13 @@ class Updater:
             except urllib.error.HTTPError as exc:
                 if exc.code != 416:
                     raise UpdateError(f"downloading {target.path} failed: HTTP {exc.code}; it will resume next time") from exc
-            except (urllib.error.URLError, OSError) as exc:
-                raise UpdateError(f"downloading {target.path} was cut off ({exc}) at {have} of {target.length} bytes; "
-                                  "the next update resumes it") from exc
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                raise UpdateError(f"downloading {target.path} was cut off ({type(exc).__name__}: {exc}) at {have} of "
+                                  f"{target.length} bytes; the next update resumes it") from exc
+        have = part.stat().st_size
+        if have < target.length:
+            raise UpdateError(f"downloading {target.path} was cut off at {have} of {target.length} bytes; "
+                              "the next update resumes it")
         with part.open("rb") as f:
             try:
                 target.verify_length_and_hashes(f)

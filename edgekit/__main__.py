@@ -1,0 +1,5 @@
+"""``python -m edgekit``: the CLI."""
+
+from edgekit.cli import main
+
+main()

@@ -1,0 +1,135 @@
+"""What the OTA tests share: a live service on loopback, bundles, and a connection-cutting proxy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edgekit.ota.registry import SqliteRegistry
+from edgekit.ota.repo import Expiry, Repository
+from edgekit.ota.service import HaltPolicy, OtaService
+from edgekit.ota.storage import FileStorage
+
+
+class LiveServer:
+    """``edgekit serve``'s app under uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, data: Path, keys: Path, *, expiry: Expiry | None = None, halt: HaltPolicy | None = None,
+                 refresh_every_s: float | None = None) -> None:
+        import uvicorn
+
+        from edgekit.ota.server import create_app
+
+        if not (data / "files" / "metadata" / "timestamp.json").exists():
+            Repository.create(FileStorage(data / "files"), keys, expiry)
+        self.service = OtaService.embedded(data, keys, expiry=expiry, halt_policy=halt)
+        app = create_app(self.service, refresh_every_s=refresh_every_s)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the OTA test server did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.registry: SqliteRegistry = self.service.registry
+
+    def token(self, *scopes: str) -> str:
+        return self.registry.create_token("test", list(scopes))
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.service.close()
+        self.registry.close()
+
+
+def edit_manifest(bundle: Path, change: Any) -> None:
+    """Rewrite a bundle's bundle.json through ``change(dict)``."""
+    path = bundle / "bundle.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def broken_bundle(good: Path, dst: Path, version: str) -> Path:
+    """A bundle that verifies (sizes and sha256 match its manifest) but whose only artifact does not load:
+    what a bad release looks like to a device."""
+    import hashlib
+
+    shutil.copytree(good, dst)
+    garbage = b"this is not an onnx model" * 100
+    (dst / "onnx-web-int8.onnx").write_bytes(garbage)
+
+    def change(m: dict[str, Any]) -> None:
+        m["version"] = version
+        keep = [a for a in m["artifacts"] if a["target"] == "onnx-web-int8" and a["format"] == "onnx"]
+        keep[0]["size_bytes"], keep[0]["sha256"] = len(garbage), hashlib.sha256(garbage).hexdigest()
+        for a in m["artifacts"]:
+            if a not in keep:
+                (dst / a["file"]).unlink(missing_ok=True)
+        m["artifacts"] = keep
+
+    edit_manifest(dst, change)
+    return dst
+
+
+class CuttingProxy:
+    """A TCP proxy to ``upstream`` that closes the first connection whose request line contains
+    ``needle`` after forwarding ``cut_after`` bytes of the answer: a download cut off mid-way."""
+
+    def __init__(self, upstream: str, needle: str, cut_after: int) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.needle, self.cut_after = needle.encode(), cut_after
+        self.cuts = 0
+        self.requests: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.upstream)
+        try:
+            request = client.recv(65536)
+            self.requests.append(request)
+            cut = self.needle in request.split(b"\r\n", 1)[0] and self.cuts == 0
+            if cut:
+                self.cuts += 1
+            head, sep, body = request.partition(b"\r\n\r\n")
+            lines = [h for h in head.split(b"\r\n") if not h.lower().startswith(b"connection:")]
+            upstream.sendall(b"\r\n".join([*lines, b"Connection: close"]) + sep + body)
+            sent = 0
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    break
+                if cut and sent + len(data) >= self.cut_after:
+                    client.sendall(data[: self.cut_after - sent])
+                    break
+                client.sendall(data)
+                sent += len(data)
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self.sock.close()
