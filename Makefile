@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 BUNDLE ?= build/digits-bundle
 
-.PHONY: demo test bench lint typecheck example clean
+.PHONY: demo test bench lint typecheck example clean services services-stop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +41,23 @@ web/node_modules/.package-lock.json: web/package.json web/package-lock.json
 	npm ci --prefix web --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The OTA backend tests use real servers on loopback: PostgreSQL and OpenStack Swift's S3 API
+# (Debian packages, installed by the scripts where missing; they need root and apt).
+SERVICES ?= build/services
+SERVICE_ENV := EDGEKIT_TEST_POSTGRES=postgresql://postgres@127.0.0.1:5499/postgres \
+	EDGEKIT_TEST_S3='s3://edgekit?endpoint=http://127.0.0.1:9103' AWS_ACCESS_KEY_ID=test:tester AWS_SECRET_ACCESS_KEY=testing
+
+services:
+	bash tests/services/up.sh $(SERVICES)
+
+services-stop:
+	bash tests/services/down.sh $(SERVICES)
+
 test: $(VENV)/.test-installed $(CHROMIUM) web/node_modules/.package-lock.json
 	$(BIN)/python -m ruff check .
 	MYPYPATH=$$(ls -d build/__editable__*) $(BIN)/python -m mypy -p edgekit
-	$(BIN)/python -m pytest
+	bash tests/services/up.sh $(SERVICES)
+	$(SERVICE_ENV) $(BIN)/python -m pytest; rc=$$?; bash tests/services/down.sh $(SERVICES); exit $$rc
 
 # Benchmarks (minutes each; results go in benchmarks/RESULTS.md by hand). facenet-pytorch only
 # carries O-Net's weights here: its declared dependencies (torchvision) would pull a CUDA torch.

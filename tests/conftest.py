@@ -70,3 +70,25 @@ def browser() -> Iterator[Any]:
         instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield instance
         instance.close()
+
+
+@pytest.fixture(scope="session")
+def ota_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One set of OTA role keys for the session (generating keys is quick; repositories are per test)."""
+    from edgekit.ota.repo import generate_keys
+
+    folder = tmp_path_factory.mktemp("ota") / "keys"
+    generate_keys(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ota_bundles(tmp_path_factory: pytest.TempPathFactory, digits_bundle: Path) -> dict[str, Path]:
+    """v1 (the quick start's bundle), v2 (int8 only, converted again) and a v3 that verifies but does not load."""
+    from edgekit.converters import convert
+    from tests.ota_helpers import broken_bundle
+
+    root = tmp_path_factory.mktemp("ota-bundles")
+    v2 = convert(DIGITS / "digits.onnx", ["onnx-web-int8"], out=root / "v2", calibration=DIGITS / "digits.npz",
+                 name="digits", version="2.0.0", report=False).bundle.path
+    return {"v1": digits_bundle, "v2": v2, "v3": broken_bundle(v2, root / "v3", "3.0.0")}

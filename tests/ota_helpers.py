@@ -13,21 +13,22 @@ from typing import Any
 from edgekit.ota.registry import SqliteRegistry
 from edgekit.ota.repo import Expiry, Repository
 from edgekit.ota.service import HaltPolicy, OtaService
-from edgekit.ota.storage import FileStorage
 
 
 class LiveServer:
     """``edgekit serve``'s app under uvicorn in a thread, on a free loopback port."""
 
     def __init__(self, data: Path, keys: Path, *, expiry: Expiry | None = None, halt: HaltPolicy | None = None,
-                 refresh_every_s: float | None = None) -> None:
+                 refresh_every_s: float | None = None, registry_url: str | None = None,
+                 storage_url: str | None = None) -> None:
         import uvicorn
 
         from edgekit.ota.server import create_app
 
-        if not (data / "files" / "metadata" / "timestamp.json").exists():
-            Repository.create(FileStorage(data / "files"), keys, expiry)
-        self.service = OtaService.embedded(data, keys, expiry=expiry, halt_policy=halt)
+        self.service = OtaService.embedded(data, keys, expiry=expiry, halt_policy=halt, registry_url=registry_url,
+                                           storage_url=storage_url)
+        if self.service.storage.stat("metadata/timestamp.json") is None:
+            Repository.create(self.service.storage, keys, expiry)
         app = create_app(self.service, refresh_every_s=refresh_every_s)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -26,10 +26,10 @@ from edgekit.errors import OtaRequestError, UpdateError, VerificationError
 from edgekit.ota import rules
 from edgekit.ota.cli import bundle_tar, call
 from edgekit.ota.client import Updater
-from edgekit.ota.repo import Expiry, generate_keys
+from edgekit.ota.repo import Expiry
 from edgekit.ota.service import HaltPolicy
 from tests.conftest import DIGITS, run_cli
-from tests.ota_helpers import CuttingProxy, LiveServer, broken_bundle
+from tests.ota_helpers import CuttingProxy, LiveServer
 
 pytest.importorskip("tuf")
 pytest.importorskip("fastapi")
@@ -37,27 +37,9 @@ pytest.importorskip("fastapi")
 FLEET = 40
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("ota") / "keys"
-    generate_keys(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory, digits_bundle: Path) -> dict[str, Path]:
-    """v1 (the quick start's bundle), v2 (int8 only, converted again) and a v3 that verifies but does not load."""
-    from edgekit.converters import convert
-
-    root = tmp_path_factory.mktemp("ota-bundles")
-    v2 = convert(DIGITS / "digits.onnx", ["onnx-web-int8"], out=root / "v2", calibration=DIGITS / "digits.npz",
-                 name="digits", version="2.0.0", report=False).bundle.path
-    return {"v1": digits_bundle, "v2": v2, "v3": broken_bundle(v2, root / "v3", "3.0.0")}
-
-
 @pytest.fixture
-def server(tmp_path: Path, keys: Path) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path / "server", keys, halt=HaltPolicy(failure_rate_bp=2000, min_reports=5))
+def server(tmp_path: Path, ota_keys: Path) -> Iterator[LiveServer]:
+    live = LiveServer(tmp_path / "server", ota_keys, halt=HaltPolicy(failure_rate_bp=2000, min_reports=5))
     yield live
     live.stop()
 
@@ -85,13 +67,13 @@ def _runs(updater: Updater) -> None:
     assert (logits.argmax(1) == data["y"][:64]).mean() > 0.9
 
 
-def test_fleet_rollout_halt_and_rollback(server: LiveServer, bundles: dict[str, Path], tmp_path: Path) -> None:
+def test_fleet_rollout_halt_and_rollback(server: LiveServer, ota_bundles: dict[str, Path], tmp_path: Path) -> None:
     root = _root(server)
     fleet = [_device(server.url, tmp_path, i, root) for i in range(FLEET)]
-    assert _publish(server, bundles["v1"], 100)["release"] == 1
+    assert _publish(server, ota_bundles["v1"], 100)["release"] == 1
     assert {d.update("digits", "stable").status for d in fleet} == {"installed"}
     # v2 to half the fleet: exactly the devices whose bucket is under 5000 take it
-    assert _publish(server, bundles["v2"], 50)["release"] == 2
+    assert _publish(server, ota_bundles["v2"], 50)["release"] == 2
     expected = {i for i in range(FLEET) if rules.bucket(f"device-{i}", "digits/stable/2") < 5000}
     results = [d.update("digits", "stable") for d in fleet]
     updated = {i for i, r in enumerate(results) if r.status == "installed"}
@@ -109,7 +91,7 @@ def test_fleet_rollout_halt_and_rollback(server: LiveServer, bundles: dict[str, 
     assert {d.update("digits", "stable").status for i, d in enumerate(fleet) if i not in updated} == {"installed"}
     assert {d.state("digits").active for d in fleet} == {2}
     # a release that verifies but does not load: devices refuse to switch, report, and the rollout halts itself
-    assert _publish(server, bundles["v3"], 50)["release"] == 3
+    assert _publish(server, ota_bundles["v3"], 50)["release"] == 3
     in_rollout = [d for i, d in enumerate(fleet) if rules.bucket(f"device-{i}", "digits/stable/3") < 5000]
     statuses = [d.update("digits", "stable").status for d in in_rollout]
     assert statuses[:5] == ["failed"] * 5 and set(statuses[5:]) <= {"up_to_date"}  # halted after 5 failures
@@ -128,29 +110,29 @@ def test_fleet_rollout_halt_and_rollback(server: LiveServer, bundles: dict[str, 
     _runs(fleet[0])
 
 
-def test_publish_and_rollout_need_a_token_with_the_scope(server: LiveServer, bundles: dict[str, Path]) -> None:
+def test_publish_and_rollout_need_a_token_with_the_scope(server: LiveServer, ota_bundles: dict[str, Path]) -> None:
     with pytest.raises(OtaRequestError, match="HTTP 401.*needs an API token"):
-        call(server.url, "POST", "/v1/models/digits/channels/stable/releases", data=bundle_tar(bundles["v1"]),
+        call(server.url, "POST", "/v1/models/digits/channels/stable/releases", data=bundle_tar(ota_bundles["v1"]),
              content_type="application/x-tar")
     with pytest.raises(OtaRequestError, match="HTTP 401.*unknown API token"):
-        _publish(server, bundles["v1"], 100, token="ek_made_up")
+        _publish(server, ota_bundles["v1"], 100, token="ek_made_up")
     with pytest.raises(OtaRequestError, match="HTTP 403.*lacks the 'publish' scope"):
-        _publish(server, bundles["v1"], 100, token=server.token("rollout"))
-    _publish(server, bundles["v1"], 10, token=server.token("publish"))
+        _publish(server, ota_bundles["v1"], 100, token=server.token("rollout"))
+    _publish(server, ota_bundles["v1"], 10, token=server.token("publish"))
     with pytest.raises(OtaRequestError, match="HTTP 403.*lacks the 'rollout' scope"):
         call(server.url, "POST", "/v1/models/digits/channels/stable/rollout", token=server.token("publish"),
              body={"percent": 100})
     assert call(server.url, "POST", "/v1/models/digits/channels/stable/rollout", token=server.token("admin"),
                 body={"percent": 100})["basis_points"] == 10000
-    no_token = run_cli("publish", bundles["v1"], "--server", server.url, "--model", "digits", "--channel", "stable")
+    no_token = run_cli("publish", ota_bundles["v1"], "--server", server.url, "--model", "digits", "--channel", "stable")
     assert no_token.exit_code == 2 and "EDGEKIT_OTA_TOKEN" in no_token.stderr
 
 
-def test_path_traversal_is_refused(server: LiveServer, bundles: dict[str, Path], tmp_path: Path) -> None:
+def test_path_traversal_is_refused(server: LiveServer, ota_bundles: dict[str, Path], tmp_path: Path) -> None:
     token = server.token("publish")
     for model in ("..", "a..b", "Digits", "a/b"):
         with pytest.raises(OtaRequestError, match="HTTP 4"):
-            _publish(server, bundles["v1"], 100, token=token, model=model)
+            _publish(server, ota_bundles["v1"], 100, token=token, model=model)
     evil = io.BytesIO()
     with tarfile.open(fileobj=evil, mode="w") as tar:
         data = b"x"
@@ -161,7 +143,7 @@ def test_path_traversal_is_refused(server: LiveServer, bundles: dict[str, Path],
         call(server.url, "POST", "/v1/models/digits/channels/stable/releases", token=token, data=evil.getvalue(),
              content_type="application/x-tar")
     assert not list(tmp_path.rglob("escape.txt"))
-    _publish(server, bundles["v1"], 100, token=token)
+    _publish(server, ota_bundles["v1"], 100, token=token)
     host, port = server.url.removeprefix("http://").split(":")
     for path in ("/targets/../registry.sqlite3", "/targets/%2e%2e/%2e%2e/registry.sqlite3", "/metadata/..%2froot.json",
                  "/targets/digits/stable/1/..%2f..%2f..%2fregistry.sqlite3", "/targets//etc/passwd"):
@@ -175,8 +157,8 @@ def test_path_traversal_is_refused(server: LiveServer, bundles: dict[str, Path],
         _device(server.url, tmp_path, "x", _root(server)).update("../digits", "stable")
 
 
-def test_a_tampered_artifact_is_refused(server: LiveServer, bundles: dict[str, Path], tmp_path: Path) -> None:
-    _publish(server, bundles["v2"], 100)
+def test_a_tampered_artifact_is_refused(server: LiveServer, ota_bundles: dict[str, Path], tmp_path: Path) -> None:
+    _publish(server, ota_bundles["v2"], 100)
     stored = next((tmp_path / "server" / "files" / "targets").rglob("*.onnx-web-int8.onnx"))
     data = bytearray(stored.read_bytes())
     data[1000] ^= 0xFF
@@ -189,14 +171,14 @@ def test_a_tampered_artifact_is_refused(server: LiveServer, bundles: dict[str, P
     assert not (tmp_path / "devices" / "1" / "downloads" / f"{sha}.part").exists()
 
 
-def test_replayed_timestamp_and_expired_metadata_are_refused(keys: Path, bundles: dict[str, Path],
+def test_replayed_timestamp_and_expired_metadata_are_refused(ota_keys: Path, ota_bundles: dict[str, Path],
                                                             tmp_path: Path) -> None:
-    live = LiveServer(tmp_path / "server", keys, expiry=Expiry(timestamp=timedelta(seconds=2)))
+    live = LiveServer(tmp_path / "server", ota_keys, expiry=Expiry(timestamp=timedelta(seconds=2)))
     try:
-        _publish(live, bundles["v1"], 100)
+        _publish(live, ota_bundles["v1"], 100)
         timestamp = tmp_path / "server" / "files" / "metadata" / "timestamp.json"
         old = timestamp.read_bytes()
-        _publish(live, bundles["v2"], 100)
+        _publish(live, ota_bundles["v2"], 100)
         device = _device(live.url, tmp_path, 1, _root(live))
         assert device.update("digits", "stable").version == "2.0.0"
         new = timestamp.read_bytes()
@@ -215,8 +197,8 @@ def test_replayed_timestamp_and_expired_metadata_are_refused(keys: Path, bundles
         live.stop()
 
 
-def test_a_cut_download_resumes_and_ends_verified(server: LiveServer, bundles: dict[str, Path], tmp_path: Path) -> None:
-    _publish(server, bundles["v2"], 100)
+def test_a_cut_download_resumes_and_ends_verified(server: LiveServer, ota_bundles: dict[str, Path], tmp_path: Path) -> None:
+    _publish(server, ota_bundles["v2"], 100)
     proxy = CuttingProxy(server.url, ".onnx-web-int8.onnx", cut_after=60_000)
     try:
         device = _device(proxy.url, tmp_path, 1, _root(server))
@@ -233,15 +215,15 @@ def test_a_cut_download_resumes_and_ends_verified(server: LiveServer, bundles: d
         proxy.close()
 
 
-def test_a_killed_install_leaves_the_previous_model_loadable(server: LiveServer, bundles: dict[str, Path],
+def test_a_killed_install_leaves_the_previous_model_loadable(server: LiveServer, ota_bundles: dict[str, Path],
                                                              tmp_path: Path) -> None:
-    _publish(server, bundles["v1"], 100)
+    _publish(server, ota_bundles["v1"], 100)
     root_file = tmp_path / "root.json"
     root_file.write_bytes(_root(server))
     cache = tmp_path / "devices" / "k"
     first = Updater(server.url, cache, "device-k", root_file)
     assert first.update("digits", "stable").status == "installed"
-    _publish(server, bundles["v2"], 100)
+    _publish(server, ota_bundles["v2"], 100)
     command = [sys.executable, "-m", "edgekit", "pull", "--server", server.url, "--model", "digits", "--channel", "stable",
                "--cache", str(cache), "--device-id", "device-k", "--root", str(root_file)]
     killed = 0
@@ -265,11 +247,11 @@ def test_a_killed_install_leaves_the_previous_model_loadable(server: LiveServer,
     assert not list((cache / "models" / "digits" / "slots").glob(".tmp-*"))
 
 
-def test_the_server_restarts_mid_rollout(tmp_path: Path, keys: Path, bundles: dict[str, Path]) -> None:
+def test_the_server_restarts_mid_rollout(tmp_path: Path, ota_keys: Path, ota_bundles: dict[str, Path]) -> None:
     data = tmp_path / "server"
-    live = LiveServer(data, keys)
-    _publish(live, bundles["v1"], 100)
-    _publish(live, bundles["v2"], 25)
+    live = LiveServer(data, ota_keys)
+    _publish(live, ota_bundles["v1"], 100)
+    _publish(live, ota_bundles["v2"], 25)
     root = _root(live)
     fleet = [_device(live.url, tmp_path, i, root) for i in range(12)]
     before = [d.update("digits", "stable").status for d in fleet]
@@ -279,7 +261,7 @@ def test_the_server_restarts_mid_rollout(tmp_path: Path, keys: Path, bundles: di
     current.basis_points = 10000
     live.registry.update_release(current)
     live.stop()
-    again = LiveServer(data, keys)  # a restart: resync re-signs what the registry says
+    again = LiveServer(data, ota_keys)  # a restart: resync re-signs what the registry says
     try:
         assert again.service.resync() == 0  # startup already did it
         fleet = [_device(again.url, tmp_path, i, root) for i in range(12)]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
 import tarfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 
@@ -23,6 +23,11 @@ Server = Annotated[str, typer.Option("--server", help="The OTA service's URL, e.
 Model = Annotated[str, typer.Option("--model", help="Model name")]
 Channel = Annotated[str, typer.Option("--channel", help="Channel name, e.g. stable or beta")]
 Token = Annotated[str | None, typer.Option("--token", help=f"API token (default: ${TOKEN_ENV})", show_default=False)]
+RegistryUrl = Annotated[str | None, typer.Option("--registry", help="postgresql://... (default: SQLite in --data)")]
+StorageUrl = Annotated[str | None, typer.Option(
+    "--storage", help="s3://BUCKET[/PREFIX]?endpoint=URL&region=R, credentials from AWS_* variables "
+                      "(default: files in --data)")]
+Data = Annotated[Path | None, typer.Option("--data", help="The service's data directory")]
 
 
 def _token(token: str | None) -> str:
@@ -35,25 +40,39 @@ def _token(token: str | None) -> str:
 
 def call(server: str, method: str, path: str, *, token: str | None = None, body: Any = None,
          data: bytes | None = None, content_type: str = "application/json", timeout: float = 300) -> Any:
-    """One request to the service; its JSON answer. HTTP errors become OtaRequestError with the server's message."""
+    """One request to the service; its JSON answer. HTTP errors become OtaRequestError with the server's message.
+
+    A server may answer (401, 413, 422) before it has read a large upload and close the connection;
+    the answer is read even when sending the rest of the body fails.
+    """
     headers = {"Content-Type": content_type}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if body is not None:
         data = json.dumps(body).encode()
-    request = urllib.request.Request(server.rstrip("/") + path, data=data, method=method, headers=headers)
+    url = urlsplit(server.rstrip("/") + path)
+    conn_class = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    conn = conn_class(url.hostname or "127.0.0.1", url.port, timeout=timeout)
+    target = url.path + (f"?{url.query}" if url.query else "")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (the operator's server URL)
-            return json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
         try:
-            message = json.loads(exc.read()).get("error") or exc.reason
-        except (ValueError, AttributeError):
-            message = exc.reason
-        cls = AuthError if exc.code in (401, 403) else OtaRequestError
-        raise cls(f"the server refused {method} {path}: HTTP {exc.code}: {message}", status=exc.code) from None
-    except (urllib.error.URLError, OSError) as exc:
+            conn.request(method, target, body=data, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered early; its answer is still there to read
+        response = conn.getresponse()
+        payload = response.read()
+    except (OSError, http.client.HTTPException) as exc:
         raise UpdateError(f"cannot reach the OTA service at {server} ({exc}); is `edgekit serve` running?") from exc
+    finally:
+        conn.close()
+    if response.status >= 400:
+        try:
+            message = json.loads(payload).get("error") or response.reason
+        except (ValueError, AttributeError):
+            message = response.reason
+        cls = AuthError if response.status in (401, 403) else OtaRequestError
+        raise cls(f"the server refused {method} {path}: HTTP {response.status}: {message}", status=response.status)
+    return json.loads(payload or b"null")
 
 
 def bundle_tar(bundle: Path) -> bytes:
@@ -86,32 +105,40 @@ def keygen(keys: Annotated[Path, typer.Argument(help="Directory for the five rol
 
 @ota_app.command()
 def init(
-    data: Annotated[Path, typer.Option("--data", help="The service's data directory (created)")],
     keys: Annotated[Path, typer.Option("--keys", help="The directory edgekit ota keygen wrote")],
+    data: Data = None, registry: RegistryUrl = None, storage: StorageUrl = None,
 ) -> None:
     """Create the TUF repository and the first admin token (printed once)."""
-    from edgekit.ota.registry import SqliteRegistry
     from edgekit.ota.repo import Repository
-    from edgekit.ota.storage import FileStorage
+    from edgekit.ota.service import open_backends
 
-    repo = Repository.create(FileStorage(data / "files"), keys)
-    token = SqliteRegistry(data / "registry.sqlite3").create_token("admin", ["admin"])
-    root = data / "root.json"
+    files, db = open_backends(data, registry, storage)
+    repo = Repository.create(files, keys)
+    token = db.create_token("admin", ["admin"])
+    root = (data or Path(".")) / "root.json"
+    root.parent.mkdir(parents=True, exist_ok=True)
     root.write_bytes(repo.root_bytes())
-    typer.echo(f"repository created in {data}\ntrusted root (ship it with your apps): {root}\n"
-               f"admin token (shown once): {token}")
+    typer.echo(f"repository created\ntrusted root (ship it with your apps): {root}\nadmin token (shown once): {token}")
 
 
 @ota_app.command()
 def token(
-    data: Annotated[Path, typer.Option("--data", help="The service's data directory")],
     name: Annotated[str, typer.Option("--name", help="Who uses it, e.g. ci")],
     scope: Annotated[list[str], typer.Option("--scope", help="publish, rollout or admin; repeat")],
+    data: Data = None, registry: RegistryUrl = None,
 ) -> None:
     """Create an API token with scopes (printed once; only its hash is stored)."""
     from edgekit.ota.registry import SqliteRegistry
 
-    typer.echo(SqliteRegistry(data / "registry.sqlite3").create_token(name, scope))
+    if registry:
+        from edgekit.ota.pg import PostgresRegistry
+
+        db: SqliteRegistry = PostgresRegistry(registry)
+    elif data is not None:
+        db = SqliteRegistry(data / "registry.sqlite3")
+    else:
+        raise OtaRequestError("give --data or --registry")
+    typer.echo(db.create_token(name, scope))
 
 
 @ota_app.command()
@@ -158,8 +185,8 @@ def status(server: Server, model: Model, channel: Channel) -> None:
 
 
 def serve(
-    data: Annotated[Path, typer.Option("--data", help="Data directory (edgekit ota init made it)")],
     keys: Annotated[Path, typer.Option("--keys", help="Directory holding bins.pem, snapshot.pem, timestamp.pem")],
+    data: Data = None, registry: RegistryUrl = None, storage: StorageUrl = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8080,
     halt_failure_rate: Annotated[float, typer.Option("--halt-failure-rate",
@@ -181,8 +208,10 @@ def serve(
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    service = OtaService.embedded(data, keys, halt_policy=HaltPolicy(round(halt_failure_rate * 100), halt_min_reports))
-    logger.info("serving", extra={"event": "serving", "url": f"http://{host}:{port}", "data": str(data)})
+    service = OtaService.embedded(data, keys, registry_url=registry, storage_url=storage,
+                                  halt_policy=HaltPolicy(round(halt_failure_rate * 100), halt_min_reports))
+    logger.info("serving", extra={"event": "serving", "url": f"http://{host}:{port}", "data": str(data),
+                                  "registry": "postgresql" if registry else "sqlite", "storage": "s3" if storage else "files"})
     uvicorn.run(create_app(service), host=host, port=port, log_level="warning", workers=1 if workers < 2 else workers)
 
 
@@ -193,6 +222,10 @@ def publish(
     token: Token = None, json_: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Publish BUNDLE as the next release of MODEL on CHANNEL."""
+    from edgekit.ota.rules import check_name
+
+    check_name(model)
+    check_name(channel, "channel name")
     data = bundle_tar(bundle)
     r = call(server, "POST", f"/v1/models/{model}/channels/{channel}/releases?basis_points={round(percent * 100)}",
              token=_token(token), data=data, content_type="application/x-tar")

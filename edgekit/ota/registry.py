@@ -75,7 +75,7 @@ def _release(row: Any) -> Release:
 class SqliteRegistry:
     """The registry in one SQLite file; ``lock()`` serializes writers across threads and processes."""
 
-    placeholder = "?"
+    begin = "BEGIN IMMEDIATE"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -102,7 +102,7 @@ class SqliteRegistry:
     def transaction(self) -> Iterator[Any]:
         conn = self._connection()
         cur = conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        cur.execute(self.begin)
         try:
             yield _Cursor(cur, self._sql)
         except BaseException:

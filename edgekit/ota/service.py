@@ -50,10 +50,11 @@ class OtaService:
         self._stop = threading.Event()
 
     @classmethod
-    def embedded(cls, data_dir: str | Path, keys_dir: str | Path, **kwargs: Any) -> OtaService:
-        """The no-setup service: files under ``data_dir/files``, SQLite at ``data_dir/registry.sqlite3``."""
-        data = Path(data_dir)
-        return cls(FileStorage(data / "files"), SqliteRegistry(data / "registry.sqlite3"), load_signers(keys_dir), **kwargs)
+    def embedded(cls, data_dir: str | Path | None, keys_dir: str | Path, *, registry_url: str | None = None,
+                 storage_url: str | None = None, **kwargs: Any) -> OtaService:
+        """The service on its backends (see :func:`open_backends`; default: all under ``data_dir``)."""
+        storage, registry = open_backends(data_dir, registry_url, storage_url)
+        return cls(storage, registry, load_signers(keys_dir), **kwargs)
 
     def event(self, name: str, **fields: Any) -> None:
         log.info("%s", name, extra={"event": name, **fields})
@@ -302,6 +303,32 @@ class OtaService:
         return {"state": self._state(current).to_custom(),
                 "releases": [dict(r.to_dict(), outcomes=self.registry.outcomes(model, channel, r.release))
                              for r in releases]}
+
+
+def open_backends(data_dir: str | Path | None, registry_url: str | None = None,
+                  storage_url: str | None = None) -> tuple[Storage, SqliteRegistry]:
+    """The storage and registry: ``data_dir/files`` and ``data_dir/registry.sqlite3`` by default;
+    ``registry_url`` ``postgresql://...`` and ``storage_url`` ``s3://bucket?endpoint=...`` for replicas."""
+    if (registry_url is None or storage_url is None) and data_dir is None:
+        raise OtaRequestError("give --data, or both --registry and --storage")
+    data = Path(data_dir) if data_dir is not None else Path(".")
+    if storage_url is None:
+        storage: Storage = FileStorage(data / "files")
+    elif storage_url.startswith("s3://"):
+        from edgekit.ota.s3 import S3Storage
+
+        storage = S3Storage.from_url(storage_url)
+    else:
+        raise OtaRequestError(f"--storage {storage_url!r}: use s3://BUCKET?endpoint=URL (or leave it out for files)")
+    if registry_url is None:
+        registry = SqliteRegistry(data / "registry.sqlite3")
+    elif registry_url.startswith(("postgresql://", "postgres://")):
+        from edgekit.ota.pg import PostgresRegistry
+
+        registry = PostgresRegistry(registry_url)
+    else:
+        raise OtaRequestError(f"--registry {registry_url!r}: use postgresql://... (or leave it out for SQLite)")
+    return storage, registry
 
 
 @dataclass(frozen=True)
