@@ -199,20 +199,20 @@ def serve(
 
     import uvicorn
 
-    from edgekit.ota.server import JsonLogFormatter, create_app
-    from edgekit.ota.service import HaltPolicy, OtaService
+    from edgekit.ota.server import ENV_PREFIX, configure_logging
 
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter())
-    logger = logging.getLogger("edgekit.ota")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    service = OtaService.embedded(data, keys, registry_url=registry, storage_url=storage,
-                                  halt_policy=HaltPolicy(round(halt_failure_rate * 100), halt_min_reports))
-    logger.info("serving", extra={"event": "serving", "url": f"http://{host}:{port}", "data": str(data),
-                                  "registry": "postgresql" if registry else "sqlite", "storage": "s3" if storage else "files"})
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning", workers=1 if workers < 2 else workers)
+    configure_logging()
+    settings = {"data": str(data) if data else "", "keys": str(keys), "registry": registry or "",
+                "storage": storage or "", "halt_bp": str(round(halt_failure_rate * 100)), "halt_min": str(halt_min_reports)}
+    os.environ.update({ENV_PREFIX + k.upper(): v for k, v in settings.items()})
+    from edgekit.ota.server import app_from_env
+
+    app_from_env()  # fails here, with a clear message, on bad keys or backends (before any worker starts)
+    logging.getLogger("edgekit.ota").info("serving", extra={
+        "event": "serving", "url": f"http://{host}:{port}", "workers": workers,
+        "registry": "postgresql" if registry else "sqlite", "storage": "s3" if storage else "files"})
+    uvicorn.run("edgekit.ota.server:app_from_env", factory=True, host=host, port=port, workers=max(1, workers),
+                log_level="warning")
 
 
 def publish(

@@ -59,7 +59,7 @@ def _metrics() -> dict[str, Any]:
 def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> Any:
     """The FastAPI application for ``service``."""
     from fastapi import Depends, FastAPI, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from pydantic import BaseModel, Field
 
@@ -127,48 +127,15 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> 
 
     # -- device paths (static-friendly) -----------------------------------------------------------
 
-    def _file(request: Request, key: str, kind: str) -> Response:
-        check_key(key)
-        stat = service.storage.stat(key)
-        if stat is None:
-            return JSONResponse({"error": "not found"}, status_code=404)
-        headers = {"ETag": stat.etag, "Accept-Ranges": "bytes",
-                   "Cache-Control": "no-cache" if key.endswith("timestamp.json") or key.endswith("/root.json")
-                   else "public, max-age=31536000, immutable"}
-        if request.headers.get("if-none-match") == stat.etag:
-            return Response(status_code=304, headers=headers)
-        start, end, status = 0, stat.size - 1, 200
-        wanted = request.headers.get("range")
-        if wanted and request.headers.get("if-range", stat.etag) == stat.etag:
-            match = RANGE.match(wanted.strip())
-            if match and (match.group(1) or match.group(2)):
-                if match.group(1):
-                    start = int(match.group(1))
-                    end = min(int(match.group(2)), stat.size - 1) if match.group(2) else stat.size - 1
-                else:
-                    start = max(0, stat.size - int(match.group(2)))
-                if start >= stat.size or start > end:
-                    return Response(status_code=416, headers={"Content-Range": f"bytes */{stat.size}"})
-                status = 206
-                headers["Content-Range"] = f"bytes {start}-{end}/{stat.size}"
-        headers["Content-Length"] = str(end - start + 1)
-        metrics["bytes"].labels(kind).inc(end - start + 1)
-        media = "application/json" if key.endswith(".json") else "application/octet-stream"
-        if stat.size <= 1 << 20:  # small: one read (metadata, most bundles' manifests)
-            data = b"".join(service.storage.read_range(key, start, end))
-            return Response(data, status_code=status, headers=headers, media_type=media)
-        return StreamingResponse(service.storage.read_range(key, start, end), status_code=status, headers=headers,
-                                 media_type=media)
+    # Declared for the OpenAPI document only: DeviceFastPath answers these paths before routing.
+    @app.get("/metadata/{name}", tags=["devices"], summary="TUF metadata (root, timestamp, snapshot, targets, bins); "
+             "ETag / If-None-Match, Range")
+    def metadata(name: str) -> Response:  # pragma: no cover - never routed
+        return Response(status_code=404)
 
-    @app.get("/metadata/{name}", tags=["devices"], summary="TUF metadata (root, timestamp, snapshot, targets, bins)")
-    def metadata(name: str, request: Request) -> Response:
-        if "/" in name:
-            raise OtaRequestError("not found", status=404)
-        return _file(request, f"metadata/{name}", "metadata")
-
-    @app.get("/targets/{path:path}", tags=["devices"], summary="A release file, by its hash-prefixed name")
-    def targets(path: str, request: Request) -> Response:
-        return _file(request, f"targets/{path}", "targets")
+    @app.get("/targets/{path:path}", tags=["devices"], summary="A release file by its hash-prefixed name; ETag, Range")
+    def targets(path: str) -> Response:  # pragma: no cover - never routed
+        return Response(status_code=404)
 
     class Report(BaseModel):
         device_id: str = Field(max_length=128)
@@ -255,6 +222,8 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> 
     def trusted_root() -> Response:
         return Response(service.repo.root_bytes(), media_type="application/json")
 
+    app.state.metrics = metrics
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -263,7 +232,138 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> 
     def prometheus() -> Response:
         return Response(generate_latest(metrics["registry"]), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return DeviceFastPath(app, service, metrics)
+
+
+MUTABLE = ("metadata/timestamp.json", "metadata/root.json")
+
+
+class DeviceFastPath:
+    """Plain ASGI for the device hot path (``GET``/``HEAD`` of ``/metadata/*`` and ``/targets/*``).
+
+    Everything else goes to the FastAPI app. Every file but ``timestamp.json`` and ``root.json`` is
+    immutable (consistent snapshots, hash-prefixed targets), so their size, ETag and, up to 1 MB,
+    their bytes are cached; a missing ``N.root.json`` (the client's root-rotation probe) is
+    remembered for 2 s.
+    """
+
+    def __init__(self, app: Any, service: OtaService, metrics: dict[str, Any], cache_bytes: int = 64 << 20) -> None:
+        self.app = app
+        self.service = service
+        self.metrics = metrics
+        self.cache: dict[str, tuple[Any, bytes | None]] = {}
+        self.missing: dict[str, float] = {}
+        self.cache_left = cache_bytes
+        self.openapi = getattr(app, "openapi", None)  # what tests and tools read from the FastAPI app
+        self.state = app.state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and path.startswith(("/metadata/", "/targets/")):
+            started = time.perf_counter()
+            route = "/metadata/{name}" if path.startswith("/metadata/") else "/targets/{path:path}"
+            status = await self._serve(scope, send, path[1:], route)
+            self.metrics["requests"].labels(route, str(status)).inc()
+            self.metrics["latency"].labels(route).observe(time.perf_counter() - started)
+            return
+        await self.app(scope, receive, send)
+
+    def _lookup(self, key: str) -> tuple[Any, bytes | None] | None:
+        found = self.cache.get(key)
+        if found is not None:
+            return found
+        if key in self.missing and time.monotonic() - self.missing[key] < 2.0:
+            return None
+        stat = self.service.storage.stat(key)
+        if stat is None:
+            if key.endswith(".root.json"):
+                self.missing[key] = time.monotonic()
+            return None
+        data = None
+        if stat.size <= 1 << 20:
+            data = b"".join(self.service.storage.read_range(key, 0, stat.size - 1)) if stat.size else b""
+        if key not in MUTABLE and (data is None or len(data) <= self.cache_left):
+            self.cache[key] = (stat, data)
+            self.cache_left -= len(data or b"")
+        return stat, data
+
+    async def _serve(self, scope: Any, send: Any, key: str, route: str) -> int:
+        try:
+            check_key(key)
+            if key.startswith("metadata/") and "/" in key[9:]:
+                raise OtaRequestError("not found", status=404)
+            found = self._lookup(key)
+        except OtaRequestError:
+            found = None
+        if found is None:
+            return await _answer(send, 404, [(b"content-type", b"application/json")], b'{"error":"not found"}')
+        stat, data = found
+        headers = dict(scope["headers"])
+        out = [(b"etag", stat.etag.encode()), (b"accept-ranges", b"bytes"),
+               (b"cache-control", b"no-cache" if key in MUTABLE else b"public, max-age=31536000, immutable")]
+        if headers.get(b"if-none-match", b"").decode() == stat.etag:
+            return await _answer(send, 304, out, b"")
+        start, end, status = 0, stat.size - 1, 200
+        wanted = headers.get(b"range", b"").decode()
+        if wanted and headers.get(b"if-range", stat.etag.encode()).decode() == stat.etag:
+            match = RANGE.match(wanted.strip())
+            if match and (match.group(1) or match.group(2)):
+                if match.group(1):
+                    start = int(match.group(1))
+                    end = min(int(match.group(2)), stat.size - 1) if match.group(2) else stat.size - 1
+                else:
+                    start = max(0, stat.size - int(match.group(2)))
+                if start >= stat.size or start > end:
+                    return await _answer(send, 416, [(b"content-range", f"bytes */{stat.size}".encode())], b"")
+                status = 206
+                out.append((b"content-range", f"bytes {start}-{end}/{stat.size}".encode()))
+        media = b"application/json" if key.endswith(".json") else b"application/octet-stream"
+        out += [(b"content-type", media), (b"content-length", str(end - start + 1).encode())]
+        self.metrics["bytes"].labels(route.split("/")[1]).inc(end - start + 1)
+        if scope["method"] == "HEAD":
+            return await _answer(send, status, out, b"")
+        if data is not None:
+            return await _answer(send, status, out, data[start:end + 1])
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        for chunk in self.service.storage.read_range(key, start, end):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return status
+
+
+async def _answer(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+    if not any(k == b"content-length" for k, _ in headers):
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return status
+
+
+ENV_PREFIX = "EDGEKIT_OTA_"
+
+
+def app_from_env() -> Any:
+    """The app for ``uvicorn --factory`` worker processes (``edgekit serve --workers N`` sets the variables)."""
+    import os
+
+    from edgekit.ota.service import HaltPolicy
+
+    env = {k[len(ENV_PREFIX):].lower(): v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    configure_logging()
+    service = OtaService.embedded(env.get("data") or None, env["keys"], registry_url=env.get("registry") or None,
+                                  storage_url=env.get("storage") or None,
+                                  halt_policy=HaltPolicy(int(env.get("halt_bp", "2000")), int(env.get("halt_min", "5"))))
+    return create_app(service)
+
+
+def configure_logging() -> None:
+    """edgekit.ota logs JSON lines to stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    logger = logging.getLogger("edgekit.ota")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _extract(upload: Path, dst: Path) -> None:
