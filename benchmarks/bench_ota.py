@@ -38,6 +38,7 @@ request = function()
 end
 """
 NGINX_CONF = """
+user root;
 worker_processes 2;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log;

@@ -301,3 +301,40 @@ def test_keys_init_and_serve_commands(tmp_path: Path) -> None:
     bad = run_cli("ota", "token", "--data", tmp_path / "data", "--name", "ci", "--scope", "everything")
     assert bad.exit_code == 2 and "scopes must be among" in bad.stderr
     shutil.rmtree(tmp_path / "keys")
+
+
+def test_edgekit_serve_with_workers_openapi_metrics_and_etags(tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    assert run_cli("ota", "keygen", tmp_path / "keys").exit_code == 0
+    assert run_cli("ota", "init", "--data", tmp_path / "data", "--keys", tmp_path / "keys").exit_code == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    edgekit = str(Path(sys.executable).parent / "edgekit")
+    proc = subprocess.Popen([edgekit, "serve", "--data", str(tmp_path / "data"), "--keys", str(tmp_path / "keys"),
+                             "--port", str(port), "--workers", "2"], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)  # noqa: S310
+                break
+            except OSError:
+                time.sleep(0.05)
+        spec = json.loads(urllib.request.urlopen(url + "/openapi.json").read())  # noqa: S310
+        assert {"/v1/reports", "/metadata/{name}", "/v1/models/{model}/channels/{channel}/releases"} <= set(spec["paths"])
+        first = urllib.request.urlopen(url + "/metadata/timestamp.json")  # noqa: S310
+        etag = first.headers["ETag"]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/metadata/timestamp.json", headers={"If-None-Match": etag})
+        assert conn.getresponse().status == 304
+        conn.close()
+        metrics = urllib.request.urlopen(url + "/metrics").read().decode()  # noqa: S310
+        assert "edgekit_ota_requests_total" in metrics
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(e.get("event") == "serving" and e.get("workers") == 2 for e in events)  # JSON log lines

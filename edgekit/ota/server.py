@@ -66,8 +66,12 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> 
     metrics = _metrics()
     previous = service._events  # noqa: SLF001 (chain the service's event hook)
 
+    fast: list[DeviceFastPath] = []
+
     def count(name: str, fields: dict[str, Any]) -> None:
         metrics["events"].labels(name).inc()
+        if name != "report" and fast:
+            fast[0].fresh.clear()  # this process re-signed: serve the new timestamp at once
         if name == "report":
             metrics["reports"].labels(fields.get("outcome", "?")).inc()
         previous(name, fields)
@@ -232,10 +236,15 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> 
     def prometheus() -> Response:
         return Response(generate_latest(metrics["registry"]), media_type=CONTENT_TYPE_LATEST)
 
-    return DeviceFastPath(app, service, metrics)
+    fast.append(DeviceFastPath(app, service, metrics))
+    return fast[0]
 
 
 MUTABLE = ("metadata/timestamp.json", "metadata/root.json")
+CONDITIONAL = (b"if-none-match", b"range", b"if-range")
+NOT_FOUND_BODY = b'{"error":"not found"}'
+NOT_FOUND_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(NOT_FOUND_BODY)).encode())]
+MUTABLE_TTL_S = 0.5  # object stores without a cheap change token: a new timestamp is served at most this late
 
 
 class DeviceFastPath:
@@ -243,8 +252,9 @@ class DeviceFastPath:
 
     Everything else goes to the FastAPI app. Every file but ``timestamp.json`` and ``root.json`` is
     immutable (consistent snapshots, hash-prefixed targets), so their size, ETag and, up to 1 MB,
-    their bytes are cached; a missing ``N.root.json`` (the client's root-rotation probe) is
-    remembered for 2 s.
+    their bytes are cached. ``timestamp.json`` and ``root.json`` are cached too, and read again
+    when the file's size or mtime changes (on S3: after 0.5 s, or at once after a change this
+    process made). A missing ``N.root.json`` (the client's root-rotation probe) is remembered for 2 s.
     """
 
     def __init__(self, app: Any, service: OtaService, metrics: dict[str, Any], cache_bytes: int = 64 << 20) -> None:
@@ -253,6 +263,9 @@ class DeviceFastPath:
         self.metrics = metrics
         self.cache: dict[str, tuple[Any, bytes | None]] = {}
         self.missing: dict[str, float] = {}
+        self.fresh: dict[str, tuple[Any, tuple[Any, bytes | None], float]] = {}
+        self._version = getattr(service.storage, "version", None)  # FileStorage: one stat call tells a change
+        self._metric_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.cache_left = cache_bytes
         self.openapi = getattr(app, "openapi", None)  # what tests and tools read from the FastAPI app
         self.state = app.state
@@ -263,17 +276,32 @@ class DeviceFastPath:
             started = time.perf_counter()
             route = "/metadata/{name}" if path.startswith("/metadata/") else "/targets/{path:path}"
             status = await self._serve(scope, send, path[1:], route)
-            self.metrics["requests"].labels(route, str(status)).inc()
-            self.metrics["latency"].labels(route).observe(time.perf_counter() - started)
+            counter, latency = self._children(route, status)
+            counter.inc()
+            latency.observe(time.perf_counter() - started)
             return
         await self.app(scope, receive, send)
+
+    def _children(self, route: str, status: int) -> tuple[Any, Any]:
+        """The metric children for a route and status (labels() looked up once, not per request)."""
+        key = (route, status)
+        found = self._metric_children.get(key)
+        if found is None:
+            found = (self.metrics["requests"].labels(route, str(status)), self.metrics["latency"].labels(route))
+            self._metric_children[key] = found
+        return found
 
     def _lookup(self, key: str) -> tuple[Any, bytes | None] | None:
         found = self.cache.get(key)
         if found is not None:
             return found
-        if key in self.missing and time.monotonic() - self.missing[key] < 2.0:
+        now = time.monotonic()
+        if key in self.missing and now - self.missing[key] < 2.0:
             return None
+        fresh = self.fresh.get(key)
+        version = self._version(key) if self._version is not None else None
+        if fresh is not None and (fresh[0] == version if version is not None else now - fresh[2] < MUTABLE_TTL_S):
+            return fresh[1]
         stat = self.service.storage.stat(key)
         if stat is None:
             if key.endswith(".root.json"):
@@ -282,23 +310,27 @@ class DeviceFastPath:
         data = None
         if stat.size <= 1 << 20:
             data = b"".join(self.service.storage.read_range(key, 0, stat.size - 1)) if stat.size else b""
-        if key not in MUTABLE and (data is None or len(data) <= self.cache_left):
+        if key in MUTABLE:
+            self.fresh[key] = (version, (stat, data), now)
+        elif data is None or len(data) <= self.cache_left:
             self.cache[key] = (stat, data)
             self.cache_left -= len(data or b"")
         return stat, data
 
     async def _serve(self, scope: Any, send: Any, key: str, route: str) -> int:
-        try:
-            check_key(key)
-            if key.startswith("metadata/") and "/" in key[9:]:
-                raise OtaRequestError("not found", status=404)
-            found = self._lookup(key)
-        except OtaRequestError:
-            found = None
+        found = self.cache.get(key)  # the common case first: an immutable file already seen
         if found is None:
-            return await _answer(send, 404, [(b"content-type", b"application/json")], b'{"error":"not found"}')
+            try:
+                check_key(key)
+                if key.startswith("metadata/") and "/" in key[9:]:
+                    raise OtaRequestError("not found", status=404)
+                found = self._lookup(key)
+            except OtaRequestError:
+                found = None
+        if found is None:
+            return await _answer(send, 404, NOT_FOUND_HEADERS, NOT_FOUND_BODY)
         stat, data = found
-        headers = dict(scope["headers"])
+        headers = {k: v for k, v in scope["headers"] if k in CONDITIONAL}
         out = [(b"etag", stat.etag.encode()), (b"accept-ranges", b"bytes"),
                (b"cache-control", b"no-cache" if key in MUTABLE else b"public, max-age=31536000, immutable")]
         if headers.get(b"if-none-match", b"").decode() == stat.etag:

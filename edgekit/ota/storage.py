@@ -70,6 +70,7 @@ class FileStorage:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # public files: nginx or a CDN sync may serve the same directory
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -102,6 +103,14 @@ class FileStorage:
             etag = f'"{digest.hexdigest()[:32]}"'
             self._etags[cache_key] = etag
         return Stat(st.st_size, etag)
+
+    def version(self, key: str) -> tuple[int, int] | None:
+        """A cheap token that changes when the object does (size and mtime; one stat call)."""
+        try:
+            st = os.stat(self.root / key)
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
 
     def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
         """Bytes ``start`` to ``end`` inclusive, in chunks."""
