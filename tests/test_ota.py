@@ -338,3 +338,20 @@ def test_edgekit_serve_with_workers_openapi_metrics_and_etags(tmp_path: Path) ->
         _, err = proc.communicate(timeout=15)
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(e.get("event") == "serving" and e.get("workers") == 2 for e in events)  # JSON log lines
+
+
+def test_an_older_current_release_is_refused_without_a_signed_rollback(server: LiveServer,
+                                                                       ota_bundles: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    _publish(server, ota_bundles["v1"], 100)
+    _publish(server, ota_bundles["v2"], 100)
+    device = _device(server.url, tmp_path, 1, _root(server))
+    assert device.update("digits", "stable").release == 2
+    # the registry is restored from an old backup: release 2 is gone, the signed state says release 1
+    with server.registry.transaction() as cur:
+        cur.execute("DELETE FROM releases WHERE release = 2")
+    assert server.service.resync() >= 1
+    with pytest.raises(VerificationError, match="offers release 1 as current, older than release 2"):
+        device.update("digits", "stable")
+    assert device.state("digits").active == 2
+    _runs(device)
