@@ -108,12 +108,14 @@ class Metadata(val bytes: ByteArray) {
     companion object {
         private val ED25519_PREFIX = unhex("302a300506032b6570032100")
 
-        /** ed25519 only (what edgekit's repository uses); other key types count as no signature. */
-        fun verifyOne(key: Map<String, Any?>, signature: ByteArray, payload: ByteArray): Boolean {
-            if (key["keytype"] != "ed25519" || key["scheme"] != "ed25519") return false
-            val raw = try { unhex(key.objAt("keyval").str("public")) } catch (e: Exception) { return false }
-            if (raw.size != 32) return false
-            return try {
+        /**
+         * How ed25519 signatures are checked: (raw 32-byte public key, signature, message) -> valid.
+         * The default uses the JDK's provider (Java 15+, Android 13+); an Android app targeting older
+         * releases sets a BouncyCastle-based one (see the app module).
+         */
+        @JvmStatic
+        var ed25519: (ByteArray, ByteArray, ByteArray) -> Boolean = { raw, signature, payload ->
+            try {
                 val public = KeyFactory.getInstance("Ed25519").generatePublic(X509EncodedKeySpec(ED25519_PREFIX + raw))
                 val verifier = Signature.getInstance("Ed25519")
                 verifier.initVerify(public)
@@ -122,6 +124,14 @@ class Metadata(val bytes: ByteArray) {
             } catch (e: Exception) {
                 false
             }
+        }
+
+        /** ed25519 only (what edgekit's repository uses); other key types count as no signature. */
+        fun verifyOne(key: Map<String, Any?>, signature: ByteArray, payload: ByteArray): Boolean {
+            if (key["keytype"] != "ed25519" || key["scheme"] != "ed25519") return false
+            val raw = try { unhex(key.objAt("keyval").str("public")) } catch (e: Exception) { return false }
+            if (raw.size != 32) return false
+            return ed25519(raw, signature, payload)
         }
     }
 }
