@@ -38,6 +38,14 @@ def compute() -> dict[str, Any]:
         files={"2": ["bundle.json", "reference.npz", "m.tflite"], "3": ["bundle.json", "reference.npz", "m.tflite"]})
     channel = {"custom": state.to_custom(),
                "release_for": {d: (r.release if (r := state.release_for(d)) else None) for d in devices}}
+    art = type("Art", (), {"target": "tflite-int8", "format": "tflite", "precision": "int8"})()
+    descriptors = [
+        rules.descriptor(model="digits", channel="stable", version="2.0.0", release=3, file="tflite-int8.tflite",
+                         kind="artifact", size=158_000, rollout=rules.Rollout(2500, "digits/stable/3"), artifact=art),
+        rules.descriptor(model="digits", channel="stable", version="1.0.0", release=4, file="bundle.json",
+                         kind="manifest", size=10_812, rollout=rules.Rollout(10000, "digits/stable/4", True),
+                         rollback_of=3),
+    ]
     bins = []
     for bits in (4, 8):
         succinct = SuccinctRoles([], 1, bits, "bins")
@@ -49,7 +57,7 @@ def compute() -> dict[str, Any]:
     root.signed.add_key(signer.public_key, "root")
     root.sign(signer)
     signed_root = json.loads(root.to_bytes())
-    return {"buckets": buckets, "canonical": canonical, "channel": channel, "succinct": bins,
+    return {"buckets": buckets, "canonical": canonical, "channel": channel, "descriptors": descriptors, "succinct": bins,
             "signed_root": signed_root}
 
 

@@ -57,6 +57,23 @@ class ChannelState(
     }
 }
 
+/** The custom field of a release file's target (edgekit.ota.rules.descriptor in Python). */
+class Descriptor(
+    val model: String, val channel: String, val version: String, val release: Long, val file: String, val kind: String,
+    val size: Long, val rollout: Rollout, val rollbackOf: Long?, val target: String?, val format: String?,
+    val precision: String?, val runtime: String?
+) {
+    companion object {
+        fun parse(custom: Map<String, Any?>?): Descriptor {
+            val c = custom ?: throw TufException("the target has no edgekit descriptor")
+            if (c["edgekit"] != ChannelState.DESCRIPTOR_VERSION) throw TufException("descriptor version ${c["edgekit"]}")
+            return Descriptor(c.str("model"), c.str("channel"), c.str("version"), c.long("release"), c.str("file"),
+                c.str("kind"), c.long("size"), Rollout.parse(c.objAt("rollout")), c["rollback_of"] as? Long,
+                c["target"] as? String, c["format"] as? String, c["precision"] as? String, c["runtime"] as? String)
+        }
+    }
+}
+
 private val NAME = Regex("^[a-z0-9][a-z0-9._-]{0,63}$")
 
 fun checkName(value: String, what: String): String {

@@ -38,6 +38,19 @@ class VectorsTest {
     }
 
     @Test
+    fun descriptorsParseAsPythonWroteThem() {
+        val parsed = vectors.list("descriptors").map { Descriptor.parse(it.obj("descriptor")) }
+        assertEquals("tflite-int8", parsed[0].target)
+        assertEquals("int8", parsed[0].precision)
+        assertEquals("ai-edge-litert", parsed[0].runtime)
+        assertEquals(2500, parsed[0].rollout.basisPoints)
+        assertEquals(3L, parsed[1].rollbackOf)
+        assertTrue(parsed[1].rollout.halted)
+        assertEquals(null, parsed[1].target)
+        assertFalse(parsed[1].rollout.includes("device-0"))  // halted: nobody
+    }
+
+    @Test
     fun succinctBinsMatchPythonTuf() {
         for (v in vectors.list("succinct")) {
             val o = v.obj("bin")
