@@ -14,7 +14,6 @@ Every response carries ``Cross-Origin-Opener-Policy: same-origin`` and
 from __future__ import annotations
 
 import email.utils
-import hashlib
 import http.server
 import logging
 import mimetypes
@@ -211,11 +210,9 @@ class WebServer(http.server.ThreadingHTTPServer):
         with self._lock:
             found = self._etags.get(key)
         if found is None:
-            digest = hashlib.sha256()
-            with path.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-            found = f'"{digest.hexdigest()[:32]}"'
+            from edgekit.bundle import hash_path
+
+            found = f'"{hash_path(path)[0][:32]}"'
             with self._lock:
                 self._etags[key] = found
         return found

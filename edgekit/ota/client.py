@@ -32,6 +32,7 @@ from typing import Any
 
 from edgekit.errors import EdgekitError, UpdateError, VerificationError
 from edgekit.ota import rules
+from edgekit.ota.storage import write_atomic
 
 log = logging.getLogger("edgekit.ota")
 Progress = Callable[[str, int, int], None]  # (file, bytes so far, total)
@@ -83,21 +84,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Updater:
@@ -166,7 +152,7 @@ class Updater:
         return SlotState(**json.loads(path.read_text()))
 
     def _save(self, model: str, state: SlotState) -> None:
-        _write_atomic(self._state_path(model), json.dumps(state.__dict__, indent=1).encode())
+        write_atomic(self._state_path(model), json.dumps(state.__dict__, indent=1).encode())
 
     def active(self, model: str) -> Path | None:
         """The active slot of ``model`` (a bundle directory), or None before the first install."""
@@ -447,5 +433,5 @@ class Updater:
                     log.warning("the server refused a report (%s): %s", exc.code, line)
             except (urllib.error.URLError, OSError):
                 left.append(line)
-        _write_atomic(outbox, "".join(f"{line}\n" for line in left).encode())
+        write_atomic(outbox, "".join(f"{line}\n" for line in left).encode())
         return sent

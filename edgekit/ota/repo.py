@@ -200,7 +200,7 @@ class Repository:
         (removed). The caller serializes updates (one writer at a time). Returns the new timestamp
         version.
         """
-        from tuf.api.metadata import MetaFile, TargetFile
+        from tuf.api.metadata import TargetFile
 
         timestamp, snapshot = self._snapshot()
         succinct = self._succinct()
@@ -217,21 +217,25 @@ class Repository:
                     data, custom = change
                     info = TargetFile.from_data(path, data, ["sha256"])
                     info.unrecognized_fields["custom"] = custom
-                    directory, _, base = path.rpartition("/")
-                    key = f"targets/{directory}/{info.hashes['sha256']}.{base}" if directory else \
-                        f"targets/{info.hashes['sha256']}.{base}"
+                    key = target_key(path, info.hashes["sha256"])
                     if self.storage.stat(key) is None:
                         self.storage.put(key, data)
                     role.signed.targets[path] = info
                 else:
                     role.signed.targets[path] = change
-            role.signed.version += 1
-            role.signed.expires = now + self.expiry.bins
-            role.signatures.clear()
-            role.sign(self.signers["bins"])
-            self.storage.put(f"metadata/{role.signed.version}.{name}.json", self._bytes(role))
-            snapshot.signed.meta[f"{name}.json"] = MetaFile(role.signed.version)
+            self._sign_bin(role, name, snapshot, now)
         return self._publish_snapshot(timestamp, snapshot, now)
+
+    def _sign_bin(self, role: Any, name: str, snapshot: Any, now: datetime) -> None:
+        """Bump, re-sign and store one bin; point the (unsigned yet) snapshot at the new version."""
+        from tuf.api.metadata import MetaFile
+
+        role.signed.version += 1
+        role.signed.expires = now + self.expiry.bins
+        role.signatures.clear()
+        role.sign(self.signers["bins"])
+        self.storage.put(f"metadata/{role.signed.version}.{name}.json", self._bytes(role))
+        snapshot.signed.meta[f"{name}.json"] = MetaFile(role.signed.version)
 
     def _publish_snapshot(self, timestamp: Any, snapshot: Any, now: datetime) -> int:
         from tuf.api.metadata import MetaFile
@@ -262,14 +266,7 @@ class Repository:
         if stale_bins:  # re-signing the bins re-signs snapshot and timestamp too
             for name in stale_bins:
                 role = self._load(f"metadata/{snapshot.signed.meta[f'{name}.json'].version}.{name}.json")
-                role.signed.version += 1
-                role.signed.expires = now + self.expiry.bins
-                role.signatures.clear()
-                role.sign(self.signers["bins"])
-                self.storage.put(f"metadata/{role.signed.version}.{name}.json", self._bytes(role))
-                from tuf.api.metadata import MetaFile
-
-                snapshot.signed.meta[f"{name}.json"] = MetaFile(role.signed.version)
+                self._sign_bin(role, name, snapshot, now)
             self._publish_snapshot(timestamp, snapshot, now)
             return True
         if snapshot.signed.expires - now < self.expiry.snapshot * margin:

@@ -8,7 +8,6 @@ is atomic: a reader sees the old bytes or the new, never a part.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from edgekit.bundle import hash_path
 from edgekit.errors import OtaRequestError
 
 
@@ -25,6 +25,29 @@ class Stat:
 
     size: int
     etag: str
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` so a reader, or a crash, sees the old bytes or the new, never a part:
+    a temporary file in the same folder, fsynced, renamed over ``path``, the folder fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def check_key(key: str) -> str:
@@ -62,19 +85,8 @@ class FileStorage:
         return self.root / check_key(key)
 
     def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # public files: nginx or a CDN sync may serve the same directory
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # public files (mode 0644): nginx or a CDN sync may serve the same directory
+        write_atomic(self._path(key), data, mode=0o644)
 
     def put_file(self, key: str, path: Path) -> None:
         self.put(key, path.read_bytes())
@@ -96,11 +108,7 @@ class FileStorage:
         cache_key = (key, st.st_size, st.st_mtime_ns)
         etag = self._etags.get(cache_key)
         if etag is None:
-            digest = hashlib.sha256()
-            with path.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-            etag = f'"{digest.hexdigest()[:32]}"'
+            etag = f'"{hash_path(path)[0][:32]}"'
             self._etags[cache_key] = etag
         return Stat(st.st_size, etag)
 
