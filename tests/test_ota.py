@@ -355,3 +355,16 @@ def test_an_older_current_release_is_refused_without_a_signed_rollback(server: L
         device.update("digits", "stable")
     assert device.state("digits").active == 2
     _runs(device)
+
+
+def test_the_service_re_signs_metadata_before_it_expires(ota_keys: Path, ota_bundles: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    live = LiveServer(tmp_path / "server", ota_keys, expiry=Expiry(timestamp=timedelta(seconds=3)), refresh_every_s=0.5)
+    try:
+        _publish(live, ota_bundles["v1"], 100)
+        device = _device(live.url, tmp_path, 1, _root(live))
+        time.sleep(4)  # longer than the timestamp lives: the refresh thread must have re-signed it
+        assert device.update("digits", "stable").status == "installed"
+        assert live.service.repo.refresh(margin=0.0) is False  # nothing stale right after a refresh
+    finally:
+        live.stop()

@@ -238,13 +238,16 @@ class Repository:
         snapshot.signed.meta[f"{name}.json"] = MetaFile(role.signed.version)
 
     def _publish_snapshot(self, timestamp: Any, snapshot: Any, now: datetime) -> int:
-        from tuf.api.metadata import MetaFile
-
         snapshot.signed.version += 1
         snapshot.signed.expires = now + self.expiry.snapshot
         snapshot.signatures.clear()
         snapshot.sign(self.signers["snapshot"])
         self.storage.put(f"metadata/{snapshot.signed.version}.snapshot.json", self._bytes(snapshot))
+        return self._sign_timestamp(timestamp, snapshot, now)
+
+    def _sign_timestamp(self, timestamp: Any, snapshot: Any, now: datetime) -> int:
+        from tuf.api.metadata import MetaFile
+
         timestamp.signed.version += 1
         timestamp.signed.expires = now + self.expiry.timestamp
         timestamp.signed.snapshot_meta = MetaFile(snapshot.signed.version)
@@ -273,14 +276,7 @@ class Repository:
             self._publish_snapshot(timestamp, snapshot, now)
             return True
         if timestamp.signed.expires - now < self.expiry.timestamp * margin:
-            from tuf.api.metadata import MetaFile
-
-            timestamp.signed.version += 1
-            timestamp.signed.expires = now + self.expiry.timestamp
-            timestamp.signed.snapshot_meta = MetaFile(snapshot.signed.version)
-            timestamp.signatures.clear()
-            timestamp.sign(self.signers["timestamp"])
-            self.storage.put("metadata/timestamp.json", self._bytes(timestamp))
+            self._sign_timestamp(timestamp, snapshot, now)
             return True
         return False
 
