@@ -266,6 +266,8 @@ class DeviceFastPath:
         self.fresh: dict[str, tuple[Any, tuple[Any, bytes | None], float]] = {}
         self._version = getattr(service.storage, "version", None)  # FileStorage: one stat call tells a change
         self._metric_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._headers: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
+        self._bytes_children: dict[str, Any] = {}
         self.cache_left = cache_bytes
         self.openapi = getattr(app, "openapi", None)  # what tests and tools read from the FastAPI app
         self.state = app.state
@@ -320,6 +322,9 @@ class DeviceFastPath:
     async def _serve(self, scope: Any, send: Any, key: str, route: str) -> int:
         found = self.cache.get(key)  # the common case first: an immutable file already seen
         if found is None:
+            missing = self.missing.get(key)
+            if missing is not None and time.monotonic() - missing < 2.0:
+                return await _answer(send, 404, NOT_FOUND_HEADERS, NOT_FOUND_BODY)
             try:
                 check_key(key)
                 if key.startswith("metadata/") and "/" in key[9:]:
@@ -330,7 +335,12 @@ class DeviceFastPath:
         if found is None:
             return await _answer(send, 404, NOT_FOUND_HEADERS, NOT_FOUND_BODY)
         stat, data = found
-        headers = {k: v for k, v in scope["headers"] if k in CONDITIONAL}
+        conditional = [(k, v) for k, v in scope["headers"] if k in CONDITIONAL]
+        kind = self._sent_bytes(route)
+        if not conditional and data is not None:  # the hot path: a plain GET of a small file
+            kind.inc(stat.size)
+            return await _answer(send, 200, self._full_headers(key, stat), data if scope["method"] == "GET" else b"")
+        headers = dict(conditional)
         out = [(b"etag", stat.etag.encode()), (b"accept-ranges", b"bytes"),
                (b"cache-control", b"no-cache" if key in MUTABLE else b"public, max-age=31536000, immutable")]
         if headers.get(b"if-none-match", b"").decode() == stat.etag:
@@ -351,7 +361,7 @@ class DeviceFastPath:
                 out.append((b"content-range", f"bytes {start}-{end}/{stat.size}".encode()))
         media = b"application/json" if key.endswith(".json") else b"application/octet-stream"
         out += [(b"content-type", media), (b"content-length", str(end - start + 1).encode())]
-        self.metrics["bytes"].labels(route.split("/")[1]).inc(end - start + 1)
+        kind.inc(end - start + 1)
         if scope["method"] == "HEAD":
             return await _answer(send, status, out, b"")
         if data is not None:
@@ -361,6 +371,25 @@ class DeviceFastPath:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return status
+
+    def _full_headers(self, key: str, stat: Any) -> list[tuple[bytes, bytes]]:
+        """The headers of a whole-file 200 answer (built once per file version)."""
+        found = self._headers.get((key, stat.etag))
+        if found is None:
+            media = b"application/json" if key.endswith(".json") else b"application/octet-stream"
+            found = [(b"etag", stat.etag.encode()), (b"accept-ranges", b"bytes"),
+                     (b"cache-control", b"no-cache" if key in MUTABLE else b"public, max-age=31536000, immutable"),
+                     (b"content-type", media), (b"content-length", str(stat.size).encode())]
+            if len(self._headers) > 10_000:
+                self._headers.clear()
+            self._headers[(key, stat.etag)] = found
+        return found
+
+    def _sent_bytes(self, route: str) -> Any:
+        found = self._bytes_children.get(route)
+        if found is None:
+            found = self._bytes_children[route] = self.metrics["bytes"].labels(route.split("/")[1])
+        return found
 
 
 async def _answer(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
