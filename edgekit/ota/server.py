@@ -300,10 +300,12 @@ class DeviceFastPath:
         now = time.monotonic()
         if key in self.missing and now - self.missing[key] < 2.0:
             return None
-        fresh = self.fresh.get(key)
-        version = self._version(key) if self._version is not None else None
-        if fresh is not None and (fresh[0] == version if version is not None else now - fresh[2] < MUTABLE_TTL_S):
-            return fresh[1]
+        version = None
+        if key in MUTABLE:
+            fresh = self.fresh.get(key)
+            version = self._version(key) if self._version is not None else None
+            if fresh is not None and (fresh[0] == version if version is not None else now - fresh[2] < MUTABLE_TTL_S):
+                return fresh[1]
         stat = self.service.storage.stat(key)
         if stat is None:
             if key.endswith(".root.json"):
@@ -326,9 +328,10 @@ class DeviceFastPath:
             if missing is not None and time.monotonic() - missing < 2.0:
                 return await _answer(send, 404, NOT_FOUND_HEADERS, NOT_FOUND_BODY)
             try:
-                check_key(key)
-                if key.startswith("metadata/") and "/" in key[9:]:
-                    raise OtaRequestError("not found", status=404)
+                if key not in MUTABLE:  # two fixed, safe names; anything else is checked
+                    check_key(key)
+                    if key.startswith("metadata/") and "/" in key[9:]:
+                        raise OtaRequestError("not found", status=404)
                 found = self._lookup(key)
             except OtaRequestError:
                 found = None

@@ -80,6 +80,7 @@ class FileStorage:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._etags: dict[tuple[str, int, int], str] = {}
+        self._paths: dict[str, str] = {}  # key -> file path, for version() on the hot path
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -114,8 +115,13 @@ class FileStorage:
 
     def version(self, key: str) -> tuple[int, int] | None:
         """A cheap token that changes when the object does (size and mtime; one stat call)."""
+        path = self._paths.get(key)
+        if path is None:
+            path = str(self._path(key))
+            if len(self._paths) < 64:  # the few mutable files asked for again and again
+                self._paths[key] = path
         try:
-            st = os.stat(self.root / key)
+            st = os.stat(path)
         except OSError:
             return None
         return st.st_size, st.st_mtime_ns
