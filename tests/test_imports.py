@@ -55,3 +55,14 @@ def test_running_a_tflite_artifact_loads_no_heavy_module(tmp_path) -> None:
     stmt = (f"import numpy as np, edgekit.runtimes as r; s = r.open({str(bundle.path)!r}); "
             "s.run({'x': np.zeros((2, 1, 8, 8), np.float32)})")
     assert _loaded_after(stmt) == []
+
+
+SERVER_SIDE = ("fastapi", "starlette", "uvicorn", "pydantic", "prometheus_client", "psycopg", "boto3", "botocore")
+
+
+def test_the_ota_device_client_loads_no_server_or_heavy_module() -> None:
+    """The device side of OTA stays light: tuf and cryptography, never the service's stack."""
+    code = ("import sys, json, edgekit.cli, edgekit.ota, edgekit.ota.client, edgekit.ota.rules\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {SERVER_SIDE + HEAVY!r})))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
