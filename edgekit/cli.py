@@ -408,21 +408,15 @@ def check(
             for r in results:
                 for problem in r.problems:
                     typer.echo(f"\n{r.target}: {problem}")
-            probed = list(dict.fromkeys(r.probed for r in results if r.probed))
-            if probed:
-                typer.echo("\nprobe conversions:")
-                for line in probed:
-                    typer.echo(f"  {line}")
-            later = list(dict.fromkeys(r.after_conversion for r in results if r.after_conversion))
-            if later:
-                typer.echo("\nonly a conversion can tell (edgekit check --probe converts to find out):")
-                for line in later:
-                    typer.echo(f"  {line}")
-            notes = list(dict.fromkeys(r.dynamic for r in results if r.dynamic))
-            if notes:
-                typer.echo("\ndynamic dimensions, by what the targets do with them:")
-                for note in notes:
-                    typer.echo(f"  {note}")
+            sections = (("probe conversions", "probed"),
+                        ("only a conversion can tell (edgekit check --probe converts to find out)", "after_conversion"),
+                        ("dynamic dimensions, by what the targets do with them", "dynamic"))
+            for title, attr in sections:
+                lines = list(dict.fromkeys(getattr(r, attr) for r in results if getattr(r, attr)))
+                if lines:
+                    typer.echo(f"\n{title}:")
+                    for line in lines:
+                        typer.echo(f"  {line}")
         if not all(r.reachable for r in results):
             raise typer.Exit(2)
 

@@ -38,7 +38,7 @@ def compute() -> dict[str, Any]:
         files={"2": ["bundle.json", "reference.npz", "m.tflite"], "3": ["bundle.json", "reference.npz", "m.tflite"]})
     channel = {"custom": state.to_custom(),
                "release_for": {d: (r.release if (r := state.release_for(d)) else None) for d in devices}}
-    art = type("Art", (), {"target": "tflite-int8", "format": "tflite", "precision": "int8"})()
+    art = {"target": "tflite-int8", "format": "tflite", "precision": "int8"}
     descriptors = [
         rules.descriptor(model="digits", channel="stable", version="2.0.0", release=3, file="tflite-int8.tflite",
                          kind="artifact", size=158_000, rollout=rules.Rollout(2500, "digits/stable/3"), artifact=art),

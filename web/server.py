@@ -18,13 +18,13 @@ import http.server
 import logging
 import mimetypes
 import os
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from edgekit._http import byte_range
 from edgekit.errors import BundleError, MissingDependencyError
 
 log = logging.getLogger("edgekit.web")
@@ -41,7 +41,6 @@ TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "applicat
          ".html": "text/html; charset=utf-8", ".png": "image/png", ".npz": "application/octet-stream"}
 ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
              "Cross-Origin-Resource-Policy": "same-origin", "X-Content-Type-Options": "nosniff"}
-RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
 def find_ort_dir(explicit: str | Path | None = None) -> Path:
@@ -141,19 +140,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         size = stat.st_size
         start, end, status = 0, size - 1, 200
-        wanted = self.headers.get("Range")
-        if wanted and self.headers.get("If-Range", etag) == etag:
-            match = RANGE.match(wanted.strip())
-            if match and (match.group(1) or match.group(2)):
-                if match.group(1):
-                    start = int(match.group(1))
-                    end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
-                else:
-                    start = max(0, size - int(match.group(2)))
-                if start >= size or start > end:
-                    self._send_plain(416, "range not satisfiable\n", {"Content-Range": f"bytes */{size}"})
-                    return
-                status = 206
+        wanted = byte_range(self.headers.get("Range"), size) if self.headers.get("If-Range", etag) == etag else None
+        if wanted is False:
+            self._send_plain(416, "range not satisfiable\n", {"Content-Range": f"bytes */{size}"})
+            return
+        if wanted:
+            (start, end), status = wanted, 206
         self.send_response(status)
         for k, v in ISOLATION.items():
             self.send_header(k, v)

@@ -56,9 +56,7 @@ class Release:
     created_at: str = field(default_factory=now_text)
 
     def to_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out["files"] = [{k: v for k, v in f.items() if k != "custom"} for f in self.files]
-        return out
+        return dict(self.__dict__)
 
 
 COLUMNS = ("model", "channel", "release", "version", "files", "basis_points", "halted", "halted_reason",

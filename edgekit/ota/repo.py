@@ -183,12 +183,14 @@ class Repository:
         targets = self._load(f"metadata/{snapshot.signed.meta['targets.json'].version}.targets.json")
         return targets.signed.delegations.succinct_roles
 
-    def target(self, path: str) -> Any:
-        """The current TargetFile of ``path`` (None if absent)."""
+    def all_targets(self) -> dict[str, Any]:
+        """Every signed target (path -> TargetFile), each bin read once."""
         _, snapshot = self._snapshot()
-        name = self._succinct().get_role_for_target(path)
-        role = self._load(f"metadata/{snapshot.signed.meta[f'{name}.json'].version}.{name}.json")
-        return role.signed.targets.get(path)
+        out: dict[str, Any] = {}
+        for name in self._succinct().get_roles():
+            role = self._load(f"metadata/{snapshot.signed.meta[f'{name}.json'].version}.{name}.json")
+            out.update(role.signed.targets)
+        return out
 
     # -- writing -------------------------------------------------------------------------------
 

@@ -144,19 +144,20 @@ class ChannelState:
 
 
 def descriptor(*, model: str, channel: str, version: str, release: int, file: str, kind: str, size: int,
-               rollout: Rollout, rollback_of: int | None = None, artifact: Any = None) -> dict[str, Any]:
+               rollout: Rollout, rollback_of: int | None = None,
+               artifact: dict[str, str] | None = None) -> dict[str, Any]:
     """The ``custom`` field of a release file's TUF target.
 
     ``kind`` is ``manifest`` (bundle.json), ``reference`` (reference.npz) or ``artifact``; artifacts
-    add their target id, format, precision and the runtime they need.
+    (``{"target", "format", "precision"}``) add those and the runtime they need.
     """
     out: dict[str, Any] = {
         "edgekit": DESCRIPTOR_VERSION, "model": model, "channel": channel, "version": version, "release": release,
         "file": file, "kind": kind, "size": size, "rollout": asdict(rollout), "rollback_of": rollback_of,
     }
     if artifact is not None:
-        out.update(target=artifact.target, format=artifact.format, precision=artifact.precision,
-                   runtime=RUNTIME_OF_FORMAT.get(artifact.format, artifact.format))
+        out.update(target=artifact["target"], format=artifact["format"], precision=artifact["precision"],
+                   runtime=RUNTIME_OF_FORMAT.get(artifact["format"], artifact["format"]))
     return out
 
 

@@ -10,7 +10,6 @@ Publishing and rollout changes need a bearer token with the ``publish`` or ``rol
 
 import json
 import logging
-import re
 import shutil
 import tarfile
 import tempfile
@@ -18,13 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgekit._http import byte_range
 from edgekit.errors import AuthError, BundleError, OtaRequestError, UserError
 from edgekit.ota.service import OtaService
 from edgekit.ota.storage import check_key
 
 log = logging.getLogger("edgekit.ota")
 MAX_UPLOAD = 2 << 30
-RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -226,8 +225,6 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> 
     def trusted_root() -> Response:
         return Response(service.repo.root_bytes(), media_type="application/json")
 
-    app.state.metrics = metrics
-
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -269,8 +266,6 @@ class DeviceFastPath:
         self._headers: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
         self._bytes_children: dict[str, Any] = {}
         self.cache_left = cache_bytes
-        self.openapi = getattr(app, "openapi", None)  # what tests and tools read from the FastAPI app
-        self.state = app.state
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -349,19 +344,14 @@ class DeviceFastPath:
         if headers.get(b"if-none-match", b"").decode() == stat.etag:
             return await _answer(send, 304, out, b"")
         start, end, status = 0, stat.size - 1, 200
-        wanted = headers.get(b"range", b"").decode()
-        if wanted and headers.get(b"if-range", stat.etag.encode()).decode() == stat.etag:
-            match = RANGE.match(wanted.strip())
-            if match and (match.group(1) or match.group(2)):
-                if match.group(1):
-                    start = int(match.group(1))
-                    end = min(int(match.group(2)), stat.size - 1) if match.group(2) else stat.size - 1
-                else:
-                    start = max(0, stat.size - int(match.group(2)))
-                if start >= stat.size or start > end:
-                    return await _answer(send, 416, [(b"content-range", f"bytes */{stat.size}".encode())], b"")
-                status = 206
-                out.append((b"content-range", f"bytes {start}-{end}/{stat.size}".encode()))
+        wanted = None
+        if headers.get(b"if-range", stat.etag.encode()).decode() == stat.etag:
+            wanted = byte_range(headers.get(b"range", b"").decode(), stat.size)
+        if wanted is False:
+            return await _answer(send, 416, [(b"content-range", f"bytes */{stat.size}".encode())], b"")
+        if wanted:
+            (start, end), status = wanted, 206
+            out.append((b"content-range", f"bytes {start}-{end}/{stat.size}".encode()))
         media = b"application/json" if key.endswith(".json") else b"application/octet-stream"
         out += [(b"content-type", media), (b"content-length", str(end - start + 1).encode())]
         kind.inc(end - start + 1)

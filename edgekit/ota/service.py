@@ -83,10 +83,9 @@ class OtaService:
         out = {}
         for f in r.files:
             path = rules.target_path(r.model, r.channel, r.release, f["file"])
-            art = f.get("artifact")
             custom = rules.descriptor(model=r.model, channel=r.channel, version=r.version, release=r.release,
                                       file=f["file"], kind=f["kind"], size=f["size"], rollout=self._rollout(r),
-                                      rollback_of=r.rollback_of, artifact=_Art(**art) if art else None)
+                                      rollback_of=r.rollback_of, artifact=f.get("artifact"))
             out[path] = TargetFile(f["size"], {"sha256": f["sha256"]}, path, {"custom": custom})
         return out
 
@@ -252,15 +251,16 @@ class OtaService:
         with self.registry.lock():
             changes: dict[str, Any] = {}
             latest: dict[tuple[str, str], Release] = {}
+            signed_now = self.repo.all_targets()  # every bin read once, not once per file
             for r in self.registry.releases():
                 latest[(r.model, r.channel)] = r
                 for path, info in self._target_files(r).items():
-                    signed = self.repo.target(path)
+                    signed = signed_now.get(path)
                     if signed is None or signed.hashes != info.hashes or custom_of(signed) != info.custom:
                         changes[path] = info
             for r in latest.values():
                 custom = self._state(r).to_custom()
-                signed = self.repo.target(rules.channel_path(r.model, r.channel))
+                signed = signed_now.get(rules.channel_path(r.model, r.channel))
                 if signed is None or custom_of(signed) != custom:
                     changes[rules.channel_path(r.model, r.channel)] = (canonical(custom), custom)
             if changes:
@@ -329,13 +329,6 @@ def open_backends(data_dir: str | Path | None, registry_url: str | None = None,
     else:
         raise OtaRequestError(f"--registry {registry_url!r}: use postgresql://... (or leave it out for SQLite)")
     return storage, registry
-
-
-@dataclass(frozen=True)
-class _Art:
-    target: str
-    format: str
-    precision: str
 
 
 def _check_points(basis_points: int) -> None:
