@@ -22,7 +22,8 @@ $(VENV)/.test-installed: pyproject.toml constraints.txt $(PKG_DIRS) | $(BIN)/pyt
 	$(PIP) -e '.[all,dev]' --config-settings editable_mode=strict
 	touch $@ $(VENV)/.demo-installed
 
-demo: $(VENV)/.demo-installed
+# npm's onnxruntime-web lets convert check each web artifact on the wasm backend browsers run.
+demo: $(VENV)/.demo-installed web/node_modules/.package-lock.json
 	$(BIN)/edgekit convert examples/digits/digits.onnx \
 		--calibration examples/digits/digits.npz \
 		--target onnx-web --target onnx-web-fp16 --target onnx-web-int8 \
@@ -35,6 +36,12 @@ CHROMIUM ?= /usr/bin/chromium
 $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "install Chromium at $(CHROMIUM) (Debian: apt-get install chromium)"; exit 1; }
 	apt-get install -y -qq chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# QEMU's user-mode emulator runs the int8 checks as an AVX2-only CPU (no VNNI) on any x86 host.
+QEMU ?= /usr/bin/qemu-x86_64
+$(QEMU):
+	@command -v apt-get >/dev/null || { echo "install QEMU user-mode emulation at $(QEMU) (Debian: apt-get install qemu-user)"; exit 1; }
+	apt-get install -y -qq qemu-user >/dev/null || { apt-get update -qq && apt-get install -y -qq qemu-user >/dev/null; }
 
 # onnxruntime-web for the browser library, demo and tests, pinned by web/package-lock.json.
 web/node_modules/.package-lock.json: web/package.json web/package-lock.json
@@ -53,7 +60,7 @@ services:
 services-stop:
 	bash tests/services/down.sh $(SERVICES)
 
-test: $(VENV)/.test-installed $(CHROMIUM) web/node_modules/.package-lock.json
+test: $(VENV)/.test-installed $(CHROMIUM) $(QEMU) web/node_modules/.package-lock.json
 	$(BIN)/python -m ruff check .
 	MYPYPATH=$$(ls -d build/__editable__*) $(BIN)/python -m mypy -p edgekit
 	bash tests/services/up.sh $(SERVICES)

@@ -105,7 +105,8 @@ def select(family: str, artifacts: list[Artifact], failed: dict[str, str], budge
            latency_ms: Any) -> tuple[Artifact | None, Selection]:
     """The smallest candidate of ``family`` within ``budget`` (and not slower, for integer ones).
 
-    ``latency_ms(artifact)`` measures a candidate on this host (None when it cannot be run here).
+    ``latency_ms(artifact)`` gives a candidate's median latency and the runtime it was measured on
+    (None when it cannot be run): the runtime that will run it (onnxruntime-web for onnx-web).
     """
     main = [a for a in artifacts if a.target in CANDIDATES[family] and a.format == _main_format(a, artifacts)]
     records: dict[str, dict[str, Any]] = {}
@@ -123,12 +124,11 @@ def select(family: str, artifacts: list[Artifact], failed: dict[str, str], budge
     for i, art in enumerate(passing):
         if art.precision in INTEGER_PRECISIONS and budget.optimize != "size" and i + 1 < len(passing):
             bigger = passing[i + 1]
-            mine, theirs = latency_ms(art), latency_ms(bigger)
-            records[art.target]["latency_p50_ms"] = mine
-            records[bigger.target]["latency_p50_ms"] = theirs
+            mine, theirs = _timed(records[art.target], latency_ms(art)), _timed(records[bigger.target], latency_ms(bigger))
             if mine is not None and theirs is not None and mine > theirs * SLOWER_RATIO and mine - theirs > SLOWER_MS:
-                records[art.target]["verdict"] += (f"; but slower here than {bigger.target} "
-                                                   f"({mine:.3f} vs {theirs:.3f} ms p50)")
+                where = records[art.target]["latency_runtime"]
+                records[art.target]["verdict"] += (f"; but slower than {bigger.target} "
+                                                   f"({mine:.3f} vs {theirs:.3f} ms p50 on {where})")
                 continue
         chosen = art
         rejected = [r for t, r in records.items() if t != art.target and not r["verdict"].startswith("within budget")
@@ -144,6 +144,15 @@ def select(family: str, artifacts: list[Artifact], failed: dict[str, str], budge
     order = [records[t] for t in CANDIDATES[family] if t in records]
     return chosen, Selection(family=family, chosen=chosen.target if chosen else None, budget=budget.describe(),
                              candidates=tuple(order), reason=reason)
+
+
+def _timed(record: dict[str, Any], measured: tuple[float, str] | None) -> float | None:
+    """Record a candidate's latency and the runtime it was measured on; the latency."""
+    if measured is None:
+        record["latency_p50_ms"] = None
+        return None
+    record["latency_p50_ms"], record["latency_runtime"] = measured
+    return measured[0]
 
 
 def _main_format(art: Artifact, artifacts: list[Artifact]) -> str:

@@ -20,7 +20,8 @@ import edgekit.converters.auto as auto
 from edgekit import __version__
 from edgekit._console import captured_output
 from edgekit._deps import require
-from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, ReferenceInfo, hash_path
+from edgekit._host import describe_cpu
+from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, ReferenceInfo, RuntimeCheck, hash_path
 from edgekit.converters.calibration import Samples, generate_samples, load_calibration
 from edgekit.converters.passes import Options, PassContext, Value, load_pass
 from edgekit.converters.planner import plan, resolve_targets, usable_passes
@@ -54,6 +55,8 @@ class ConversionResult:
 
 # Validation runs on the CPU providers, so parity does not depend on the converting machine's GPU.
 VALIDATION_PROVIDERS = {"onnx": ("CPUExecutionProvider",), "ort": ("CPUExecutionProvider",), "tflite": ("XNNPACK", "CPU")}
+# Formats browsers run: checked on onnxruntime-web (wasm, under Node.js) as well (converters/ortweb.py).
+WEB_FORMATS = ("onnx", "ort")
 
 
 def _open(fmt: str, path: Path) -> Any:
@@ -326,6 +329,7 @@ def _finish(
     notes = value.notes
     parity = accuracy = None
     unverified = None
+    checks: tuple[RuntimeCheck, ...] | None = None
     flex: list[str] = notes.get("flex_ops") or []
     raw = None
     if flex:
@@ -348,37 +352,85 @@ def _finish(
         notes = {**notes, "validated_on": raw.provider, **({"passed_over": passed_over} if passed_over else {})}
         actual = run_batched(session.run, samples.inputs, session.inputs)
         parity, accuracy = compare(reference, actual, source.outputs, target.tolerance, samples.labels)
+        parity = replace(parity, runtime=_runtime_label(fmt, raw.provider), host=describe_cpu())
         if not parity.passed:
             if not accept_parity_failure:
                 raise ParityError(describe_failure(f"{target.id} ({fmt})", parity))
             parity = replace(parity, accepted=True)
+        if fmt in WEB_FORMATS:
+            checks = (_check_on_web(target, fmt, dst, inputs, outputs, source, samples, reference,
+                                    accept_parity_failure, say),)
         if fmt == "mlpackage":
             notes = {**notes, **_coreml_on_this_mac(dst, inputs, outputs, source, samples, reference, target)}
     digest, size = hash_path(dst)
     return Artifact(
         target=target.id, format=fmt, precision=target.precision, file=dst.name, size_bytes=size, sha256=digest,
         inputs=inputs, outputs=outputs, route=steps, parity=parity, accuracy=accuracy,
-        convert_seconds=round(seconds, 3), unverified=unverified,
+        convert_seconds=round(seconds, 3), unverified=unverified, runtime_checks=checks,
         extra={"conversion": dict(notes)} if notes else {},
     )
 
 
-def _latency_probe(staging: Path) -> Callable[[Artifact], float | None]:
-    """Median latency (ms, batch 1) of a staged artifact on this host, or None where it cannot run here."""
+def _runtime_label(fmt: str, provider: str) -> str:
+    """The validating runtime, its version and the provider that ran, e.g. ``onnxruntime 1.32.0 CPUExecutionProvider``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = {"onnx": "onnxruntime", "ort": "onnxruntime", "tflite": "ai-edge-litert"}.get(fmt)
+    if package is None:
+        return f"edgekit MIL interpreter {__version__} ({provider})" if fmt == "mlpackage" else provider
+    try:
+        return f"{package} {version(package)} {provider}"
+    except PackageNotFoundError:  # tflite_runtime, the fallback import
+        return f"{package} {provider}"
+
+
+def _check_on_web(target: TargetInfo, fmt: str, path: Path, inputs: Any, outputs: Any, source: Source,
+                  samples: Samples, reference: dict[str, np.ndarray], accept_parity_failure: bool,
+                  say: Progress) -> RuntimeCheck:
+    """Run an onnx-web artifact on onnxruntime-web (wasm, Node.js) too: what browsers will compute."""
+    from edgekit.converters import ortweb
+
+    say(f"{target.id}: checking the {fmt} artifact on onnxruntime-web (wasm) on {samples.count} samples")
+    check = ortweb.check(path, inputs, outputs, samples.inputs, reference, source.outputs, target.tolerance,
+                         samples.labels)
+    if check.parity is None:
+        log.warning("%s (%s): %s", target.id, fmt, check.not_checked)
+        return check
+    if not check.parity.passed:
+        if not accept_parity_failure:
+            raise ParityError(describe_failure(f"{target.id} ({fmt}) on {check.runtime}", check.parity))
+        check = replace(check, parity=replace(check.parity, accepted=True))
+    return check
+
+
+def _latency_probe(staging: Path) -> Callable[[Artifact], tuple[float, str] | None]:
+    """Median latency (ms, batch 1) of a staged artifact on the runtime that will run it, and that runtime.
+
+    onnx-web artifacts are judged by their figure on onnxruntime-web (wasm), measured when they were
+    checked there: int8 and fp16 rank differently in browsers than in native onnxruntime. Other
+    formats (and onnx-web where onnxruntime-web is missing) are timed here on their validating runtime.
+    None where the artifact cannot run here.
+    """
     from edgekit.runtimes import host_formats
     from edgekit.runtimes.bench import bench_session
 
-    measured: dict[str, float | None] = {}
+    measured: dict[str, tuple[float, str] | None] = {}
 
-    def probe(art: Artifact) -> float | None:
-        if art.file not in measured:
-            if host_formats().get(art.format) != "" or art.format not in VALIDATION_PROVIDERS:
-                measured[art.file] = None
-            else:
-                session, _ = bench_session(
-                    lambda: adapt(_open(art.format, staging / art.file), art.inputs, art.outputs),
-                    runs=auto.LATENCY_RUNS, warmup=5, batch=1)
-                measured[art.file] = round(session.stats().p50_ms, 4)
+    def probe(art: Artifact) -> tuple[float, str] | None:
+        if art.file in measured:
+            return measured[art.file]
+        web = next((c for c in art.runtime_checks or () if c.latency_p50_ms is not None), None)
+        if web is not None:
+            assert web.latency_p50_ms is not None
+            measured[art.file] = (web.latency_p50_ms, f"{web.runtime} ({web.parity.host if web.parity else ''})")
+        elif host_formats().get(art.format) != "" or art.format not in VALIDATION_PROVIDERS:
+            measured[art.file] = None
+        else:
+            session, _ = bench_session(
+                lambda: adapt(_open(art.format, staging / art.file), art.inputs, art.outputs),
+                runs=auto.LATENCY_RUNS, warmup=5, batch=1)
+            runtime = f"{_runtime_label(art.format, session.provider)} ({describe_cpu()})"
+            measured[art.file] = (round(session.stats().p50_ms, 4), runtime)
         return measured[art.file]
 
     return probe

@@ -165,6 +165,24 @@ class Parity(_Record):
     accepted: bool | None = None
     tolerance: dict[str, Any] | None = None
     per_output: tuple[dict[str, Any], ...] | None = None
+    runtime: str | None = None  # what computed the artifact's outputs, e.g. "onnxruntime 1.32.0 CPUExecutionProvider"
+    host: str | None = None  # where: the CPU features int8 kernels depend on, or the JS engine
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuntimeCheck(_Record):
+    """An artifact run on one more runtime than the one that validated it (``onnxruntime-web`` for onnx-web).
+
+    Either ``parity`` (and the latency measured there) or ``not_checked`` (why it could not run) is set.
+    """
+
+    _children: ClassVar[dict[str, Any]] = {"parity": Parity}
+
+    runtime: str
+    parity: Parity | None = None
+    latency_p50_ms: float | None = None  # batch 1, after warm-up runs
+    not_checked: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -187,6 +205,7 @@ class Artifact(_Record):
         "outputs": [TensorSpec],
         "parity": Parity,
         "accuracy": Accuracy,
+        "runtime_checks": [RuntimeCheck],
     }
 
     target: str
@@ -203,6 +222,7 @@ class Artifact(_Record):
     size_ratio: float | None = None
     convert_seconds: float | None = None
     unverified: str | None = None  # why parity could not be measured (then ``parity`` is absent)
+    runtime_checks: tuple[RuntimeCheck, ...] | None = None  # the same samples on other runtimes
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -75,6 +75,18 @@ def _parity_text(art: Any, n_total: int) -> str:
     p = art.parity
     if p is None:
         return "unverified" if art.unverified else "-"
+    return _parity_figures(p, n_total)
+
+
+def _wasm_text(art: Any, n_total: int) -> str:
+    """Parity on onnxruntime-web (wasm), for onnx-web artifacts."""
+    check = next((c for c in art.runtime_checks or () if c.runtime.startswith("onnxruntime-web")), None)
+    if check is None:
+        return "-"
+    return _parity_figures(check.parity, n_total) if check.parity else "not checked"
+
+
+def _parity_figures(p: Any, n_total: int) -> str:
     text = f"max {p.max_abs_error:.2g}"
     if p.top1_agreement is not None:
         text += f", top1 {p.top1_agreement:.3f}"
@@ -87,18 +99,34 @@ def _parity_text(art: Any, n_total: int) -> str:
 
 def artifact_table(manifest: Any) -> str:
     """A plain-text table of the bundle's artifacts (what `convert` and `inspect` print)."""
-    rows = [("target", "format", "size", "ratio", "parity", "accuracy", "time")]
+    has_web = any(a.runtime_checks for a in manifest.artifacts)
+    rows = [("target", "format", "size", "ratio", "parity", *(("on wasm",) if has_web else ()), "accuracy", "time")]
     n_total = max((a.parity.n_samples for a in manifest.artifacts if a.parity), default=0)
     for a in manifest.artifacts:
         acc = f"{a.accuracy.top1:.3f} (src {a.accuracy.source_top1:.3f})" if a.accuracy else "-"
+        wasm = (_wasm_text(a, n_total),) if has_web else ()
         rows.append((a.target, a.format, _size(a.size_bytes), f"{a.size_ratio:.2f}x" if a.size_ratio else "-",
-                     _parity_text(a, n_total), acc, f"{a.convert_seconds:.1f}s" if a.convert_seconds is not None else "-"))
+                     _parity_text(a, n_total), *wasm, acc,
+                     f"{a.convert_seconds:.1f}s" if a.convert_seconds is not None else "-"))
     for f in manifest.failures or ():
-        rows.append((f.target, "-", "-", "-", f"FAILED: {f.kind or 'error'}", "-", "-"))
+        rows.append((f.target, "-", "-", "-", f"FAILED: {f.kind or 'error'}", *(("-",) if has_web else ()), "-", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join([*lines, *_measured_on(manifest)])
+
+
+def _measured_on(manifest: Any) -> list[str]:
+    """Where the parity figures come from: int8 results depend on the runtime and the CPU."""
+    native = sorted({(a.parity.runtime.rsplit(" ", 1)[0], a.parity.host) for a in manifest.artifacts
+                     if a.parity and a.parity.runtime and a.parity.host})
+    lines = [f"parity: {runtime} on {host}" for runtime, host in native]
+    web = sorted({(c.runtime, c.parity.host) for a in manifest.artifacts for c in a.runtime_checks or ()
+                  if c.parity and c.parity.host})
+    lines += [f"parity on wasm: {runtime} ({host})" for runtime, host in web]
+    lines += sorted({f"not checked on onnxruntime-web: {c.not_checked.removeprefix('not checked on onnxruntime-web: ')}"
+                     for a in manifest.artifacts for c in a.runtime_checks or () if c.not_checked})
+    return ["", *lines] if lines else []
 
 
 @app.command()

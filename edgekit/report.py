@@ -130,6 +130,16 @@ def latency_svg(latency: Mapping[str, Mapping[str, Any]], width: int = 520) -> s
     return "".join(parts)
 
 
+def _parity_html(p: Any) -> str:
+    """Passed or failed, the figures, and where they were measured."""
+    e = html.escape
+    where = ", ".join(x for x in (p.runtime, p.host) if x)
+    return (f'<span class="{"ok" if p.passed else "bad"}">{"passed" if p.passed else "FAILED"}'
+            f'</span> max abs {p.max_abs_error:.3g}'
+            + (f", top-1 agr. {p.top1_agreement:.4f}" if p.top1_agreement is not None else "")
+            + (f' <span class="muted" title="{e(where)}">({e(where)})</span>' if where else ""))
+
+
 def render(manifest: Manifest, latency: Mapping[str, Mapping[str, Any]] | None = None,
            host: str = "") -> str:
     """The report page for ``manifest``; ``latency`` maps "target (format)" to bench figures."""
@@ -147,9 +157,10 @@ def render(manifest: Manifest, latency: Mapping[str, Mapping[str, Any]] | None =
         if a.parity is None:
             parity = f'<span class="bad">{e(a.unverified or "not measured")}</span>'
         else:
-            parity = (f'<span class="{"ok" if a.parity.passed else "bad"}">{"passed" if a.parity.passed else "FAILED"}'
-                      f'</span> max abs {a.parity.max_abs_error:.3g}'
-                      + (f", top-1 agr. {a.parity.top1_agreement:.4f}" if a.parity.top1_agreement is not None else ""))
+            parity = _parity_html(a.parity)
+        for check in a.runtime_checks or ():  # the same samples on the runtime browsers run
+            parity += (f'<br>{e(check.runtime)}: ' + (_parity_html(check.parity) if check.parity else
+                                                       f'<span class="bad">{e(check.not_checked or "")}</span>'))
         accuracy = f"{a.accuracy.top1:.4f} (source {a.accuracy.source_top1:.4f})" if a.accuracy else "-"
         lat_text = (" / ".join(f"{float(lat[k]):.3f}" if lat.get(k) is not None else "-"
                                for k in ("p50_ms", "p95_ms", "p99_ms")) if lat else "-")
@@ -160,10 +171,11 @@ def render(manifest: Manifest, latency: Mapping[str, Mapping[str, Any]] | None =
     for s in manifest.selections or ():
         cands = "".join(
             f"<tr><td>{e(c.get('target', ''))}</td><td>{_size(c.get('size_bytes'))}</td>"
-            f"<td>{e(str(c.get('latency_p50_ms', '-')))}</td><td>{e(c.get('verdict', ''))}</td></tr>"
+            f"<td>{e(str(c.get('latency_p50_ms', '-')))}</td><td>{e(c.get('latency_runtime', '-'))}</td>"
+            f"<td>{e(c.get('verdict', ''))}</td></tr>"
             for c in s.candidates)
         selections.append(f"<h3>{e(s.family)}-auto: {e(s.chosen or 'nothing chosen')}</h3><p>{e(s.reason)}</p>"
-                          f"<table><tr><th>candidate</th><th>size</th><th>p50 ms</th><th>verdict</th></tr>{cands}</table>")
+                          f"<table><tr><th>candidate</th><th>size</th><th>p50 ms</th><th>measured on</th><th>verdict</th></tr>{cands}</table>")
     failures = "".join(f"<li><b>{e(f.target)}</b>: {e(f.error)}</li>" for f in manifest.failures or ())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(manifest.name)} {e(manifest.version)}: edgekit report</title>

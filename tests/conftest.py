@@ -17,6 +17,13 @@ DIGITS = ROOT / "examples" / "digits"
 WEB_TARGETS = ["onnx-web", "onnx-web-fp16", "onnx-web-int8"]
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Name the host: int8 kernels compute differently with and without VNNI (docs/adr/0009)."""
+    from edgekit._host import describe_cpu
+
+    return f"edgekit: CPU {describe_cpu()}"
+
+
 def run_cli(*args: str):
     """Run the edgekit CLI in-process; returns the click Result (exit_code, stdout, stderr)."""
     return CliRunner().invoke(app, [str(a) for a in args])

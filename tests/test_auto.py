@@ -48,6 +48,10 @@ def test_all_auto_picks_a_small_artifact_per_family_and_says_why(all_auto: tuple
     web = selections["onnx-web"]
     measured = [c for c in web.candidates if c.get("latency_p50_ms") is not None]
     assert measured, "an integer candidate is timed against the next larger one"
+    # judged where it will run: onnx-web on onnxruntime-web (wasm), tflite on LiteRT
+    assert all(c["latency_runtime"].startswith("onnxruntime-web ") and "wasm" in c["latency_runtime"] for c in measured)
+    assert all(c["latency_runtime"].startswith("ai-edge-litert ") for c in selections["tflite"].candidates
+               if c.get("latency_p50_ms") is not None)
 
 
 def _skewed_model() -> Any:

@@ -21,6 +21,7 @@ RECORDS = {
     "tensor": bundle.TensorSpec,
     "calibration": bundle.CalibrationInfo,
     "parity": bundle.Parity,
+    "runtime_check": bundle.RuntimeCheck,
     "accuracy": bundle.Accuracy,
     "artifact": bundle.Artifact,
     "failure": bundle.Failure,

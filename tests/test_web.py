@@ -102,8 +102,11 @@ def test_provider_report_names_what_ran_and_what_was_passed_over(browser: Any, s
 
 def test_the_artifact_suits_the_backend(browser: Any, server: Any, digits_bundle: Path) -> None:
     page, _ = _open_demo(browser, f"{server.url}/demo/?prefer=speed")
-    assert page.evaluate("() => window.edgekitDemo.session.artifact.target") == "onnx-web"
     manifest = json.loads((digits_bundle / "bundle.json").read_text())
+    wasm_ms = {a["target"]: next(c["latency_p50_ms"] for c in a["runtime_checks"] if c["runtime"].startswith("onnxruntime-web"))
+               for a in manifest["artifacts"] if a["format"] == "onnx"}
+    fastest = page.evaluate("() => window.edgekitDemo.session.artifact.target")
+    assert wasm_ms[fastest] <= min(wasm_ms.values()) * 1.1 + 0.02  # the bundle's wasm figures decide
     choose = """async ([manifest, options]) => {
         const lib = await import('/src/edgekit.js');
         try { return lib.chooseArtifact(manifest, options).artifact.target; } catch (e) { return e.code + ': ' + e.message; }
@@ -123,6 +126,27 @@ def test_the_artifact_suits_the_backend(browser: Any, server: Any, digits_bundle
     assert page.evaluate(choose, [failed, {"backend": "wasm"}]) == "onnx-web"  # never an artifact that failed parity
     only_fp16 = dict(manifest, artifacts=[a for a in manifest["artifacts"] if a["target"] == "onnx-web-fp16"])
     assert page.evaluate(choose, [only_fp16, {"backend": "wasm"}]) == "onnx-web-fp16"
+    # an artifact that passed natively but failed on onnxruntime-web is never taken
+    wasm_failed = json.loads(json.dumps(manifest))
+    for art in wasm_failed["artifacts"]:
+        if art["target"] == "onnx-web-int8":
+            art["runtime_checks"][0]["parity"]["passed"] = False
+    assert page.evaluate(choose, [wasm_failed, {"backend": "wasm"}]) == "onnx-web"
+
+    def timed(ms: dict[str, float]) -> dict[str, Any]:
+        doc = json.loads(json.dumps(manifest))
+        for art in doc["artifacts"]:
+            art["runtime_checks"][0]["latency_p50_ms"] = ms[art["target"]]
+        return doc
+
+    speed = {"backend": "wasm", "prefer": "speed"}
+    assert page.evaluate(choose, [timed({"onnx-web": 5.0, "onnx-web-fp16": 9.0, "onnx-web-int8": 2.0}), speed]) == "onnx-web-int8"
+    # within timing noise of the fastest: the higher precision
+    assert page.evaluate(choose, [timed({"onnx-web": 2.1, "onnx-web-fp16": 9.0, "onnx-web-int8": 2.0}), speed]) == "onnx-web"
+    old = json.loads(json.dumps(manifest))  # a bundle from edgekit 0.1: no wasm figures
+    for art in old["artifacts"]:
+        del art["runtime_checks"]
+    assert page.evaluate(choose, [old, speed]) == "onnx-web"
     page.context.close()
 
 

@@ -147,8 +147,22 @@ class _Reader:
         return next(self._chunks, None)
 
 
+# The int8 recipe (docs/adr/0009): chosen so that native onnxruntime with and without VNNI and
+# onnxruntime-web's wasm build compute the same outputs. x86 int8 kernels without VNNI multiply
+# uint8 activations by int8 weights with VPMADDUBSW, whose 16-bit sums of two products saturate;
+# 7-bit weights (reduce_range) keep every sum in range, so an AVX2-only CPU computes what a VNNI
+# CPU and wasm compute.
+STATIC_RECIPE = {"quant_format": "QDQ", "activation_type": "QUInt8", "weight_type": "QInt8",
+                 "per_channel": True, "reduce_range": True}
+STATIC_METHOD = "static QDQ, per-channel 7-bit int8 weights, uint8 activations"
+# Dynamic quantization (no calibration data): ConvInteger has uint8 kernels only, and uint8 x uint8
+# products never saturate on any CPU.
+DYNAMIC_RECIPE = {"weight_type": "QUInt8", "reduce_range": False}
+DYNAMIC_METHOD = "dynamic (no calibration data): uint8 weights, activations quantized at run time"
+
+
 class Int8(Pass):
-    """Quantize to int8: static QDQ (per-channel weights) with calibration data, else dynamic."""
+    """Quantize to int8: static QDQ (per-channel 7-bit weights) with calibration data, else dynamic."""
 
     name = "onnx-int8"
     consumes = Kind.ONNX_WEB
@@ -171,17 +185,21 @@ class Int8(Pass):
         if ctx.has_calibration:
             first = ctx.inputs[0].shape[0] if ctx.inputs[0].shape else None
             chunk = first if isinstance(first, int) and first > 0 else CALIBRATION_CHUNK
+            r = STATIC_RECIPE
             quantize_static(
                 str(source), str(out), _Reader(ctx.samples, chunk),
-                quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                quant_format=getattr(QuantFormat, str(r["quant_format"])), per_channel=bool(r["per_channel"]),
+                activation_type=getattr(QuantType, str(r["activation_type"])),
+                weight_type=getattr(QuantType, str(r["weight_type"])), reduce_range=bool(r["reduce_range"]),
             )
             count = next(iter(ctx.samples.values())).shape[0]
-            method = f"static QDQ, per-channel int8 weights, int8 activations, MinMax on {count} samples"
+            method = f"{STATIC_METHOD}, MinMax on {count} samples"
+            recipe = STATIC_RECIPE
         else:
-            # ConvInteger, which dynamic quantization emits for Conv, only has uint8 kernels.
-            quantize_dynamic(str(source), str(out), weight_type=QuantType.QUInt8)
-            method = "dynamic (no calibration data): uint8 weights, activations quantized at run time"
+            quantize_dynamic(str(source), str(out), weight_type=getattr(QuantType, str(DYNAMIC_RECIPE["weight_type"])),
+                             reduce_range=bool(DYNAMIC_RECIPE["reduce_range"]))
+            method = DYNAMIC_METHOD
+            recipe = {"dynamic": True, **DYNAMIC_RECIPE}
         log.info("int8 quantization took %.2fs", time.perf_counter() - start)
         save_for_web(onnx.load(str(out)), out)
-        return Value(Kind.ONNX_WEB_INT8, path=out, notes={"method": method})
+        return Value(Kind.ONNX_WEB_INT8, path=out, notes={"method": method, "recipe": dict(recipe)})

@@ -66,16 +66,45 @@ export function checkManifest(manifest, where = "the manifest") {
   }
 }
 
+function failed(parity) {
+  return Boolean(parity && parity.passed === false && !parity.accepted);
+}
+
+// The artifact's check on onnxruntime-web's wasm backend (bundles from edgekit 0.2 on), or null.
+export function wasmCheck(a) {
+  return (a.runtime_checks || []).find((c) => String(c.runtime).startsWith("onnxruntime-web") && c.parity) || null;
+}
+
 function isWebArtifact(a) {
-  return a.format === "onnx" && String(a.target).startsWith("onnx-web") && !(a.parity && a.parity.passed === false && !a.parity.accepted);
+  const wasm = wasmCheck(a);
+  return a.format === "onnx" && String(a.target).startsWith("onnx-web") && !failed(a.parity) && !(wasm && failed(wasm.parity));
+}
+
+// Latencies closer than this count as equal (the converter's onnx-web-auto uses the same margin).
+const SLOWER_RATIO = 1.1;
+const SLOWER_MS = 0.02;
+const PRECISION_RANK = { fp32: 0, fp16: 1 };
+
+// prefer "speed" on wasm: the fastest artifact by the bundle's onnxruntime-web (wasm) figures; among
+// artifacts within timing noise of it, the highest precision. null when the bundle has no figures.
+function fastestOnWasm(web) {
+  const timed = web.filter((a) => wasmCheck(a) && typeof wasmCheck(a).latency_p50_ms === "number");
+  if (timed.length === 0) return null;
+  const ms = (a) => wasmCheck(a).latency_p50_ms;
+  const best = Math.min(...timed.map(ms));
+  const ties = timed.filter((a) => !(ms(a) > best * SLOWER_RATIO && ms(a) - best > SLOWER_MS));
+  ties.sort((a, b) => (PRECISION_RANK[a.precision] ?? 2) - (PRECISION_RANK[b.precision] ?? 2) || a.size_bytes - b.size_bytes);
+  return ties[0];
 }
 
 /**
  * Choose the web artifact for this browser.
- *   wasm:   prefer "size" (default): the target the bundle's onnx-web-auto selection chose, else
- *           the smallest integer artifact, else fp32. prefer "speed": fp32 (int8 convolutions ran
- *           1.6x slower than fp32 on wasm for MobileNetV2, see benchmarks/RESULTS.md). fp16 only
- *           when nothing else exists (wasm has no fp16 arithmetic: it converts every fp16 tensor).
+ *   wasm:   prefer "size" (default): the target the bundle's onnx-web-auto selection chose (judged
+ *           on onnxruntime-web's wasm figures), else the smallest integer artifact, else fp32.
+ *           prefer "speed": the fastest by the bundle's wasm latency figures (the highest precision
+ *           among those within timing noise), else fp32. fp16 only when nothing else exists (wasm
+ *           has no fp16 arithmetic: it converts every fp16 tensor). An artifact that failed parity,
+ *           natively or on wasm, is never chosen.
  *   webgpu: fp16 when the adapter has shader-f16, else fp32 (int8 QDQ graphs mostly fall back to
  *           the CPU on WebGPU).
  * Returns { artifact, reason }.
@@ -98,7 +127,13 @@ export function chooseArtifact(manifest, { backend = "wasm", shaderF16 = false, 
     if (shaderF16 && by("fp16")) return { artifact: by("fp16"), reason: "WebGPU with shader-f16: fp16 halves the download and runs natively" };
     if (by("fp32")) return { artifact: by("fp32"), reason: shaderF16 ? "WebGPU: no fp16 artifact in the bundle" : "WebGPU without shader-f16: fp32" };
   }
-  if (prefer === "speed" && by("fp32")) return { artifact: by("fp32"), reason: "wasm, prefer speed: fp32 (integer kernels are slower on wasm)" };
+  if (prefer === "speed") {
+    const fastest = fastestOnWasm(web);
+    if (fastest) {
+      return { artifact: fastest, reason: `wasm, prefer speed: the fastest on onnxruntime-web (wasm) in the bundle's figures (${fastest.target}, ${wasmCheck(fastest).latency_p50_ms} ms p50)` };
+    }
+    if (by("fp32")) return { artifact: by("fp32"), reason: "wasm, prefer speed: fp32 (the bundle has no wasm latency figures)" };
+  }
   const chosen = (manifest.selections || []).find((s) => s.family === "onnx-web" && s.chosen);
   const picked = chosen && web.find((a) => a.target === chosen.chosen);
   if (picked && picked.precision !== "fp16") {
