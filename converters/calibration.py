@@ -10,6 +10,7 @@ import numpy as np
 
 from edgekit.bundle import CalibrationInfo, TensorSpec, hash_path
 from edgekit.errors import CalibrationError
+from edgekit.parity import is_single_feed
 
 GENERATED_SAMPLES = 8
 
@@ -21,10 +22,11 @@ class Samples:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     info: CalibrationInfo | None  # None when the samples were generated
+    single: bool = False  # one feed of a fully static model with no shared batch axis (is_single_feed)
 
     @property
     def count(self) -> int:
-        return int(next(iter(self.inputs.values())).shape[0])
+        return 1 if self.single else int(next(iter(self.inputs.values())).shape[0])
 
 
 def load_calibration(path: str | Path, inputs: tuple[TensorSpec, ...], *, labels_key: str = "y") -> Samples:
@@ -68,12 +70,13 @@ def load_calibration(path: str | Path, inputs: tuple[TensorSpec, ...], *, labels
                 f"labels {labels_key!r} in {file} must be a 1-D integer array, got {labels.dtype} {labels.shape}"
             )
     samples = check_samples(feeds, inputs, where=str(file))
-    count = next(iter(samples.values())).shape[0]
+    single = is_single_feed(samples, inputs)
+    count = 1 if single else next(iter(samples.values())).shape[0]
     if labels is not None and labels.shape[0] != count:
         raise CalibrationError(f"{file} has {count} samples but {labels.shape[0]} labels; they must match")
     digest, _ = hash_path(file)
     info = CalibrationInfo(file=file.name, sha256=digest, n_samples=int(count), has_labels=labels is not None)
-    return Samples(samples, labels, info)
+    return Samples(samples, labels, info, single=single)
 
 
 def check_samples(feeds: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], *, where: str) -> dict[str, np.ndarray]:
@@ -84,6 +87,7 @@ def check_samples(feeds: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], 
     """
     out: dict[str, np.ndarray] = {}
     counts = set()
+    single = is_single_feed(feeds, inputs)
     for spec in inputs:
         array = np.asarray(feeds[spec.name])
         if array.ndim != len(spec.shape):
@@ -92,7 +96,7 @@ def check_samples(feeds: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], 
                 f"got shape {list(array.shape)}; the first axis counts samples"
             )
         for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
-            if axis > 0 and isinstance(want, int) and want >= 0 and want != got:
+            if axis > 0 and not single and isinstance(want, int) and want >= 0 and want != got:
                 raise CalibrationError(
                     f"{where}: input {spec.name!r} needs size {want} on axis {axis}, got shape {list(array.shape)}"
                 )
@@ -104,9 +108,9 @@ def check_samples(feeds: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], 
             if not same_family:
                 raise CalibrationError(f"{where}: input {spec.name!r} needs {spec.dtype}, got {array.dtype}")
             array = array.astype(want_dtype)
-        counts.add(array.shape[0])
+        counts.add(array.shape[0] if array.ndim else None)
         out[spec.name] = array
-    if len(counts) > 1:
+    if len(counts) > 1 and not single:
         raise CalibrationError(f"{where}: the inputs have different sample counts {sorted(counts)}; they must match")
     return out
 
@@ -119,10 +123,12 @@ def generate_samples(inputs: tuple[TensorSpec, ...], *, seed: int = 0) -> Sample
     """
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
+    single = all(all(isinstance(d, int) and d >= 0 for d in s.shape) for s in inputs) and (
+        any(not s.shape for s in inputs) or len({s.shape[0] for s in inputs}) > 1)
     for spec in inputs:
         first = spec.shape[0] if spec.shape else None
         count = first if isinstance(first, int) and first > 0 else GENERATED_SAMPLES
-        shape = [count]
+        shape = [] if single and not spec.shape else [count]
         for axis, dim in enumerate(spec.shape[1:], start=1):
             if not isinstance(dim, int) or dim < 0:
                 raise CalibrationError(
@@ -139,4 +145,5 @@ def generate_samples(inputs: tuple[TensorSpec, ...], *, seed: int = 0) -> Sample
             feeds[spec.name] = rng.integers(0, 10, shape).astype(dtype)
         else:
             raise CalibrationError(f"input {spec.name!r} has dtype {spec.dtype}; pass --calibration with real samples")
-    return Samples(check_samples(feeds, inputs, where="generated inputs"), None, None)
+    checked = check_samples(feeds, inputs, where="generated inputs")
+    return Samples(checked, None, None, single=is_single_feed(checked, inputs))

@@ -24,11 +24,12 @@ import numpy as np
 
 from edgekit.bundle import RuntimeCheck, TensorSpec
 from edgekit.errors import NotVerifiableError
-from edgekit.parity import Tolerance
+from edgekit.parity import Tolerance, is_single_feed
 
 RUNTIME_NAME = "onnxruntime-web"
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the source checkout's web/
 RUNNER = "node-runner.mjs"
+RUNNER_ERROR = "edgekit-runner-error:"
 TIMEOUT_S = 600
 CHUNK = 64  # samples per run when the model's batch dimension is dynamic
 
@@ -97,11 +98,11 @@ def availability() -> str:
 
 
 def run(model: Path, samples: dict[str, np.ndarray], *, chunk: int, threads: int = 1,
-        bench_runs: int = 0, bench_warmup: int = 5, bench_batch: int = 1) -> WebRun:
+        bench_runs: int = 0, bench_warmup: int = 5, bench_batch: int = 1, whole: bool = False) -> WebRun:
     """Run ``model`` on every sample (``chunk`` at a time) on onnxruntime-web's wasm backend.
 
     With ``bench_runs``, also time that many runs on the first ``bench_batch`` samples after
-    ``bench_warmup`` runs.
+    ``bench_warmup`` runs. With ``whole``, the arrays are one feed (a fully static model) run as they are.
 
     Raises:
         NotVerifiableError: Node.js or onnxruntime-web is missing.
@@ -114,13 +115,13 @@ def run(model: Path, samples: dict[str, np.ndarray], *, chunk: int, threads: int
         work = Path(tmp)
         inputs = []
         for i, (name, value) in enumerate(samples.items()):
-            array = np.ascontiguousarray(value)
+            array = np.require(value, requirements="C")
             kind = "bool" if array.dtype == np.bool_ else str(array.dtype)
             file = work / f"in{i}.bin"
             array.astype(array.dtype.newbyteorder("<"), copy=False).tofile(file)
             inputs.append({"name": name, "dtype": kind, "shape": list(array.shape), "file": str(file)})
         request = {"model": str(model), "ort": str(ort_dir), "threads": threads, "inputs": inputs,
-                   "chunk": chunk, "out_dir": str(work),
+                   "chunk": chunk, "whole": whole, "out_dir": str(work),
                    "bench": {"runs": bench_runs, "warmup": bench_warmup, "batch": bench_batch} if bench_runs else None}
         (work / "request.json").write_text(json.dumps(request), encoding="utf-8")
         try:
@@ -129,7 +130,9 @@ def run(model: Path, samples: dict[str, np.ndarray], *, chunk: int, threads: int
         except subprocess.TimeoutExpired as exc:
             raise ConversionError(f"onnxruntime-web did not finish running {model.name} within {TIMEOUT_S} s") from exc
         if proc.returncode != 0:
-            detail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+            marked = [line.removeprefix(RUNNER_ERROR).strip() for line in lines if line.startswith(RUNNER_ERROR)]
+            detail = (marked or lines[-1:] or [f"exit code {proc.returncode}"])[0]
             raise ConversionError(f"onnxruntime-web (wasm, Node.js) could not run {model.name}: {detail[:500]}")
         result = json.loads((work / "result.json").read_text(encoding="utf-8"))
         outputs = {}
@@ -170,8 +173,9 @@ def check(path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec,
     feeds = {by_source[name].name: to_artifact(value, by_source[name]) for name, value in samples.items()}
     first = inputs[0].shape[0] if inputs and inputs[0].shape else None
     batch = first if isinstance(first, int) and first > 0 else None
+    whole = is_single_feed(feeds, inputs)
     result = run(path, feeds, chunk=batch or CHUNK, bench_runs=LATENCY_RUNS, bench_warmup=LATENCY_WARMUP,
-                 bench_batch=batch or 1)
+                 bench_batch=batch or 1, whole=whole)
     specs = {spec.name: spec for spec in outputs}
     actual = {(specs[name].source_name or name) if name in specs else name:
               from_artifact(value, specs[name]) if name in specs else value

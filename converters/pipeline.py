@@ -274,7 +274,7 @@ def _build_target(
 def _write_reference(staging: Path, samples: Samples, reference: dict[str, np.ndarray],
                      source: Source) -> ReferenceInfo:
     """Write the first few samples and the source's outputs on them as ``reference.npz``."""
-    per_sample = sum(v[:1].nbytes for v in samples.inputs.values()) or 1
+    per_sample = sum(v.nbytes if samples.single else v[:1].nbytes for v in samples.inputs.values()) or 1
     limit = max(1, min(REFERENCE_SAMPLES, REFERENCE_MAX_BYTES // per_sample))
     subset, outputs = _leading_samples(samples, reference, source, limit)
     arrays = {f"in.{k}": v for k, v in subset.inputs.items()}
@@ -288,6 +288,8 @@ def _write_reference(staging: Path, samples: Samples, reference: dict[str, np.nd
 def _leading_samples(samples: Samples, reference: dict[str, np.ndarray], source: Source,
                      limit: int) -> tuple[Samples, dict[str, np.ndarray]]:
     """The first ``limit`` samples (a multiple of a fixed batch size) and their reference outputs."""
+    if samples.single:
+        return samples, reference
     first = source.inputs[0].shape[0] if source.inputs[0].shape else None
     step = first if isinstance(first, int) and first > 0 else 1
     n = min(samples.count, max(limit // step, 1) * step)

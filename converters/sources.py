@@ -166,7 +166,7 @@ def _torch_reference(call: Callable[..., Any], names: list[str], out_names: list
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.no_grad():
-            result = call(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names])
+            result = call(*[torch.from_numpy(np.require(feeds[n], requirements="C")) for n in names])
         return {n: t.detach().cpu().numpy() for n, t in zip(out_names, _flatten_outputs(result), strict=True)}
 
     return run

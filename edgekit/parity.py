@@ -38,12 +38,32 @@ RunFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 MAX_CHUNK = 64
 
 
+def is_single_feed(feeds: Mapping[str, Any], inputs: tuple[TensorSpec, ...]) -> bool:
+    """True when ``feeds`` are one feed of a fully static model, not a batch of samples along axis 0.
+
+    Samples are stacked along the first axis, which is the model's batch axis. A model whose inputs
+    are all fixed and do not share a first dimension (a scalar input, or inputs of 2 and 5 rows) has
+    no such axis: arrays of exactly the inputs' shapes are then one sample, run as they are.
+    """
+    if not inputs or any(spec.name not in feeds for spec in inputs):
+        return False
+    for spec in inputs:
+        if not all(isinstance(d, int) and d >= 0 for d in spec.shape):
+            return False
+        if tuple(np.shape(feeds[spec.name])) != tuple(spec.shape):
+            return False
+    firsts = {spec.shape[0] if spec.shape else None for spec in inputs}
+    return None in firsts or len(firsts) > 1
+
+
 def run_batched(run: RunFn, samples: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
     """Run ``run`` over all samples in chunks the model accepts, concatenating the outputs.
 
     A model whose first input dimension is fixed to k gets chunks of k; a dynamic one gets chunks of
-    up to 64 samples.
+    up to 64 samples. A single feed of a fully static model (:func:`is_single_feed`) runs once.
     """
+    if is_single_feed(samples, inputs):
+        return {k: np.asarray(v) for k, v in run(samples).items()}
     first = inputs[0].shape[0] if inputs[0].shape else None
     chunk = first if isinstance(first, int) and first > 0 else MAX_CHUNK
     count = next(iter(samples.values())).shape[0]
@@ -52,7 +72,7 @@ def run_batched(run: RunFn, samples: dict[str, np.ndarray], inputs: tuple[Tensor
         feeds = {k: v[start:start + chunk] for k, v in samples.items()}
         for name, value in run(feeds).items():
             parts.setdefault(name, []).append(np.asarray(value))
-    return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+    return {k: v[0] if len(v) == 1 else np.concatenate(v, axis=0) for k, v in parts.items()}
 
 
 def is_class_scores(array: np.ndarray, only_output: bool = True) -> bool:

@@ -175,7 +175,8 @@ def render(manifest: Manifest, latency: Mapping[str, Mapping[str, Any]] | None =
             f"<td>{e(c.get('verdict', ''))}</td></tr>"
             for c in s.candidates)
         selections.append(f"<h3>{e(s.family)}-auto: {e(s.chosen or 'nothing chosen')}</h3><p>{e(s.reason)}</p>"
-                          f"<table><tr><th>candidate</th><th>size</th><th>p50 ms</th><th>measured on</th><th>verdict</th></tr>{cands}</table>")
+                          "<table><tr><th>candidate</th><th>size</th><th>p50 ms</th><th>measured on</th><th>verdict</th></tr>"
+                          f"{cands}</table>")
     failures = "".join(f"<li><b>{e(f.target)}</b>: {e(f.error)}</li>" for f in manifest.failures or ())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(manifest.name)} {e(manifest.version)}: edgekit report</title>

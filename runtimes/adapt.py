@@ -49,7 +49,7 @@ def to_artifact(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
         scale, zero = float(spec.quantization["scale"]), int(spec.quantization["zero_point"])
         info = np.iinfo(np.dtype(spec.dtype))
         value = np.clip(np.round(value / scale) + zero, info.min, info.max).astype(spec.dtype)
-    return np.ascontiguousarray(value)
+    return np.require(value, requirements="C")  # ascontiguousarray would turn a scalar into shape (1,)
 
 
 def from_artifact(value: np.ndarray, spec: TensorSpec) -> np.ndarray:

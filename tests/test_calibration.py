@@ -47,3 +47,49 @@ def test_generated_inputs_need_static_inner_dims() -> None:
     assert samples.inputs["x"].shape == (1, 3) and samples.inputs["ids"].dtype == np.int64
     with pytest.raises(CalibrationError, match="pass --calibration"):
         generate_samples((TensorSpec("x", ("batch", "seq"), "float32"),))
+
+
+def _static_model(path: Path) -> Path:
+    """A fully static model with no shared batch axis: a [2, 3] matrix, a [5] vector and a scalar."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "w")
+    nodes = [
+        helper.make_node("MatMul", ["a", "w"], ["m"]),
+        helper.make_node("ReduceSum", ["b"], ["s"], keepdims=0),
+        helper.make_node("Mul", ["s", "scale"], ["t"]),
+        helper.make_node("Add", ["m", "t"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "static",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [5]),
+         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_fully_static_model_takes_one_feed_of_its_exact_shapes(tmp_path: Path) -> None:
+    """Arrays equal to a fully static model's input shapes are one sample, not batches of 2, 5 and 0."""
+    from edgekit.converters import convert
+
+    model = _static_model(tmp_path / "static.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", a=rng.standard_normal((2, 3)), b=rng.standard_normal(5),
+             scale=np.array(0.5, np.float32))
+    for calibration in (tmp_path / "cal.npz", None):  # given, and generated
+        out = tmp_path / ("given" if calibration else "generated")
+        result = convert(model, ["onnx-web", "onnx-web-fp16"], out=out, calibration=calibration, report=False)
+        for art in result.bundle.manifest.artifacts:
+            assert art.parity is not None and art.parity.passed, art
+            assert art.parity.max_abs_error < 1e-2
+            wasm = (art.runtime_checks or ())[0]
+            assert wasm.parity is not None and wasm.parity.passed  # the same feed on onnxruntime-web
+        reference = np.load(out / "reference.npz")
+        assert reference["in.scale"].shape == () and reference["out.out"].shape == (2, 4)
+    samples = generate_samples(result.bundle.manifest.inputs)
+    assert samples.single and samples.count == 1 and samples.inputs["b"].shape == (5,)

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgekit.converters.passes import Pass, PassContext, Value
 from edgekit.converters.registry import Kind
+from edgekit.parity import is_single_feed
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,12 @@ class Float16(Pass):
 class _Reader:
     """An onnxruntime CalibrationDataReader over the calibration samples, in small chunks."""
 
-    def __init__(self, samples: dict[str, np.ndarray], chunk: int):
+    def __init__(self, samples: dict[str, np.ndarray], chunk: int, single: bool = False):
+        if single:  # one feed of a fully static model: calibrate on it as it is
+            self._chunks: Iterator[dict[str, np.ndarray]] = iter([dict(samples)])
+            return
         count = next(iter(samples.values())).shape[0]
-        self._chunks: Iterator[dict[str, np.ndarray]] = iter(
+        self._chunks = iter(
             [{k: v[i:i + chunk] for k, v in samples.items()} for i in range(0, count, chunk)]
         )
 
@@ -187,12 +191,12 @@ class Int8(Pass):
             chunk = first if isinstance(first, int) and first > 0 else CALIBRATION_CHUNK
             r = STATIC_RECIPE
             quantize_static(
-                str(source), str(out), _Reader(ctx.samples, chunk),
+                str(source), str(out), _Reader(ctx.samples, chunk, is_single_feed(ctx.samples, ctx.inputs)),
                 quant_format=getattr(QuantFormat, str(r["quant_format"])), per_channel=bool(r["per_channel"]),
                 activation_type=getattr(QuantType, str(r["activation_type"])),
                 weight_type=getattr(QuantType, str(r["weight_type"])), reduce_range=bool(r["reduce_range"]),
             )
-            count = next(iter(ctx.samples.values())).shape[0]
+            count = 1 if is_single_feed(ctx.samples, ctx.inputs) else next(iter(ctx.samples.values())).shape[0]
             method = f"{STATIC_METHOD}, MinMax on {count} samples"
             recipe = STATIC_RECIPE
         else:

@@ -26,6 +26,7 @@ from edgekit.converters.passes import Pass, PassContext, Value
 from edgekit.converters.passes.keras_onnx import keras_function
 from edgekit.converters.registry import Kind
 from edgekit.errors import CalibrationError, ConversionError, UnsupportedModelError
+from edgekit.parity import is_single_feed
 
 # Representative samples for full-integer calibration: more adds time, not accuracy, past a few hundred.
 MAX_CALIBRATION_SAMPLES = 300
@@ -368,17 +369,18 @@ class _ToTflite(Pass):
     def representative(graph: TfGraph, ctx: PassContext) -> Any:
         """A generator of single samples in the artifact's layout, for the converter's calibration."""
         by_source = {s.source_name or s.name: s for s in graph.inputs}
-        count = min(next(iter(ctx.samples.values())).shape[0], MAX_CALIBRATION_SAMPLES)
+        single = is_single_feed(ctx.samples, ctx.inputs)
+        count = 1 if single else min(next(iter(ctx.samples.values())).shape[0], MAX_CALIBRATION_SAMPLES)
 
         def gen() -> Iterator[list[np.ndarray]]:
             for i in range(count):
                 sample = []
                 for src in ctx.inputs:
                     spec = by_source[src.name]
-                    x = ctx.samples[src.name][i:i + 1]
+                    x = ctx.samples[src.name] if single else ctx.samples[src.name][i:i + 1]
                     if spec.source_transpose:
                         x = np.transpose(x, spec.source_transpose)
-                    sample.append(np.ascontiguousarray(x, dtype=np.dtype(spec.dtype)))
+                    sample.append(np.require(x, dtype=np.dtype(spec.dtype), requirements="C"))
                 yield sample
 
         return gen

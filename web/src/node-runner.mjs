@@ -9,6 +9,7 @@
 //   { "model": "a.onnx", "ort": "/path/to/node_modules/onnxruntime-web", "threads": 1,
 //     "inputs": [{ "name": "x", "dtype": "float32", "shape": [360, 1, 8, 8], "file": "x.bin" }],
 //     "chunk": 64,                      // samples per run (a fixed batch size when the model has one)
+//     "whole": false,                   // true: the arrays are one feed, run once as they are
 //     "out_dir": "dir",                 // outputs are written there as raw little-endian files
 //     "bench": { "runs": 30, "warmup": 5, "batch": 1 } }   // optional: latency on the first `batch` samples
 // It writes out_dir/result.json: { version, backend, threads, load_ms, outputs: [{name, dtype, shape,
@@ -38,6 +39,14 @@ function slice(input, data, start, end) {
   return [data.subarray(start * per, end * per), [end - start, ...input.shape.slice(1)]];
 }
 
+// One line the caller reads, instead of a stack trace through minified code.
+function fail(error) {
+  process.stderr.write(`edgekit-runner-error: ${String(error?.message ?? error).split("\n")[0]}\n`);
+  process.exit(1);
+}
+process.on("uncaughtException", fail);
+process.on("unhandledRejection", fail);
+
 const request = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const ort = await import(pathToFileURL(join(request.ort, "dist", "ort.wasm.min.mjs")).href);
 ort.env.wasm.numThreads = request.threads ?? 1;
@@ -49,11 +58,15 @@ const session = await ort.InferenceSession.create(readFileSync(request.model), {
 const loadMs = performance.now() - loadStart;
 
 const inputs = request.inputs.map((i) => ({ ...i, data: typed(i.dtype, readFileSync(i.file)) }));
-const count = inputs.length ? inputs[0].shape[0] : 1;
+const count = request.whole || !inputs.length ? 1 : inputs[0].shape[0];
 const chunk = Math.max(1, request.chunk ?? count);
 
 function feedsFor(start, end) {
   const feeds = {};
+  if (request.whole) {
+    for (const input of inputs) feeds[input.name] = new ort.Tensor(ORT_TYPE[input.dtype] ?? input.dtype, input.data.slice(), input.shape);
+    return feeds;
+  }
   for (const input of inputs) {
     const [data, shape] = slice(input, input.data, start, end);
     // a fresh copy per run: onnxruntime-web may transfer (detach) the buffer it was given
@@ -71,7 +84,8 @@ for (let start = 0; start < count; start += chunk) {
     const t = results[name];
     (parts[name] ??= []).push(t.data);
     const dtype = t.type === "float16" ? "float16" : t.type === "bool" ? "bool" : t.type;
-    meta[name] = { dtype, rest: t.dims.slice(1), first: (meta[name]?.first ?? 0) + (t.dims[0] ?? 1), scalar: t.dims.length === 0 };
+    meta[name] = request.whole ? { dtype, dims: t.dims }
+      : { dtype, rest: t.dims.slice(1), first: (meta[name]?.first ?? 0) + (t.dims[0] ?? 1), scalar: t.dims.length === 0 };
   }
 }
 
@@ -80,7 +94,7 @@ const outputs = session.outputNames.map((name, i) => {
   const chunks = parts[name].map((d) => new Uint8Array(d.buffer, d.byteOffset, d.byteLength));
   writeFileSync(file, Buffer.concat(chunks));
   const m = meta[name];
-  return { name, dtype: m.dtype, shape: m.scalar ? [] : [m.first, ...m.rest], file };
+  return { name, dtype: m.dtype, shape: m.dims ?? (m.scalar ? [] : [m.first, ...m.rest]), file };
 });
 
 const latency = [];
