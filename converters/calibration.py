@@ -26,7 +26,9 @@ class Samples:
 
     @property
     def count(self) -> int:
-        return 1 if self.single else int(next(iter(self.inputs.values())).shape[0])
+        if self.single:
+            return 1
+        return int(next((v.shape[0] for v in self.inputs.values() if v.ndim), 1))
 
 
 def load_calibration(path: str | Path, inputs: tuple[TensorSpec, ...], *, labels_key: str = "y") -> Samples:
@@ -71,7 +73,7 @@ def load_calibration(path: str | Path, inputs: tuple[TensorSpec, ...], *, labels
             )
     samples = check_samples(feeds, inputs, where=str(file))
     single = is_single_feed(samples, inputs)
-    count = 1 if single else next(iter(samples.values())).shape[0]
+    count = 1 if single else next((v.shape[0] for v in samples.values() if v.ndim), 1)
     if labels is not None and labels.shape[0] != count:
         raise CalibrationError(f"{file} has {count} samples but {labels.shape[0]} labels; they must match")
     digest, _ = hash_path(file)
@@ -108,7 +110,8 @@ def check_samples(feeds: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], 
             if not same_family:
                 raise CalibrationError(f"{where}: input {spec.name!r} needs {spec.dtype}, got {array.dtype}")
             array = array.astype(want_dtype)
-        counts.add(array.shape[0] if array.ndim else None)
+        if array.ndim:  # a scalar input is shared by every sample
+            counts.add(array.shape[0])
         out[spec.name] = array
     if len(counts) > 1 and not single:
         raise CalibrationError(f"{where}: the inputs have different sample counts {sorted(counts)}; they must match")
@@ -123,12 +126,10 @@ def generate_samples(inputs: tuple[TensorSpec, ...], *, seed: int = 0) -> Sample
     """
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
-    single = all(all(isinstance(d, int) and d >= 0 for d in s.shape) for s in inputs) and (
-        any(not s.shape for s in inputs) or len({s.shape[0] for s in inputs}) > 1)
     for spec in inputs:
         first = spec.shape[0] if spec.shape else None
         count = first if isinstance(first, int) and first > 0 else GENERATED_SAMPLES
-        shape = [] if single and not spec.shape else [count]
+        shape = [] if not spec.shape else [count]  # a scalar input is shared by every sample
         for axis, dim in enumerate(spec.shape[1:], start=1):
             if not isinstance(dim, int) or dim < 0:
                 raise CalibrationError(

@@ -274,7 +274,7 @@ def _build_target(
 def _write_reference(staging: Path, samples: Samples, reference: dict[str, np.ndarray],
                      source: Source) -> ReferenceInfo:
     """Write the first few samples and the source's outputs on them as ``reference.npz``."""
-    per_sample = sum(v.nbytes if samples.single else v[:1].nbytes for v in samples.inputs.values()) or 1
+    per_sample = sum(v.nbytes if samples.single or not v.ndim else v[:1].nbytes for v in samples.inputs.values()) or 1
     limit = max(1, min(REFERENCE_SAMPLES, REFERENCE_MAX_BYTES // per_sample))
     subset, outputs = _leading_samples(samples, reference, source, limit)
     arrays = {f"in.{k}": v for k, v in subset.inputs.items()}
@@ -296,7 +296,7 @@ def _leading_samples(samples: Samples, reference: dict[str, np.ndarray], source:
     if n == samples.count:
         return samples, reference
     labels = samples.labels[:n] if samples.labels is not None else None
-    return (replace(samples, inputs={k: v[:n] for k, v in samples.inputs.items()}, labels=labels),
+    return (replace(samples, inputs={k: v[:n] if v.ndim else v for k, v in samples.inputs.items()}, labels=labels),
             {k: v[:n] for k, v in reference.items()})
 
 

@@ -66,10 +66,10 @@ def run_batched(run: RunFn, samples: dict[str, np.ndarray], inputs: tuple[Tensor
         return {k: np.asarray(v) for k, v in run(samples).items()}
     first = inputs[0].shape[0] if inputs[0].shape else None
     chunk = first if isinstance(first, int) and first > 0 else MAX_CHUNK
-    count = next(iter(samples.values())).shape[0]
+    count = next((v.shape[0] for v in samples.values() if np.ndim(v)), 1)
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, count, chunk):
-        feeds = {k: v[start:start + chunk] for k, v in samples.items()}
+        feeds = {k: v[start:start + chunk] if np.ndim(v) else v for k, v in samples.items()}  # scalars are shared
         for name, value in run(feeds).items():
             parts.setdefault(name, []).append(np.asarray(value))
     return {k: v[0] if len(v) == 1 else np.concatenate(v, axis=0) for k, v in parts.items()}

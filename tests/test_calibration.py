@@ -93,3 +93,28 @@ def test_a_fully_static_model_takes_one_feed_of_its_exact_shapes(tmp_path: Path)
         assert reference["in.scale"].shape == () and reference["out.out"].shape == (2, 4)
     samples = generate_samples(result.bundle.manifest.inputs)
     assert samples.single and samples.count == 1 and samples.inputs["b"].shape == (5,)
+
+
+def test_a_scalar_input_is_shared_by_every_sample_of_a_batch(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekit.converters import convert
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "temperature"], ["y"])], "scaled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("temperature", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "scaled.onnx"))
+    np.savez(tmp_path / "cal.npz", x=np.arange(300, dtype=np.float32).reshape(100, 3), temperature=np.float32(0.5))
+    result = convert(tmp_path / "scaled.onnx", ["onnx-web"], out=tmp_path / "b", calibration=tmp_path / "cal.npz",
+                     report=False)
+    art = result.bundle.manifest.artifacts[0]
+    assert art.parity is not None and art.parity.passed and art.parity.n_samples == 100
+    assert result.bundle.manifest.calibration is not None and result.bundle.manifest.calibration.n_samples == 100
+    wasm = (art.runtime_checks or ())[0].parity
+    assert wasm is not None and wasm.passed and wasm.max_abs_error == 0
+    assert generate_samples(result.bundle.manifest.inputs).inputs["temperature"].shape == ()

@@ -142,9 +142,9 @@ class _Reader:
         if single:  # one feed of a fully static model: calibrate on it as it is
             self._chunks: Iterator[dict[str, np.ndarray]] = iter([dict(samples)])
             return
-        count = next(iter(samples.values())).shape[0]
+        count = next((v.shape[0] for v in samples.values() if v.ndim), 1)
         self._chunks = iter(
-            [{k: v[i:i + chunk] for k, v in samples.items()} for i in range(0, count, chunk)]
+            [{k: v[i:i + chunk] if v.ndim else v for k, v in samples.items()} for i in range(0, count, chunk)]
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -196,7 +196,8 @@ class Int8(Pass):
                 activation_type=getattr(QuantType, str(r["activation_type"])),
                 weight_type=getattr(QuantType, str(r["weight_type"])), reduce_range=bool(r["reduce_range"]),
             )
-            count = 1 if is_single_feed(ctx.samples, ctx.inputs) else next(iter(ctx.samples.values())).shape[0]
+            count = 1 if is_single_feed(ctx.samples, ctx.inputs) else next(
+                (v.shape[0] for v in ctx.samples.values() if v.ndim), 1)
             method = f"{STATIC_METHOD}, MinMax on {count} samples"
             recipe = STATIC_RECIPE
         else:

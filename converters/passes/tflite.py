@@ -370,14 +370,16 @@ class _ToTflite(Pass):
         """A generator of single samples in the artifact's layout, for the converter's calibration."""
         by_source = {s.source_name or s.name: s for s in graph.inputs}
         single = is_single_feed(ctx.samples, ctx.inputs)
-        count = 1 if single else min(next(iter(ctx.samples.values())).shape[0], MAX_CALIBRATION_SAMPLES)
+        count = 1 if single else min(next((v.shape[0] for v in ctx.samples.values() if v.ndim), 1),
+                                     MAX_CALIBRATION_SAMPLES)
 
         def gen() -> Iterator[list[np.ndarray]]:
             for i in range(count):
                 sample = []
                 for src in ctx.inputs:
                     spec = by_source[src.name]
-                    x = ctx.samples[src.name] if single else ctx.samples[src.name][i:i + 1]
+                    x = ctx.samples[src.name]
+                    x = x if single or not x.ndim else x[i:i + 1]
                     if spec.source_transpose:
                         x = np.transpose(x, spec.source_transpose)
                     sample.append(np.require(x, dtype=np.dtype(spec.dtype), requirements="C"))

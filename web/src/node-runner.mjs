@@ -35,6 +35,7 @@ function typed(dtype, buffer) {
 }
 
 function slice(input, data, start, end) {
+  if (input.shape.length === 0) return [data, []]; // a scalar input is shared by every sample
   const per = input.shape.slice(1).reduce((a, b) => a * b, 1);
   return [data.subarray(start * per, end * per), [end - start, ...input.shape.slice(1)]];
 }
@@ -58,7 +59,8 @@ const session = await ort.InferenceSession.create(readFileSync(request.model), {
 const loadMs = performance.now() - loadStart;
 
 const inputs = request.inputs.map((i) => ({ ...i, data: typed(i.dtype, readFileSync(i.file)) }));
-const count = request.whole || !inputs.length ? 1 : inputs[0].shape[0];
+const batched = inputs.filter((i) => i.shape.length > 0);
+const count = request.whole || !batched.length ? 1 : batched[0].shape[0];
 const chunk = Math.max(1, request.chunk ?? count);
 
 function feedsFor(start, end) {
