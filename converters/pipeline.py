@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import shutil
@@ -23,11 +24,12 @@ from edgekit._deps import require
 from edgekit._host import describe_cpu
 from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, ReferenceInfo, RuntimeCheck, hash_path
 from edgekit.converters.calibration import Samples, generate_samples, load_calibration
+from edgekit.converters.isolation import Outcome
 from edgekit.converters.passes import Options, PassContext, Value, load_pass
 from edgekit.converters.planner import plan, resolve_targets, usable_passes
 from edgekit.converters.registry import RUNTIME_OF_FORMAT, TARGETS, VARIANTS, TargetInfo
 from edgekit.converters.sources import Source, load_source
-from edgekit.errors import NotVerifiableError, ParityError, PartialConversionError, UserError
+from edgekit.errors import ConversionError, NotVerifiableError, ParityError, PartialConversionError, UserError
 from edgekit.parity import compare, describe_failure, run_batched
 from edgekit.runtimes.adapt import adapt, describe_io
 
@@ -88,6 +90,7 @@ def convert(
     budget: auto.Budget | None = None,
     report: bool = True,
     progress: Progress | None = None,
+    isolate: bool | None = None,
 ) -> ConversionResult:
     """Convert ``model`` to each target, validate every artifact and write one bundle to ``out``.
 
@@ -111,6 +114,8 @@ def convert(
         budget: For ``-auto`` targets: what the chosen precision must keep (default: at most 1 point of
             top-1 accuracy with labels, else top-1 agreement 0.99, else relative error 0.05).
         progress: Called with a short message at each step.
+        isolate: Convert each target family in a worker process, so that a converter's crash fails only
+            its target (default: for model files; objects are converted in this process).
 
     Raises:
         PartialConversionError: Some targets failed and ``keep_partial`` is false; the bundle was
@@ -141,33 +146,37 @@ def convert(
     reference = run_batched(source.run, samples.inputs, source.inputs)
 
     with tempfile.TemporaryDirectory(prefix="edgekit-") as tmp, BundleWriter(out, overwrite=overwrite) as writer:
-        ctx = PassContext(Path(tmp), source.inputs, source.outputs, samples.inputs,
-                          has_calibration=samples.info is not None, example_inputs=source.example_inputs,
-                          options=Options(int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios))
-        cache: dict[str, tuple[Value, tuple[str, ...], float]] = {source.kind: (source.value, (), 0.0)}
+        options = Options(int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios)
+        accept = {t.id for t in infos if accept_parity_failure or t.id in candidates}
+        measure = {t for t in candidates}
+        if isolate is None:
+            isolate = isinstance(model, (str, Path))
+        outcomes = (_build_isolated(model, infos, via, options, accept, measure, Path(tmp), writer.staging, samples,
+                                    reference, say) if isolate else
+                    _build_in_process(infos, routes, options, accept, measure, Path(tmp), writer.staging, source,
+                                      samples, reference, say))
         artifacts: list[Artifact] = []
         failures: list[tuple[Failure, UserError]] = []
         candidate_failures: dict[str, str] = {}
-        for target in infos:
-            try:
-                artifacts.extend(_build_target(target, routes[target.id], cache, ctx, writer.staging, source,
-                                               samples, reference, accept_parity_failure or target.id in candidates,
-                                               say))
-            except UserError as exc:
-                if target.id in candidates:  # a candidate that cannot be built is only passed over
-                    candidate_failures[target.id] = str(exc)
-                    say(f"{target.id}: candidate failed ({type(exc).__name__})")
-                    continue
-                log.warning("target %s failed: %s", target.id, exc)
-                say(f"{target.id}: failed ({type(exc).__name__})")
-                tried = tuple(step.name for step in routes[target.id])
-                failures.append((Failure(target.id, str(exc), kind=type(exc).__name__, route=tried), exc))
+        for outcome in outcomes:
+            if outcome.error is None:
+                artifacts.extend(outcome.artifacts)
+                continue
+            if outcome.target in candidates:  # a candidate that cannot be built is only passed over
+                candidate_failures[outcome.target] = outcome.error
+                say(f"{outcome.target}: candidate failed ({outcome.kind})")
+                continue
+            log.warning("target %s failed: %s", outcome.target, outcome.error)
+            say(f"{outcome.target}: failed ({outcome.kind})")
+            tried = tuple(step.name for step in routes[outcome.target])
+            error = _as_user_error(outcome)
+            failures.append((Failure(outcome.target, outcome.error, kind=outcome.kind, route=tried), error))
         if failures and not artifacts:
             if len(failures) == 1:
                 raise failures[0][1]
             first = failures[0][1]
             raise type(first)(" | ".join(f"{f.target}: {f.error}" for f, _ in failures))
-        artifacts = _with_size_ratios(artifacts, cache)
+        artifacts = _with_size_ratios(artifacts)
         selections = []
         if auto_families:
             has_labels = samples.labels is not None
@@ -179,7 +188,7 @@ def convert(
             for family in auto_families:
                 say(f"{family}-auto: choosing among {len(auto.CANDIDATES[family])} candidates")
                 chosen, selection = auto.select(family, artifacts, candidate_failures, chosen_budget, has_labels,
-                                                _latency_probe(writer.staging))
+                                                _latency_probe())
                 selections.append(selection)
                 if chosen is None:
                     failures.append((Failure(f"{family}-auto", selection.reason, kind="BudgetError"),
@@ -228,26 +237,87 @@ def _default_name(model: Any, source: Source) -> str:
     return cleaned or source.kind.replace(".", "-")
 
 
-def _build_target(
+def _build_isolated(model: Any, infos: list[TargetInfo], via: Sequence[str], options: Options, accept: set[str],
+                    measure: set[str], tmp: Path, staging: Path, samples: Samples, reference: dict[str, np.ndarray],
+                    say: Progress) -> list[Outcome]:
+    """Each target family in worker processes (converters/isolation.py): a crash fails one target."""
+    from edgekit.converters.isolation import Job, run_family
+
+    families: dict[str, list[str]] = {}
+    for t in infos:
+        families.setdefault(t.family, []).append(t.id)
+    outcomes: dict[str, Outcome] = {}
+    for family, ids in families.items():
+        job = Job(model=str(Path(model).resolve()), targets=ids, via=list(via), options=dataclasses.asdict(options),
+                  accept_parity_failure=sorted(accept & set(ids)), measure_latency=sorted(measure & set(ids)),
+                  staging=str(staging), has_calibration=samples.info is not None, single=samples.single)
+        for outcome in run_family(job, tmp / f"worker-{family}", samples.inputs, samples.labels, reference, say):
+            outcomes[outcome.target] = outcome
+    return [outcomes[t.id] for t in infos]
+
+
+def _build_in_process(infos: list[TargetInfo], routes: dict[str, list[Any]], options: Options, accept: set[str],
+                      measure: set[str], tmp: Path, staging: Path, source: Source, samples: Samples,
+                      reference: dict[str, np.ndarray], say: Progress) -> list[Outcome]:
+    """Every target in this process (model objects, which a worker cannot load again)."""
+    from edgekit.converters.isolation import build_all
+
+    ctx = PassContext(tmp, source.inputs, source.outputs, samples.inputs,
+                      has_calibration=samples.info is not None, example_inputs=source.example_inputs, options=options)
+    cache: dict[str, tuple[Value, tuple[str, ...], float]] = {source.kind: (source.value, (), 0.0)}
+    by_id = {t.id: t for t in infos}
+    outcomes: list[Outcome] = []
+
+    def build(tid: str) -> list[Artifact]:
+        made = build_target(by_id[tid], routes[tid], cache, ctx, staging, source, samples, reference, tid in accept, say)
+        return with_latency(made, staging) if tid in measure else made
+
+    build_all([t.id for t in infos], build=build, record=outcomes.append)
+    return outcomes
+
+
+def _as_user_error(outcome: Outcome) -> UserError:
+    """The outcome's error as the edgekit error class it was (ConversionError for anything else)."""
+    import edgekit.errors as errors
+
+    cls = getattr(errors, outcome.kind or "", None)
+    if isinstance(cls, type) and issubclass(cls, UserError) and cls is not errors.MissingDependencyError:
+        return cls(outcome.error)
+    return ConversionError(outcome.error or "")
+
+
+def build_target(
     target: TargetInfo, route: list[Any], cache: dict[str, tuple[Value, tuple[str, ...], float]],
     ctx: PassContext, staging: Path, source: Source, samples: Samples, reference: dict[str, np.ndarray],
     accept_parity_failure: bool, say: Progress,
 ) -> list[Artifact]:
-    """Run the missing passes of ``route``, then copy, validate and describe the target's artifacts."""
+    """Run the missing passes of ``route``, then copy, validate and describe the target's artifacts.
+
+    ``cache`` keeps each kind produced so far (and each step that failed, so a failing shared step
+    such as onnx2tf runs once per family, not once per target).
+    """
     value, steps, seconds = cache[source.kind]
     for step in route:
         if step.produces in cache:
             value, steps, seconds = cache[step.produces]
             continue
+        failed = cache.get(f"failed:{step.name}", (None,))[0]
+        if isinstance(failed, BaseException):  # a shared step that already failed for another target of this run
+            raise failed
         say(f"{target.id}: {step.name} ({step.consumes} -> {step.produces})")
         start = time.perf_counter()
-        value = load_pass(step).run(value, ctx)
+        try:
+            value = load_pass(step).run(value, ctx)
+        except Exception as exc:
+            cache[f"failed:{step.name}"] = (exc, (), 0.0)  # type: ignore[assignment]
+            raise
         seconds += time.perf_counter() - start
         steps = (*steps, step.name)
         cache[step.produces] = (value, steps, seconds)
 
     made = [_finish(target, target.format, value.file, staging / f"{target.id}{target.suffix}", steps, seconds,
                     value, source, samples, reference, accept_parity_failure, say)]
+
     subset, subset_reference = _leading_samples(samples, reference, source, VARIANT_SAMPLES)
     for fmt in target.variants:
         impl, suffix = VARIANTS[fmt]
@@ -268,6 +338,9 @@ def _build_target(
             made.append(replace(variant, extra={**variant.extra, "kept_because": verdict}))
         else:
             dst.unlink(missing_ok=True)
+    if target.reference_kind in cache:  # the fp32 intermediate's size, for when no fp32 artifact is in the bundle
+        base = hash_path(cache[target.reference_kind][0].file)[1]
+        made = [replace(a, size_ratio=round(a.size_bytes / base, 4) if base else None) for a in made]
     return made
 
 
@@ -405,35 +478,41 @@ def _check_on_web(target: TargetInfo, fmt: str, path: Path, inputs: Any, outputs
     return check
 
 
-def _latency_probe(staging: Path) -> Callable[[Artifact], tuple[float, str] | None]:
-    """Median latency (ms, batch 1) of a staged artifact on the runtime that will run it, and that runtime.
+def with_latency(artifacts: list[Artifact], staging: Path) -> list[Artifact]:
+    """Record each artifact's median batch-1 latency where it will run, for the -auto choice (``extra.latency``).
 
-    onnx-web artifacts are judged by their figure on onnxruntime-web (wasm), measured when they were
+    onnx-web artifacts take their figure from onnxruntime-web (wasm), measured when they were
     checked there: int8 and fp16 rank differently in browsers than in native onnxruntime. Other
-    formats (and onnx-web where onnxruntime-web is missing) are timed here on their validating runtime.
-    None where the artifact cannot run here.
+    formats (and onnx-web where onnxruntime-web is missing) are timed here on their validating
+    runtime. Artifacts that cannot run on this host get no figure.
     """
     from edgekit.runtimes import host_formats
     from edgekit.runtimes.bench import bench_session
 
-    measured: dict[str, tuple[float, str] | None] = {}
-
-    def probe(art: Artifact) -> tuple[float, str] | None:
-        if art.file in measured:
-            return measured[art.file]
+    out = []
+    for art in artifacts:
         web = next((c for c in art.runtime_checks or () if c.latency_p50_ms is not None), None)
         if web is not None:
-            assert web.latency_p50_ms is not None
-            measured[art.file] = (web.latency_p50_ms, f"{web.runtime} ({web.parity.host if web.parity else ''})")
+            host = web.parity.host if web.parity else ""
+            figure: dict[str, Any] | None = {"p50_ms": web.latency_p50_ms, "runtime": f"{web.runtime} ({host})"}
         elif host_formats().get(art.format) != "" or art.format not in VALIDATION_PROVIDERS:
-            measured[art.file] = None
+            figure = None
         else:
             session, _ = bench_session(
-                lambda: adapt(_open(art.format, staging / art.file), art.inputs, art.outputs),
+                lambda art=art: adapt(_open(art.format, staging / art.file), art.inputs, art.outputs),
                 runs=auto.LATENCY_RUNS, warmup=5, batch=1)
-            runtime = f"{_runtime_label(art.format, session.provider)} ({describe_cpu()})"
-            measured[art.file] = (round(session.stats().p50_ms, 4), runtime)
-        return measured[art.file]
+            figure = {"p50_ms": round(session.stats().p50_ms, 4),
+                      "runtime": f"{_runtime_label(art.format, session.provider)} ({describe_cpu()})"}
+        out.append(replace(art, extra={**art.extra, "latency": figure}) if figure else art)
+    return out
+
+
+def _latency_probe() -> Callable[[Artifact], tuple[float, str] | None]:
+    """The latency figure each candidate got while it was converted (:func:`with_latency`), if any."""
+
+    def probe(art: Artifact) -> tuple[float, str] | None:
+        figure = art.extra.get("latency")
+        return (float(figure["p50_ms"]), str(figure["runtime"])) if figure else None
 
     return probe
 
@@ -455,19 +534,19 @@ def _coreml_on_this_mac(path: Path, inputs: Any, outputs: Any, source: Source, s
                              "passed": parity.passed, "provider": session.provider}}
 
 
-def _with_size_ratios(artifacts: list[Artifact],
-                      cache: dict[str, tuple[Value, tuple[str, ...], float]]) -> list[Artifact]:
-    """Fill ``size_ratio``: size over the fp32 artifact of the same format (or the fp32 intermediate,
-    or, for a format variant whose fp32 copy was not kept, the family's fp32 artifact)."""
+def _with_size_ratios(artifacts: list[Artifact]) -> list[Artifact]:
+    """Fill ``size_ratio``: size over the fp32 artifact of the same format; else keep the ratio to the
+    fp32 intermediate that the conversion measured; else, for a format variant whose fp32 copy was not
+    kept, the family's fp32 artifact."""
     fp32 = {(a.format, TARGETS[a.target].family): a.size_bytes for a in artifacts if a.precision == "fp32"}
     out = []
     for art in artifacts:
         info = TARGETS[art.target]
         base = fp32.get((art.format, info.family))
-        if base is None and info.reference_kind in cache:
-            base = hash_path(cache[info.reference_kind][0].file)[1]
+        if base is None and art.size_ratio is not None:
+            out.append(art)
+            continue
         if base is None:
             base = fp32.get((info.format, info.family))
         out.append(replace(art, size_ratio=round(art.size_bytes / base, 4) if base else None))
     return out
-

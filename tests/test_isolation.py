@@ -1,0 +1,103 @@
+"""A crash in one target's conversion is that target's failure; nothing is left behind anywhere."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from edgekit.converters import convert
+from edgekit.converters.isolation import build_all, describe_exit
+from edgekit.errors import ConversionError
+from tests.conftest import DIGITS
+
+TARGETS = ["onnx-web", "onnx-web-fp16", "onnx-web-int8"]
+
+
+@pytest.fixture(autouse=True)
+def _onnxruntime_imported() -> None:
+    """Importing onnxruntime 1.32 writes a session file (.ses) into the temp dir once: not ours to count."""
+    import onnxruntime  # noqa: F401
+
+
+def _leftovers(*folders: Path) -> list[str]:
+    return sorted(str(p) for folder in folders for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL])
+def test_a_killed_worker_fails_its_target_only_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  sig: signal.Signals) -> None:
+    import psutil
+
+    tmp, cwd, parent = tmp_path / "tmp", tmp_path / "cwd", tmp_path / "out"
+    for folder in (tmp, cwd, parent):
+        folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    monkeypatch.chdir(cwd)
+    killed: list[int] = []
+
+    def progress(message: str) -> None:  # a real signal, sent from outside, while fp16 is being converted
+        if message.startswith("onnx-web-fp16: onnx-fp16") and not killed:
+            worker = psutil.Process().children()[0]
+            os.kill(worker.pid, sig)
+            killed.append(worker.pid)
+
+    result = convert(DIGITS / "digits.onnx", TARGETS, out=parent / "bundle", calibration=DIGITS / "digits.npz",
+                     keep_partial=True, progress=progress, report=False)
+    assert killed
+    (failure,) = result.failures
+    assert failure.target == "onnx-web-fp16" and failure.kind == "WorkerCrash"
+    assert f"killed by {sig.name}" in failure.error and "onnx-fp16" in failure.error
+    manifest = result.bundle.manifest
+    assert {a.target for a in manifest.artifacts} == {"onnx-web", "onnx-web-int8"}  # the others survive
+    assert manifest.failures == result.failures
+    assert all(a.parity is not None and a.parity.passed for a in manifest.artifacts)
+    # nothing in the temp dir, beside --out or in the current directory
+    assert _leftovers(tmp, cwd) == []
+    assert _leftovers(parent) == [str(parent / "bundle")]
+
+
+def test_only_failures_means_nothing_is_written_and_nothing_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    tmp, cwd = tmp_path / "tmp", tmp_path / "cwd"
+    tmp.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.chdir(cwd)
+
+    def progress(message: str) -> None:
+        if message.startswith("onnx-web-int8: onnx-int8"):
+            os.kill(psutil.Process().children()[0].pid, signal.SIGABRT)
+
+    with pytest.raises(ConversionError, match="killed by SIGABRT"):
+        convert(DIGITS / "digits.onnx", ["onnx-web-int8"], out=tmp_path / "bundle", calibration=DIGITS / "digits.npz",
+                progress=progress, report=False)
+    assert not (tmp_path / "bundle").exists()
+    assert _leftovers(tmp, cwd) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "tmp"]
+
+
+def test_an_unexpected_exception_is_the_targets_failure() -> None:
+    outcomes = []
+
+    def build(target: str) -> list:
+        if target == "b":
+            raise IndexError("tuple index out of range")
+        return []
+
+    build_all(["a", "b", "c"], build=build, record=outcomes.append)
+    assert [o.target for o in outcomes] == ["a", "b", "c"]
+    assert outcomes[1].kind == "IndexError" and "tuple index out of range" in (outcomes[1].error or "")
+    assert outcomes[0].error is None and outcomes[2].error is None
+
+
+def test_exit_descriptions() -> None:
+    assert describe_exit(-signal.SIGSEGV).startswith("killed by SIGSEGV")
+    assert "out-of-memory" in describe_exit(-signal.SIGKILL)
+    assert describe_exit(1) == "exited with status 1"
