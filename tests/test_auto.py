@@ -35,7 +35,11 @@ def test_all_auto_picks_a_small_artifact_per_family_and_says_why(all_auto: tuple
     for family, selection in selections.items():
         assert selection.chosen is not None and selection.budget == {"max_accuracy_drop": 1.0, "optimize": "balanced"}
         chosen = next(a for a in manifest.artifacts if a.target == selection.chosen)
-        assert chosen.size_ratio is not None and chosen.size_ratio <= 0.30, (family, chosen.size_ratio)
+        smaller = [c for c in selection.candidates if c.get("size_bytes", 1 << 60) < chosen.size_bytes]
+        # the smallest candidate, unless a smaller one was slower where it will run (digits on wasm: int8
+        # and fp16 are within a few hundredths of a millisecond, and either can win)
+        assert chosen.size_ratio is not None and (chosen.size_ratio <= 0.30 or all(
+            "but slower than" in c["verdict"] for c in smaller)), (family, chosen.size_ratio, smaller)
         assert chosen.accuracy is not None and chosen.accuracy.top1 >= chosen.accuracy.source_top1 - 0.01
         assert chosen.extra["chosen_by"] == f"{family}-auto"
         assert len(selection.candidates) >= 3 and all("verdict" in c for c in selection.candidates)
