@@ -90,8 +90,10 @@ def run_family(job: Job, job_dir: Path, samples: dict[str, np.ndarray], labels: 
     step it reported) and a new worker takes the remaining targets.
     """
     job_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(job_dir / "samples.npz", **{f"in.{k}": v for k, v in samples.items()},  # type: ignore[arg-type]
-             **({"labels": labels} if labels is not None else {}))
+    arrays = {f"in.{k}": v for k, v in samples.items()}
+    if labels is not None:
+        arrays["labels"] = labels
+    np.savez(job_dir / "samples.npz", **arrays)  # type: ignore[arg-type]
     np.savez(job_dir / "reference.npz", **reference)  # type: ignore[arg-type]
     outcomes: list[Outcome] = []
     pending = list(job.targets)
@@ -189,7 +191,7 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
     from edgekit.converters import pipeline
     from edgekit.converters.calibration import Samples
     from edgekit.converters.passes import Options, PassContext
-    from edgekit.converters.planner import plan, resolve_targets, usable_passes
+    from edgekit.converters.planner import fallback_routes, plan, resolve_targets, usable_passes
     from edgekit.converters.sources import load_source
 
     job = Job(**json.loads((run_dir / "job.json").read_text(encoding="utf-8")))
@@ -215,15 +217,17 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
     infos = {t.id: t for t in resolve_targets(job.targets)}
     ctx = PassContext(run_dir / "scratch", source.inputs, source.outputs, samples.inputs,
                       has_calibration=job.has_calibration, example_inputs=source.example_inputs,
-                      options=Options(**job.options))
-    cache: dict[str, Any] = {source.kind: (source.value, (), 0.0)}
+                      options=Options(**{**job.options, "input_shapes": {k: tuple(v) for k, v in
+                                                                         job.options.get("input_shapes", {}).items()}}))
+    cache = pipeline.RouteCache(source)
     results = run_dir / RESULTS
     staging = Path(job.staging)
 
     def build(tid: str) -> list[Artifact]:
         target = infos[tid]
-        made = pipeline.build_target(target, plan(source.kind, target, passes), cache, ctx, staging, source,
-                                     samples, reference, tid in job.accept_parity_failure, say)
+        route = plan(source.kind, target, passes)
+        made = pipeline.build_target(target, [route, *fallback_routes(source.kind, target, route)], cache, ctx,
+                                     staging, source, samples, reference, tid in job.accept_parity_failure, say)
         if tid in job.measure_latency:
             made = pipeline.with_latency(made, staging)
         return made

@@ -26,10 +26,18 @@ from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, Re
 from edgekit.converters.calibration import Samples, generate_samples, load_calibration
 from edgekit.converters.isolation import Outcome
 from edgekit.converters.passes import Options, PassContext, Value, load_pass
-from edgekit.converters.planner import plan, resolve_targets, usable_passes
+from edgekit.converters.planner import fallback_routes, plan, resolve_targets, usable_passes
 from edgekit.converters.registry import RUNTIME_OF_FORMAT, TARGETS, VARIANTS, TargetInfo
 from edgekit.converters.sources import Source, load_source
-from edgekit.errors import ConversionError, NotVerifiableError, ParityError, PartialConversionError, UserError
+from edgekit.errors import (
+    ConversionError,
+    MissingDependencyError,
+    NotVerifiableError,
+    OutputExistsError,
+    ParityError,
+    PartialConversionError,
+    UserError,
+)
 from edgekit.parity import compare, describe_failure, run_batched
 from edgekit.runtimes.adapt import adapt, describe_io
 
@@ -91,6 +99,7 @@ def convert(
     report: bool = True,
     progress: Progress | None = None,
     isolate: bool | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> ConversionResult:
     """Convert ``model`` to each target, validate every artifact and write one bundle to ``out``.
 
@@ -114,6 +123,8 @@ def convert(
         budget: For ``-auto`` targets: what the chosen precision must keep (default: at most 1 point of
             top-1 accuracy with labels, else top-1 agreement 0.99, else relative error 0.05).
         progress: Called with a short message at each step.
+        input_shapes: Fixed shapes for inputs with dynamic dimensions, by input name, for converters that
+            need static shapes (onnx2tf); recorded in the artifacts' inputs.
         isolate: Convert each target family in a worker process, so that a converter's crash fails only
             its target (default: for model files; objects are converted in this process).
 
@@ -146,7 +157,8 @@ def convert(
     reference = run_batched(source.run, samples.inputs, source.inputs)
 
     with tempfile.TemporaryDirectory(prefix="edgekit-") as tmp, BundleWriter(out, overwrite=overwrite) as writer:
-        options = Options(int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios)
+        options = Options(int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios,
+                          input_shapes=_checked_shapes(input_shapes or {}, source))
         accept = {t.id for t in infos if accept_parity_failure or t.id in candidates}
         measure = {t for t in candidates}
         if isolate is None:
@@ -231,6 +243,27 @@ def convert(
     return result
 
 
+def _checked_shapes(shapes: dict[str, tuple[int, ...]], source: Source) -> dict[str, tuple[int, ...]]:
+    """``input_shapes`` checked against the source's inputs: known names, same rank, fixed dims kept.
+
+    Raises:
+        CalibrationError: An unknown input, another rank, or a size that contradicts a fixed dimension.
+    """
+    from edgekit.errors import CalibrationError
+
+    specs = {s.name: s for s in source.inputs}
+    for name, dims in shapes.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise CalibrationError(f"--input-shape names {name!r}, which is not an input of the model "
+                                   f"(its inputs: {', '.join(specs)})")
+        if len(dims) != len(spec.shape) or any(isinstance(d, int) and d >= 0 and d != v
+                                               for d, v in zip(spec.shape, dims, strict=True)):
+            raise CalibrationError(f"--input-shape {name}:{','.join(map(str, dims))} does not fit the input's shape "
+                                   f"{list(spec.shape)}: give one size per dimension, keeping the fixed ones")
+    return dict(shapes)
+
+
 def _default_name(model: Any, source: Source) -> str:
     raw = Path(model).stem if isinstance(model, (str, Path)) else type(model).__name__
     cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in raw).lstrip("._-")
@@ -248,7 +281,7 @@ def _build_isolated(model: Any, infos: list[TargetInfo], via: Sequence[str], opt
         families.setdefault(t.family, []).append(t.id)
     outcomes: dict[str, Outcome] = {}
     for family, ids in families.items():
-        job = Job(model=str(Path(model).resolve()), targets=ids, via=list(via), options=dataclasses.asdict(options),
+        job = Job(model=str(Path(model).resolve()), targets=_fp32_first(ids), via=list(via), options=dataclasses.asdict(options),
                   accept_parity_failure=sorted(accept & set(ids)), measure_latency=sorted(measure & set(ids)),
                   staging=str(staging), has_calibration=samples.info is not None, single=samples.single)
         for outcome in run_family(job, tmp / f"worker-{family}", samples.inputs, samples.labels, reference, say):
@@ -264,16 +297,24 @@ def _build_in_process(infos: list[TargetInfo], routes: dict[str, list[Any]], opt
 
     ctx = PassContext(tmp, source.inputs, source.outputs, samples.inputs,
                       has_calibration=samples.info is not None, example_inputs=source.example_inputs, options=options)
-    cache: dict[str, tuple[Value, tuple[str, ...], float]] = {source.kind: (source.value, (), 0.0)}
+    cache = RouteCache(source)
     by_id = {t.id: t for t in infos}
     outcomes: list[Outcome] = []
 
     def build(tid: str) -> list[Artifact]:
-        made = build_target(by_id[tid], routes[tid], cache, ctx, staging, source, samples, reference, tid in accept, say)
+        target = by_id[tid]
+        made = build_target(target, [routes[tid], *fallback_routes(source.kind, target, routes[tid])], cache, ctx,
+                            staging, source, samples, reference, tid in accept, say)
         return with_latency(made, staging) if tid in measure else made
 
-    build_all([t.id for t in infos], build=build, record=outcomes.append)
-    return outcomes
+    build_all(_fp32_first([t.id for t in infos]), build=build, record=outcomes.append)
+    order = {t.id: i for i, t in enumerate(infos)}
+    return sorted(outcomes, key=lambda o: order[o.target])
+
+
+def _fp32_first(ids: list[str]) -> list[str]:
+    """fp32 targets first: a route whose fp32 artifact fails parity is then skipped by the family's others."""
+    return sorted(ids, key=lambda t: TARGETS[t].precision != "fp32")
 
 
 def _as_user_error(outcome: Outcome) -> UserError:
@@ -286,34 +327,106 @@ def _as_user_error(outcome: Outcome) -> UserError:
     return ConversionError(outcome.error or "")
 
 
+class RouteCache:
+    """What the targets of one conversion share: each route prefix's product, the steps that failed,
+    and the route prefixes whose product failed fp32 parity (other targets skip those)."""
+
+    def __init__(self, source: Source):
+        self.values: dict[tuple[str, ...], tuple[Value, float]] = {(): (source.value, 0.0)}
+        self.by_kind: dict[str, Value] = {source.kind: source.value}
+        self.failed: dict[tuple[str, ...], BaseException] = {}
+        self.bad: dict[tuple[str, ...], str] = {}
+
+
 def build_target(
-    target: TargetInfo, route: list[Any], cache: dict[str, tuple[Value, tuple[str, ...], float]],
+    target: TargetInfo, routes: list[list[Any]], cache: RouteCache,
+    ctx: PassContext, staging: Path, source: Source, samples: Samples, reference: dict[str, np.ndarray],
+    accept_parity_failure: bool, say: Progress,
+) -> list[Artifact]:
+    """Build, validate and describe the target's artifacts on the first of ``routes`` that works.
+
+    A route that fails to convert (or, for an fp32 target, fails parity) is recorded and the next is
+    tried (planner.fallback_routes): onnx2tf with fixed shapes, with inputs kept in their layout, an
+    alternative converter. The artifacts record every route that was tried before (``routes_tried``).
+    """
+    import importlib.util
+
+    tried: list[dict[str, str]] = []
+    first_error: BaseException | None = None
+    for i, route in enumerate(routes):
+        names = tuple(step.name for step in route)
+        missing = [m for step in route for m in step.modules if importlib.util.find_spec(m) is None]
+        bad = next((why for prefix, why in cache.bad.items() if names[:len(prefix)] == prefix), None)
+        if bad or (i > 0 and missing):  # the planned route's missing modules were reported up front
+            tried.append({"route": " -> ".join(names),
+                          "error": bad or f"not installed: {', '.join(sorted(set(missing)))}"})
+            continue
+        try:
+            made = _build_on_route(target, route, cache, ctx, staging, source, samples, reference,
+                                   accept_parity_failure, say)
+        except Exception as exc:
+            if first_error is None:
+                first_error = exc
+            if isinstance(exc, ParityError) and target.precision == "fp32":  # this route's graph is wrong
+                cache.bad[names[:-1]] = f"its fp32 artifact failed parity for {target.id}"
+            elif isinstance(exc, (ParityError, OutputExistsError, MissingDependencyError)):
+                if tried:
+                    raise _with_routes(exc, tried) from exc
+                raise
+            tried.append({"route": " -> ".join(names), "error": f"{type(exc).__name__}: {str(exc)[:400]}"})
+            if i + 1 < len(routes):
+                say(f"{target.id}: route {' -> '.join(names)} failed ({type(exc).__name__}); trying another")
+            continue
+        if tried:
+            made = [replace(a, extra={**a.extra, "routes_tried": tried}) for a in made]
+        return made
+    assert first_error is not None or tried
+    raise _with_routes(first_error, tried[1:]) if first_error is not None else ConversionError(
+        f"no route to {target.id} could run: " + "; ".join(f"{t['route']}: {t['error']}" for t in tried))
+
+
+def _with_routes(exc: BaseException, tried: list[dict[str, str]]) -> BaseException:
+    """The error of the planned route, naming the other routes tried and why each failed."""
+    if not tried or not isinstance(exc, UserError):
+        return exc
+    others = "; ".join(f"[{t['route']}] {t['error']}" for t in tried)
+    try:
+        return type(exc)(f"{exc} (other routes tried: {others})")
+    except TypeError:
+        return exc
+
+
+def _build_on_route(
+    target: TargetInfo, route: list[Any], cache: RouteCache,
     ctx: PassContext, staging: Path, source: Source, samples: Samples, reference: dict[str, np.ndarray],
     accept_parity_failure: bool, say: Progress,
 ) -> list[Artifact]:
     """Run the missing passes of ``route``, then copy, validate and describe the target's artifacts.
 
-    ``cache`` keeps each kind produced so far (and each step that failed, so a failing shared step
-    such as onnx2tf runs once per family, not once per target).
+    A step's product is shared by every target whose route starts the same way, and a step that
+    failed is not run again for the next target (onnx2tf runs once per family, not once per target).
     """
-    value, steps, seconds = cache[source.kind]
+    value, seconds = cache.values[()]
+    steps: tuple[str, ...] = ()
     for step in route:
-        if step.produces in cache:
-            value, steps, seconds = cache[step.produces]
+        prefix = (*steps, step.name)
+        if prefix in cache.values:
+            value, seconds = cache.values[prefix]
+            steps = prefix
             continue
-        failed = cache.get(f"failed:{step.name}", (None,))[0]
-        if isinstance(failed, BaseException):  # a shared step that already failed for another target of this run
-            raise failed
+        if prefix in cache.failed:  # a shared step that already failed for another target of this run
+            raise cache.failed[prefix]
         say(f"{target.id}: {step.name} ({step.consumes} -> {step.produces})")
         start = time.perf_counter()
         try:
             value = load_pass(step).run(value, ctx)
         except Exception as exc:
-            cache[f"failed:{step.name}"] = (exc, (), 0.0)  # type: ignore[assignment]
+            cache.failed[prefix] = exc
             raise
         seconds += time.perf_counter() - start
-        steps = (*steps, step.name)
-        cache[step.produces] = (value, steps, seconds)
+        steps = prefix
+        cache.values[prefix] = (value, seconds)
+        cache.by_kind[step.produces] = value
 
     made = [_finish(target, target.format, value.file, staging / f"{target.id}{target.suffix}", steps, seconds,
                     value, source, samples, reference, accept_parity_failure, say)]
@@ -338,8 +451,9 @@ def build_target(
             made.append(replace(variant, extra={**variant.extra, "kept_because": verdict}))
         else:
             dst.unlink(missing_ok=True)
-    if target.reference_kind in cache:  # the fp32 intermediate's size, for when no fp32 artifact is in the bundle
-        base = hash_path(cache[target.reference_kind][0].file)[1]
+    base_value = cache.by_kind.get(target.reference_kind)
+    if base_value is not None and base_value.path is not None:  # for when no fp32 artifact is in the bundle
+        base = hash_path(base_value.file)[1]
         made = [replace(a, size_ratio=round(a.size_bytes / base, 4) if base else None) for a in made]
     return made
 

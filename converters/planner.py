@@ -38,7 +38,31 @@ def usable_passes(via: tuple[str, ...] = (), passes: tuple[PassInfo, ...] = PASS
         if name not in ALTERNATIVES:
             known = "; ".join(f"{k}: {v}" for k, v in ALTERNATIVES.items())
             raise NoRouteError(f"unknown route {name!r} for --via; edgekit has: {known}")
-    return tuple(p for p in passes if p.alternative is None or p.alternative in via)
+    return tuple(p for p in passes if p.fallback_of is None and (p.alternative is None or p.alternative in via))
+
+
+def fallback_routes(source: str, target: TargetInfo, first: list[PassInfo],
+                    passes: tuple[PassInfo, ...] = PASSES) -> list[list[PassInfo]]:
+    """Routes to try, in order, when ``first`` (the planned route) fails to convert or fails fp32 parity.
+
+    First the planned route with each fallback pass in place of the default pass it stands in for
+    (onnx2tf with fixed shapes, then with every input's layout kept), then the alternative routes
+    (``litert-torch``) that reach the target from this source.
+    """
+    out: list[list[PassInfo]] = []
+    for i, step in enumerate(first):
+        for fallback in passes:
+            if fallback.fallback_of == step.name:
+                out.append([*first[:i], fallback, *first[i + 1:]])
+    for name in ALTERNATIVES:
+        alternative = usable_passes((name,), passes)
+        try:
+            route = plan(source, target, alternative)
+        except NoRouteError:
+            continue
+        if route != first and route not in out:
+            out.append(route)
+    return out
 
 
 def reachable_kinds(source: str, passes: tuple[PassInfo, ...] | None = None) -> dict[str, list[PassInfo]]:

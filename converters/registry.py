@@ -46,7 +46,8 @@ class PassInfo:
     consumes: str
     produces: str
     modules: tuple[str, ...]  # Python modules the pass imports; checked before any work starts
-    alternative: str | None = None  # an alternative route's name: used only when asked for (``--via``)
+    alternative: str | None = None  # an alternative route's name: used when asked for (``--via``), else as a fallback
+    fallback_of: str | None = None  # the default pass this one replaces when a route through that one fails
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.TF_SAVED_MODEL, Kind.TF, ("tensorflow",)),
     PassInfo("onnx2tf", "edgekit.converters.passes.tflite:OnnxToTf",
              Kind.ONNX, Kind.TF, ("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnx_graphsurgeon")),
+    # Fallbacks for onnx2tf, tried in this order when a route through it fails to convert or fails fp32 parity
+    PassInfo("onnx2tf-fixed-shapes", "edgekit.converters.passes.tflite:OnnxToTfFixedShapes",
+             Kind.ONNX, Kind.TF, ("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnx_graphsurgeon"), fallback_of="onnx2tf"),
+    PassInfo("onnx2tf-keep-layout", "edgekit.converters.passes.tflite:OnnxToTfKeepLayout",
+             Kind.ONNX, Kind.TF, ("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnx_graphsurgeon"), fallback_of="onnx2tf"),
     PassInfo("tflite-fp32", "edgekit.converters.passes.tflite:TfliteFp32",
              Kind.TF, Kind.TFLITE, ("tensorflow", "ai_edge_litert")),
     PassInfo("tflite-fp16", "edgekit.converters.passes.tflite:TfliteFp16",

@@ -53,10 +53,14 @@ class _Record:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Any:
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}  # type: ignore[arg-type]
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}  # type: ignore[arg-type]
+        names = set(fields)
         kwargs: dict[str, Any] = {}
         for name in names & data.keys():
-            kwargs[name] = _load(cls._children.get(name), data[name])
+            value = _load(cls._children.get(name), data[name])
+            if isinstance(value, list) and str(fields[name].type).startswith("tuple"):  # JSON arrays of tuple fields
+                value = tuple(value)
+            kwargs[name] = value
         extra = {k: v for k, v in data.items() if k not in names}
         factory: Any = cls
         return factory(**kwargs, extra=extra)

@@ -156,6 +156,8 @@ def convert(
     optimize: Annotated[str, typer.Option(
         help="-auto targets: balanced (int8 only if not slower here) or size")] = "balanced",
     via: Annotated[list[str] | None, typer.Option(help="Prefer an alternative route where it applies: litert-torch")] = None,
+    input_shape: Annotated[list[str] | None, typer.Option(
+        help="Fix an input's dynamic dimensions for converters that need static shapes: NAME:D0,D1,...")] = None,
     write_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the bundle")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each pass")] = False,
 ) -> None:
@@ -178,7 +180,7 @@ def convert(
                 model, target, out=out, calibration=calibration, name=name, version=version, labels_key=labels_key,
                 overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
                 int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios, via=tuple(via or ()), budget=budget,
-                report=write_report,
+                report=write_report, input_shapes=_input_shapes(input_shape or []),
                 progress=lambda msg: _err(f"  - {msg}"),
             )
         except PartialConversionError as partial:
@@ -188,6 +190,23 @@ def convert(
                  "(pass --keep-partial to exit 0 in this case)")
             raise typer.Exit(partial.exit_code) from None
         _report(result)
+
+
+def _input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``--input-shape NAME:D0,D1,...`` flags."""
+    from edgekit.errors import UserError
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition(":")
+        try:
+            values = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            values = ()
+        if not sep or not name or not values or any(v < 1 for v in values):
+            raise UserError(f"--input-shape {spec!r}: write NAME:D0,D1,... with positive sizes, e.g. input_ids:1,128")
+        shapes[name] = values
+    return shapes
 
 
 def _explain(manifest: Any) -> None:

@@ -50,6 +50,7 @@ class Options:
     int8_io: bool = False  # tflite-int8: int8 inputs and outputs instead of float
     allow_flex: bool = False  # TFLite: accept TensorFlow Select (Flex) ops when builtins do not suffice
     min_ios: int = 16  # Core ML: the minimum_deployment_target (iOS 16 and up: ML Programs with fp16 I/O ops)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --input-shape NAME:D0,D1,...
 
 
 @dataclass(frozen=True)

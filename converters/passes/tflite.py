@@ -16,6 +16,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -151,6 +152,48 @@ def _venv_on_path() -> Iterator[None]:
         os.environ["PATH"] = old
 
 
+def _fixed_shapes(ctx: PassContext, *, fix_all: bool) -> dict[str, list[int]]:
+    """Input shapes to give onnx2tf: ``--input-shape`` ones, and with ``fix_all`` every dynamic dimension
+    fixed from the samples (the batch to 1): converters and delegates that need static shapes."""
+    out: dict[str, list[int]] = {}
+    for spec in ctx.inputs:
+        given = ctx.options.input_shapes.get(spec.name)
+        if given:
+            out[spec.name] = list(given)
+            continue
+        dynamic = [i for i, d in enumerate(spec.shape) if not isinstance(d, int) or d < 0]
+        if not fix_all or not dynamic or spec.name not in ctx.samples:
+            continue
+        sample = ctx.samples[spec.name].shape
+        out[spec.name] = [1 if i == 0 and i in dynamic else int(sample[i]) if i in dynamic else int(d)  # type: ignore[arg-type]
+                          for i, d in enumerate(spec.shape)]
+    return out
+
+
+SAMPLE_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+def _sample_images_for_onnx2tf(work: Path, ctx: PassContext) -> None:
+    """Give onnx2tf the sample images it otherwise downloads for models whose inputs are all 3-channel images.
+
+    onnx2tf 1.28 uses 20 images of 128x128x3 to check its own layout choices and fetches them from
+    the internet when the file is not in the current directory. edgekit writes them from the
+    calibration samples (resized by nearest neighbour), or seeded noise when no image input exists.
+    """
+    images = None
+    for value in ctx.samples.values():
+        if value.ndim == 4 and 3 in (value.shape[1], value.shape[3]) and value.shape[0] > 0:
+            nhwc = value if value.shape[3] == 3 else value.transpose(0, 2, 3, 1)
+            rows = np.linspace(0, nhwc.shape[1] - 1, 128).round().astype(int)
+            cols = np.linspace(0, nhwc.shape[2] - 1, 128).round().astype(int)
+            picked = nhwc[np.arange(20) % nhwc.shape[0]][:, rows][:, :, cols]
+            images = picked.astype(np.float32)
+            break
+    if images is None:
+        images = np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
+    np.save(work / SAMPLE_IMAGES, images)
+
+
 class OnnxToTf(Pass):
     """ONNX to a TensorFlow graph with onnx2tf (NCHW inputs become NHWC; the transposes are recorded)."""
 
@@ -158,6 +201,8 @@ class OnnxToTf(Pass):
     consumes = Kind.ONNX
     produces = Kind.TF
     modules = ("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnx_graphsurgeon")
+    fix_shapes = False  # fix every dynamic dimension from the samples
+    keep_layout = False  # keep every input's layout (no NCHW -> NHWC)
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         import onnx2tf
@@ -167,12 +212,20 @@ class OnnxToTf(Pass):
         model_file = work / "model.onnx"
         shutil.copyfile(value.file, model_file)  # onnx2tf rewrites its input file in place
         rewritten = _ceil_pools_to_edge_pads(model_file)
-        route = "onnx -> onnx2tf -> TFLiteConverter"
+        route = f"onnx -> {self.name} -> TFLiteConverter"
+        fixed = _fixed_shapes(ctx, fix_all=self.fix_shapes)
+        settings: dict[str, Any] = {}
+        if fixed:
+            settings["overwrite_input_shape"] = [f"{name}:{','.join(map(str, dims))}" for name, dims in fixed.items()]
+        if self.keep_layout:
+            settings["keep_shape_absolutely_input_names"] = [s.name for s in ctx.inputs]
+        _sample_images_for_onnx2tf(work, ctx)
         log = io.StringIO()
         try:
-            with _venv_on_path(), captured_output() as log:
+            # onnx2tf reads (and otherwise downloads) its own sample images from the current directory
+            with _venv_on_path(), captured_output() as log, contextlib.chdir(work):
                 model = onnx2tf.convert(input_onnx_file_path=str(model_file), output_folder_path=str(work / "out"),
-                                        non_verbose=True, verbosity="error", disable_model_save=True)
+                                        non_verbose=True, verbosity="error", disable_model_save=True, **settings)
         except ModuleNotFoundError as exc:
             if not (exc.name or "").startswith("onnx2tf.ops."):
                 raise
@@ -213,9 +266,29 @@ class OnnxToTf(Pass):
 
         graph = TfGraph(forward.get_concrete_function(), model, tuple(inputs), tuple(outputs))
         notes: dict[str, Any] = {"frontend": f"onnx2tf {onnx2tf.__version__}"}
+        if fixed:
+            notes["fixed_shapes"] = {name: dims for name, dims in fixed.items()}
+        if self.keep_layout:
+            notes["kept_layout"] = True
         if rewritten:
             notes["rewrites"] = [f"{rewritten} ceil-mode MaxPool -> edge Pad + MaxPool (exact; keeps int8 ranges)"]
         return Value(Kind.TF, obj=graph, notes=notes, inputs=graph.inputs, outputs=graph.outputs)
+
+
+class OnnxToTfFixedShapes(OnnxToTf):
+    """onnx2tf with every dynamic dimension fixed from the samples (batch 1): a fallback route."""
+
+    name = "onnx2tf-fixed-shapes"
+    fix_shapes = True
+
+
+class OnnxToTfKeepLayout(OnnxToTf):
+    """onnx2tf with fixed shapes and every input kept in its source layout: a fallback route for models
+    whose inputs are not images (onnx2tf's NHWC guess can break them)."""
+
+    name = "onnx2tf-keep-layout"
+    fix_shapes = True
+    keep_layout = True
 
 
 def _ceil_pools_to_edge_pads(path: Any) -> int:

@@ -1,0 +1,73 @@
+"""Route fallback: when a route fails to convert or fails fp32 parity, the next one is tried and recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.bundle import read_bundle
+from edgekit.converters.planner import fallback_routes, plan, usable_passes
+from edgekit.converters.registry import TARGETS, Kind
+from tests.conftest import run_cli
+
+
+def test_fallback_routes_replace_onnx2tf_then_take_alternatives() -> None:
+    first = plan(Kind.ONNX, TARGETS["tflite"], usable_passes())
+    names = [[s.name for s in r] for r in fallback_routes(Kind.ONNX, TARGETS["tflite"], first)]
+    assert [s.name for s in first] == ["onnx2tf", "tflite-fp32"]
+    assert names == [["onnx2tf-fixed-shapes", "tflite-fp32"], ["onnx2tf-keep-layout", "tflite-fp32"]]
+    torch_first = plan(Kind.TORCH_EXPORT, TARGETS["tflite"], usable_passes())
+    torch_names = [[s.name for s in r] for r in fallback_routes(Kind.TORCH_EXPORT, TARGETS["tflite"], torch_first)]
+    assert torch_names[-1] == ["litert-torch-program"]  # PyTorch's direct route, after the ONNX ones
+    assert fallback_routes(Kind.ONNX, TARGETS["onnx-web"], plan(Kind.ONNX, TARGETS["onnx-web"])) == []
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small segmentation-style model with dynamic batch, height and width (an OCR detector's shape)."""
+    import torch
+    from torch import nn
+
+    class Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1)
+            self.head = nn.Conv2d(8, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.c1(x))
+            z = nn.functional.interpolate(torch.relu(self.c2(y)), size=y.shape[2:], mode="nearest")
+            return torch.sigmoid(self.head(y + z))
+
+    folder = tmp_path_factory.mktemp("detector")
+    torch.manual_seed(0)
+    torch.onnx.export(Detector().eval(), (torch.rand(2, 3, 32, 48),), str(folder / "det.onnx"), input_names=["x"],
+                      output_names=["prob"], dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "prob": {0: "b", 2: "h", 3: "w"}},
+                      dynamo=False, opset_version=17)
+    np.savez(folder / "cal.npz", x=np.random.default_rng(0).random((4, 3, 32, 48), dtype=np.float32))
+    return folder / "det.onnx", folder / "cal.npz"
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow
+@pytest.mark.torch
+def test_dynamic_spatial_dims_fall_back_to_fixed_shapes(tmp_path: Path, detector: tuple[Path, Path]) -> None:
+    model, calibration = detector
+    out = tmp_path / "b"
+    result = run_cli("convert", model, "--calibration", calibration, "-t", "tflite", "-t", "tflite-fp16", "--out", out)
+    assert result.exit_code == 0, result.output
+    manifest = read_bundle(out).manifest
+    fp32, fp16 = manifest.artifact("tflite"), manifest.artifact("tflite-fp16")
+    for art in (fp32, fp16):
+        # onnx2tf on dynamic dims gave an output whose layout could not be told (NHWC vs NCHW): its fp32
+        # parity failed, so every target of the family took onnx2tf with the calibration's shapes
+        assert art.route is not None and art.route[0] == "onnx2tf-fixed-shapes"
+        assert art.parity is not None and art.parity.passed
+        assert art.inputs is not None and art.inputs[0].shape == (1, 32, 48, 3)  # what was fixed is recorded
+        assert art.extra["conversion"]["fixed_shapes"] == {"x": [1, 3, 32, 48]}
+        assert art.extra["routes_tried"][0]["route"] == f"onnx2tf -> {fp32.route[1] if art is fp32 else 'tflite-fp16'}"
+    assert "ParityError" in fp32.extra["routes_tried"][0]["error"]
+    assert "failed parity for tflite" in fp16.extra["routes_tried"][0]["error"]  # not converted twice
+    assert fp32.parity is not None and fp32.parity.max_abs_error < 1e-5
