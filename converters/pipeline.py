@@ -536,10 +536,9 @@ def _finish(
         say(f"{target.id}: not validated: {unverified}")
     else:
         say(f"{target.id}: validating the {fmt} artifact on {samples.count} samples")
-        session = adapt(raw, inputs, outputs)
         passed_over = [f"{a.provider}: {a.reason}" for a in raw.attempts if not a.ok]
+        actual, raw = _run_with_fallback(fmt, dst, raw, inputs, outputs, samples, passed_over)
         notes = {**notes, "validated_on": raw.provider, **({"passed_over": passed_over} if passed_over else {})}
-        actual = run_batched(session.run, samples.inputs, session.inputs)
         parity, accuracy = compare(reference, actual, source.outputs, target.tolerance, samples.labels)
         parity = replace(parity, runtime=_runtime_label(fmt, raw.provider), host=describe_cpu())
         if not parity.passed:
@@ -558,6 +557,26 @@ def _finish(
         convert_seconds=round(seconds, 3), unverified=unverified, runtime_checks=checks,
         extra={"conversion": dict(notes)} if notes else {},
     )
+
+
+def _run_with_fallback(fmt: str, path: Path, raw: Any, inputs: Any, outputs: Any, samples: Samples,
+                       passed_over: list[str]) -> tuple[dict[str, np.ndarray], Any]:
+    """Run the samples; when the kernels that loaded fail at run time (XNNPACK failing to prepare a
+    reshaped graph), open the artifact again on the next validation provider and run there."""
+    providers = list(VALIDATION_PROVIDERS.get(fmt, ()))
+    while True:
+        session = adapt(raw, inputs, outputs)
+        try:
+            return run_batched(session.run, samples.inputs, session.inputs), raw
+        except Exception as exc:
+            later = providers[providers.index(raw.provider) + 1:] if raw.provider in providers else []
+            if not later:
+                raise
+            passed_over.append(f"{raw.provider}: failed at run time: {type(exc).__name__}: {str(exc)[:300]}")
+            log.info("%s: %s failed at run time (%s); retrying on %s", path.name, raw.provider, exc, later[0])
+            with captured_output():
+                module, _, cls = RUNTIME_OF_FORMAT[fmt].partition(":")
+                raw = getattr(importlib.import_module(module), cls)().open(path, providers=tuple(later))
 
 
 def _runtime_label(fmt: str, provider: str) -> str:

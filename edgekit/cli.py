@@ -159,6 +159,9 @@ def convert(
     input_shape: Annotated[list[str] | None, typer.Option(
         help="Fix an input's dynamic dimensions for converters that need static shapes: NAME:D0,D1,...")] = None,
     write_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the bundle")] = True,
+    isolate: Annotated[bool, typer.Option(
+        "--isolate/--no-isolate", help="Convert each target family in a worker process (a converter crash fails "
+        "only its target)")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each pass")] = False,
 ) -> None:
     """Convert MODEL to each --target, validate every artifact against MODEL, and write one bundle."""
@@ -180,7 +183,7 @@ def convert(
                 model, target, out=out, calibration=calibration, name=name, version=version, labels_key=labels_key,
                 overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
                 int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios, via=tuple(via or ()), budget=budget,
-                report=write_report, input_shapes=_input_shapes(input_shape or []),
+                report=write_report, input_shapes=_input_shapes(input_shape or []), isolate=isolate,
                 progress=lambda msg: _err(f"  - {msg}"),
             )
         except PartialConversionError as partial:

@@ -181,3 +181,24 @@ def test_bench_measures_every_artifact(digits_bundle: Path) -> None:
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["throughput"] > 0 and r["load_ms"] > 0
     table = run_cli("bench", digits_bundle, "--runs", "5", "--target", "onnx-web-int8")
     assert table.exit_code == 0 and "p99 ms" in table.stdout and "onnx-web-int8" in table.stdout
+
+
+def test_every_help_renders() -> None:
+    """`--help` on every command and sub-command exits 0 (a rich markup error once crashed two of them)."""
+    import typer.main
+
+    from edgekit.cli import app
+
+    group = typer.main.get_command(app)
+    paths: list[list[str]] = [[]]
+    stack: list[tuple[list[str], object]] = [([], group)]
+    while stack:
+        path, command = stack.pop()
+        for name, sub in getattr(command, "commands", {}).items():
+            paths.append([*path, name])
+            stack.append(([*path, name], sub))
+    assert len(paths) > 15
+    for path in paths:
+        result = run_cli(*path, "--help")
+        assert result.exit_code == 0, (path, result.output[-500:])
+        assert "Usage" in result.output

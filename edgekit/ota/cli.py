@@ -25,7 +25,7 @@ Channel = Annotated[str, typer.Option("--channel", help="Channel name, e.g. stab
 Token = Annotated[str | None, typer.Option("--token", help=f"API token (default: ${TOKEN_ENV})", show_default=False)]
 RegistryUrl = Annotated[str | None, typer.Option("--registry", help="postgresql://... (default: SQLite in --data)")]
 StorageUrl = Annotated[str | None, typer.Option(
-    "--storage", help="s3://BUCKET[/PREFIX]?endpoint=URL&region=R, credentials from AWS_* variables "
+    "--storage", help="s3://BUCKET or s3://BUCKET/PREFIX, with ?endpoint=URL&region=R, credentials from AWS_* variables "
                       "(default: files in --data)")]
 Data = Annotated[Path | None, typer.Option("--data", help="The service's data directory")]
 
