@@ -178,18 +178,19 @@ class Int8(Pass):
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
+        upgraded, per_channel_ok, opset_note = _opset_for_qdq(value.file, ctx)
         source = ctx.scratch("int8-pre.onnx")
         try:
-            quant_pre_process(str(value.file), str(source), skip_symbolic_shape=False)
+            quant_pre_process(str(upgraded), str(source), skip_symbolic_shape=False)
         except Exception as exc:  # pre-processing is an optimization; quantize without it
             log.warning("quantization pre-processing failed (%s); quantizing the model as is", exc)
-            source = value.file
+            source = upgraded
         out = ctx.scratch("web-int8.onnx")
         start = time.perf_counter()
         if ctx.has_calibration:
             first = ctx.inputs[0].shape[0] if ctx.inputs[0].shape else None
             chunk = first if isinstance(first, int) and first > 0 else CALIBRATION_CHUNK
-            r = STATIC_RECIPE
+            r = STATIC_RECIPE if per_channel_ok else {**STATIC_RECIPE, "per_channel": False}
             quantize_static(
                 str(source), str(out), _Reader(ctx.samples, chunk, is_single_feed(ctx.samples, ctx.inputs)),
                 quant_format=getattr(QuantFormat, str(r["quant_format"])), per_channel=bool(r["per_channel"]),
@@ -199,7 +200,9 @@ class Int8(Pass):
             count = 1 if is_single_feed(ctx.samples, ctx.inputs) else next(
                 (v.shape[0] for v in ctx.samples.values() if v.ndim), 1)
             method = f"{STATIC_METHOD}, MinMax on {count} samples"
-            recipe = STATIC_RECIPE
+            if not per_channel_ok:
+                method = method.replace("per-channel", "per-tensor")
+            recipe = r
         else:
             quantize_dynamic(str(source), str(out), weight_type=getattr(QuantType, str(DYNAMIC_RECIPE["weight_type"])),
                              reduce_range=bool(DYNAMIC_RECIPE["reduce_range"]))
@@ -207,4 +210,35 @@ class Int8(Pass):
             recipe = {"dynamic": True, **DYNAMIC_RECIPE}
         log.info("int8 quantization took %.2fs", time.perf_counter() - start)
         save_for_web(onnx.load(str(out)), out)
-        return Value(Kind.ONNX_WEB_INT8, path=out, notes={"method": method, "recipe": dict(recipe)})
+        notes: dict[str, Any] = {"method": method, "recipe": dict(recipe)}
+        if opset_note:
+            notes["opset"] = opset_note
+        return Value(Kind.ONNX_WEB_INT8, path=out, notes=notes)
+
+
+QDQ_PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis attribute (per-channel) came with opset 13
+
+
+def _opset_for_qdq(path: Path, ctx: PassContext) -> tuple[Path, bool, str]:
+    """The model to quantize, whether per-channel QDQ fits its opset, and what was done about it.
+
+    Models exported at opset 10-12 get per-channel DequantizeLinear nodes their opset does not allow
+    (onnxruntime refuses them: "Unrecognized attribute: axis"). edgekit converts such a graph to
+    opset 13 first; where the converter cannot, it quantizes per tensor, which opset 10 allows.
+    """
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), QDQ_PER_CHANNEL_OPSET)
+    if opset >= QDQ_PER_CHANNEL_OPSET:
+        return path, True, ""
+    try:
+        upgraded = version_converter.convert_version(model, QDQ_PER_CHANNEL_OPSET)
+        onnx.checker.check_model(upgraded)
+    except Exception as exc:  # the converter lacks an adapter for some op: stay at the old opset
+        log.info("cannot convert opset %d to %d (%s); quantizing per tensor", opset, QDQ_PER_CHANNEL_OPSET, exc)
+        return path, False, f"opset {opset} kept (conversion to {QDQ_PER_CHANNEL_OPSET} failed); per-tensor weights"
+    out = ctx.scratch("int8-opset13.onnx")
+    onnx.save(upgraded, str(out))
+    return out, True, f"converted from opset {opset} to {QDQ_PER_CHANNEL_OPSET} for per-channel QDQ"
