@@ -13,9 +13,24 @@ from functools import cache
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
 
 
+# numpy's names for them, as its runtime dispatch detects them through CPUID
+_NUMPY_NAMES = {"avx2": "AVX2", "avx512f": "AVX512F", "avx512_vnni": "AVX512VNNI", "avx_vnni": "AVX_VNNI"}
+
+
 @cache
 def cpu_flags() -> tuple[str, ...]:
-    """The int8-relevant CPU flags of this host (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    """The int8-relevant CPU features this process sees.
+
+    numpy's runtime dispatch asks CPUID, as onnxruntime's kernels do, so an emulated CPU (QEMU as a
+    Haswell) reports what it emulates; ``/proc/cpuinfo`` always describes the real host and is only
+    the fallback.
+    """
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        features = None
+    if features and any(features.values()):
+        return tuple(flag for flag, name in _NUMPY_NAMES.items() if features.get(name))
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
