@@ -174,6 +174,7 @@ def convert(
             if outcome.error is None:
                 artifacts.extend(outcome.artifacts)
                 continue
+            remove_target_files(writer.staging, TARGETS[outcome.target])  # a crashed worker's partial files
             if outcome.target in candidates:  # a candidate that cannot be built is only passed over
                 candidate_failures[outcome.target] = outcome.error
                 say(f"{outcome.target}: candidate failed ({outcome.kind})")
@@ -365,6 +366,7 @@ def build_target(
             made = _build_on_route(target, route, cache, ctx, staging, source, samples, reference,
                                    accept_parity_failure, say)
         except Exception as exc:
+            remove_target_files(staging, target)  # what the failed route left (a copied artifact that failed)
             if first_error is None:
                 first_error = exc
             if isinstance(exc, ParityError) and target.precision == "fp32":  # this route's graph is wrong
@@ -383,6 +385,16 @@ def build_target(
     assert first_error is not None or tried
     raise _with_routes(first_error, tried[1:]) if first_error is not None else ConversionError(
         f"no route to {target.id} could run: " + "; ".join(f"{t['route']}: {t['error']}" for t in tried))
+
+
+def remove_target_files(staging: Path, target: TargetInfo) -> None:
+    """Remove a target's files (artifact and format variants) from the bundle being built."""
+    for suffix in (target.suffix, *(VARIANTS[fmt][1] for fmt in target.variants)):
+        path = staging / f"{target.id}{suffix}"
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _with_routes(exc: BaseException, tried: list[dict[str, str]]) -> BaseException:

@@ -56,6 +56,8 @@ def test_a_killed_worker_fails_its_target_only_and_leaves_nothing(tmp_path: Path
     assert {a.target for a in manifest.artifacts} == {"onnx-web", "onnx-web-int8"}  # the others survive
     assert manifest.failures == result.failures
     assert all(a.parity is not None and a.parity.passed for a in manifest.artifacts)
+    listed = {a.file for a in manifest.artifacts} | {"bundle.json", "reference.npz"}
+    assert {p.name for p in (parent / "bundle").iterdir()} == listed  # no file of the failed target
     # nothing in the temp dir, beside --out or in the current directory
     assert _leftovers(tmp, cwd) == []
     assert _leftovers(parent) == [str(parent / "bundle")]

@@ -79,6 +79,8 @@ def test_partial_results_and_accepted_parity(tmp_path: Path, overflowing_model: 
     assert {a["target"] for a in doc["artifacts"]} == {"onnx-web"}
     assert doc["failures"][0]["target"] == "onnx-web-fp16" and doc["failures"][0]["kind"] == "ParityError"
     assert "FAILED" in result.stdout
+    listed = {a["file"] for a in doc["artifacts"]} | {"bundle.json", "reference.npz", "report.html"}
+    assert {p.name for p in out.iterdir()} == listed  # the failed target's file is not left in the bundle
 
     accepted = tmp_path / "accepted"
     result = run_cli("convert", overflowing_model, "--target", "onnx-web-fp16", "--out", accepted,
