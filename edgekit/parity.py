@@ -115,6 +115,15 @@ def compare(
             per_output.append({"name": spec.name, "error": f"shape {list(act.shape)} != source {list(ref.shape)}"})
             passed = False
             continue
+        if not np.issubdtype(ref.dtype, np.floating):
+            # Integer and boolean outputs (shapes, indices, masks) are compared exactly and kept out of the
+            # error statistics: a shape off by one is not "error 1.0". Reduced precision may flip an
+            # index as it flips a top-1 decision, so the agreement floor applies where the target has one.
+            same = float(np.mean(act == ref)) if ref.size else 1.0
+            floor = tolerance.min_top1_agreement if tolerance.min_top1_agreement is not None else 1.0
+            per_output.append({"name": spec.name, "exact": True, "agreement": same, "passed": same >= floor})
+            passed = passed and same >= floor
+            continue
         with np.errstate(invalid="ignore", over="ignore"):
             diff = np.abs(act.astype(np.float64) - ref.astype(np.float64))
         # inf or NaN where the source has a finite (or different) value: an overflow, never a match
@@ -167,6 +176,10 @@ def describe_failure(target: str, parity: Parity) -> str:
     for entry in parity.per_output or ():
         if "error" in entry:
             parts.append(f"{entry['name']}: {entry['error']}")
+            continue
+        if entry.get("exact"):
+            parts.append(f"{entry['name']}: {entry['agreement']:.4f} of its integer values equal the source's"
+                         + ("" if entry["passed"] else " FAILED"))
             continue
         text = f"{entry['name']}: max abs error {entry['max_abs_error']:.3g} (relative {entry['max_rel_error']:.3g})"
         if "non_finite_values" in entry:

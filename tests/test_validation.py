@@ -29,6 +29,19 @@ def test_compare_measures_error_agreement_and_accuracy() -> None:
     assert "logits" in message and "top-1 agreement 0.7500" in message and "max_rel_error 0.001" in message
 
 
+def test_integer_outputs_are_compared_exactly_and_kept_out_of_error_statistics() -> None:
+    outs = (TensorSpec("embedding", ("batch", 4), "float32"), TensorSpec("shape", (2,), "int64"))
+    ref = {"embedding": np.ones((3, 4), np.float32), "shape": np.array([3, 4], np.int64)}
+    same = {"embedding": ref["embedding"] + 1e-3, "shape": np.array([3, 4], np.int64)}
+    parity = compare(ref, same, outs, Tolerance(0.25))[0]
+    assert parity.passed and parity.max_abs_error == pytest.approx(1e-3, rel=1e-3)  # the shape output adds no "error"
+    assert parity.per_output[1] == {"name": "shape", "exact": True, "agreement": 1.0, "passed": True}
+    off = {"embedding": ref["embedding"], "shape": np.array([3, 5], np.int64)}
+    failed = compare(ref, off, outs, Tolerance(0.25))[0]
+    assert not failed.passed and failed.max_abs_error == 0.0
+    assert "shape: 0.5000 of its integer values equal the source's FAILED" in describe_failure("t", failed)
+
+
 def test_overflow_never_passes() -> None:
     ref = np.full((2, 3), 7e4, np.float32)
     act = ref.copy()
