@@ -352,15 +352,20 @@ def build_target(
     """
     import importlib.util
 
+    def bad(route: list[Any]) -> str | None:
+        names = tuple(step.name for step in route)
+        return next((why for prefix, why in cache.bad.items() if names[:len(prefix)] == prefix), None)
+
+    # A route whose product failed fp32 parity for another target goes last: another route is likely
+    # better, but this target's own (looser) tolerance may still accept it.
+    routes = sorted(routes, key=lambda r: bad(r) is not None)
     tried: list[dict[str, str]] = []
     first_error: BaseException | None = None
     for i, route in enumerate(routes):
         names = tuple(step.name for step in route)
         missing = [m for step in route for m in step.modules if importlib.util.find_spec(m) is None]
-        bad = next((why for prefix, why in cache.bad.items() if names[:len(prefix)] == prefix), None)
-        if bad or (i > 0 and missing):  # the planned route's missing modules were reported up front
-            tried.append({"route": " -> ".join(names),
-                          "error": bad or f"not installed: {', '.join(sorted(set(missing)))}"})
+        if i > 0 and missing:  # the planned route's missing modules were reported up front
+            tried.append({"route": " -> ".join(names), "error": f"not installed: {', '.join(sorted(set(missing)))}"})
             continue
         try:
             made = _build_on_route(target, route, cache, ctx, staging, source, samples, reference,
