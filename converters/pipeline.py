@@ -38,7 +38,7 @@ from edgekit.errors import (
     PartialConversionError,
     UserError,
 )
-from edgekit.parity import compare, describe_failure, run_batched
+from edgekit.parity import Tolerance, compare, describe_failure, run_batched
 from edgekit.runtimes.adapt import adapt, describe_io
 
 log = logging.getLogger(__name__)
@@ -352,6 +352,8 @@ def build_target(
     """
     import importlib.util
 
+    target = judged_as_given(target, source)
+
     def bad(route: list[Any]) -> str | None:
         names = tuple(step.name for step in route)
         return next((why for prefix, why in cache.bad.items() if names[:len(prefix)] == prefix), None)
@@ -390,6 +392,24 @@ def build_target(
     assert first_error is not None or tried
     raise _with_routes(first_error, tried[1:]) if first_error is not None else ConversionError(
         f"no route to {target.id} could run: " + "; ".join(f"{t['route']}: {t['error']}" for t in tried))
+
+
+def judged_as_given(target: TargetInfo, source: Source) -> TargetInfo:
+    """The target with the tolerance its artifacts are held to against this source.
+
+    The source is run with ONNX's exact semantics (no graph optimizations), which for an already
+    quantized model means float arithmetic around its Quantize/DequantizeLinear nodes; any runtime's
+    int8 kernels round differently. So artifacts of a quantized source, which keep its quantized
+    weights whatever their target's precision, are held to the int8 tolerance at least.
+    """
+    if not source.info.extra.get("quantized"):
+        return target
+    int8 = TARGETS["onnx-web-int8"].tolerance
+    tolerance = Tolerance(
+        max_rel_error=max(target.tolerance.max_rel_error, int8.max_rel_error),
+        min_top1_agreement=min(t for t in (target.tolerance.min_top1_agreement, int8.min_top1_agreement)
+                               if t is not None))
+    return replace(target, tolerance=tolerance)
 
 
 def remove_target_files(staging: Path, target: TargetInfo) -> None:

@@ -107,6 +107,13 @@ def onnx_io(model: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
     return inputs, outputs
 
 
+# Operators of an already quantized ONNX model (QDQ or QOperator, static or dynamic).
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+    "ConvInteger", "QLinearAdd", "QLinearMul", "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+})
+
+
 def _onnx_source(path: Path) -> Source:
     onnx = require("onnx", purpose="read ONNX models")
     from google.protobuf.message import DecodeError
@@ -134,8 +141,11 @@ def _onnx_source(path: Path) -> Source:
     except Exception as exc:
         raise InvalidModelError(f"onnxruntime cannot load the source model {path}: {exc}") from exc
     digest, size = hash_path(path)
-    info = SourceInfo(format="onnx", file=path.name, sha256=digest, size_bytes=size,
-                      extra={"opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))})
+    extra: dict[str, Any] = {"opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
+    quantized = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
+    if quantized:
+        extra["quantized"] = quantized
+    info = SourceInfo(format="onnx", file=path.name, sha256=digest, size_bytes=size, extra=extra)
     return Source(Kind.ONNX, Value(Kind.ONNX, path=path), info, inputs, outputs, session.run)
 
 

@@ -40,3 +40,20 @@ def test_an_opset_11_model_gets_per_channel_int8_that_loads(tmp_path: Path) -> N
     written = onnx.load(str(result.bundle.path / art.file))
     assert next(o.version for o in written.opset_import if o.domain in ("", "ai.onnx")) >= 13
     assert any(n.op_type == "DequantizeLinear" for n in written.graph.node)
+
+
+def test_a_quantized_source_stays_quantized_and_is_judged_as_given(tmp_path: Path, digits_bundle: Path) -> None:
+    """An int8 QDQ model as the source: its onnx-web artifacts keep the int8 weights (no larger than the
+    source) and pass against the source run with ONNX's exact semantics, at the int8 tolerance."""
+    from tests.conftest import DIGITS
+
+    source = digits_bundle / "onnx-web-int8.onnx"
+    result = convert(source, ["onnx-web", "onnx-web-fp16"], out=tmp_path / "b", calibration=DIGITS / "digits.npz",
+                     report=False)
+    manifest = result.bundle.manifest
+    assert "DequantizeLinear" in manifest.source.extra["quantized"]
+    for art in manifest.artifacts:
+        assert art.parity is not None and art.parity.passed, art.target
+        assert art.parity.tolerance == {"max_rel_error": 0.25, "min_top1_agreement": 0.95}
+        if art.format == "onnx":
+            assert art.size_bytes <= source.stat().st_size, (art.target, art.size_bytes)
