@@ -484,6 +484,8 @@ def _build_on_route(
             dst.unlink(missing_ok=True)
             continue
         verdict = _variant_pays_off(made[0], variant, staging)
+        if source.info.extra.get("quantized") and variant.size_bytes > source.info.size_bytes:
+            verdict = ""  # an already quantized source: no artifact larger than what the user gave
         if verdict:
             made.append(replace(variant, extra={**variant.extra, "kept_because": verdict}))
         else:
