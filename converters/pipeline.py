@@ -378,6 +378,9 @@ def build_target(
                 first_error = exc
             if isinstance(exc, ParityError) and target.precision == "fp32":  # this route's graph is wrong
                 cache.bad[names[:-1]] = f"its fp32 artifact failed parity for {target.id}"
+            elif isinstance(exc, ParityError) and i + 1 < len(routes) and \
+                    [s.name for s in routes[i + 1][:-1]] == list(names[:-1]):
+                pass  # the next route differs only in the precision step (mixed float16): worth a try
             elif isinstance(exc, (ParityError, OutputExistsError, MissingDependencyError)):
                 if tried:
                     raise _with_routes(exc, tried) from exc

@@ -77,6 +77,8 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.ONNX, Kind.ONNX_WEB, ("onnx", "onnxslim", "onnxruntime")),
     PassInfo("onnx-fp16", "edgekit.converters.passes.onnx_web:Float16",
              Kind.ONNX_WEB, Kind.ONNX_WEB_FP16, ("onnx", "onnxconverter_common")),
+    PassInfo("onnx-fp16-mixed", "edgekit.converters.passes.onnx_web:Float16Mixed",
+             Kind.ONNX_WEB, Kind.ONNX_WEB_FP16, ("onnx", "onnxconverter_common"), fallback_of="onnx-fp16"),
     PassInfo("onnx-int8", "edgekit.converters.passes.onnx_web:Int8",
              Kind.ONNX_WEB, Kind.ONNX_WEB_INT8, ("onnx", "onnxruntime")),
     PassInfo("keras-tf", "edgekit.converters.passes.tflite:KerasToTf",

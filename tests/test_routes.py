@@ -71,3 +71,38 @@ def test_dynamic_spatial_dims_fall_back_to_fixed_shapes(tmp_path: Path, detector
     assert "ParityError" in fp32.extra["routes_tried"][0]["error"]
     assert "routes_tried" not in fp16.extra  # the route that failed fp32 parity went last: fp16 never needed it
     assert fp32.parity is not None and fp32.parity.max_abs_error < 1e-5
+
+
+def _large_range_model(path: Path) -> Path:
+    """(x + 30000 - 20000) @ w: float16 has no 30000 (its converter clamps constants to 1e4 by default),
+    so plain float16 computes x @ w, off by 10000 @ w."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(30000.0, np.float32), "up"),
+             numpy_helper.from_array(np.array(20000.0, np.float32), "down"),
+             numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Add", ["x", "up"], ["shifted"]),
+             helper.make_node("Sub", ["shifted", "down"], ["moved"]),
+             helper.make_node("MatMul", ["moved", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "ranged", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def test_float16_that_fails_parity_falls_back_to_mixed_precision(tmp_path: Path) -> None:
+    from edgekit.converters import convert
+
+    model = _large_range_model(tmp_path / "ranged.onnx")
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32))
+    result = convert(model, ["onnx-web-fp16"], out=tmp_path / "b", calibration=tmp_path / "cal.npz", report=False)
+    art = result.bundle.manifest.artifacts[0]
+    assert art.route == ("onnx-web-optimize", "onnx-fp16-mixed")
+    assert art.parity is not None and art.parity.passed
+    assert "ParityError" in art.extra["routes_tried"][0]["error"]  # plain float16 was tried first and drifted
+    assert {"Add", "Sub"} <= set(art.extra["conversion"]["kept_float32_ops"])
+    assert "mixed precision" in art.extra["conversion"]["method"]

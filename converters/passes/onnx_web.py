@@ -112,6 +112,17 @@ class OptimizeForWeb(Pass):
                      notes={"optimizations": f"onnxslim {onnxslim.__version__}, onnxruntime basic offline"})
 
 
+# Mixed precision: what stays float32 when plain float16 fails. Normalizations, softmax, reductions and
+# the elementwise ops whose range or precision float16 loses (exp, pow, large-range sums and
+# differences); matrix products and convolutions, which hold nearly all the weights, stay float16.
+MIXED_FP32_OPS = (
+    "LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "BatchNormalization",
+    "InstanceNormalization", "GroupNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum",
+    "ReduceSumSquare", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceLogSumExp", "Pow", "Exp", "Log",
+    "Sqrt", "Reciprocal", "Div", "Erf", "Add", "Sub", "Sigmoid", "Tanh", "Softplus", "CumSum",
+)
+
+
 class Float16(Pass):
     """Convert weights and compute to float16, keeping float32 inputs and outputs."""
 
@@ -119,20 +130,36 @@ class Float16(Pass):
     consumes = Kind.ONNX_WEB
     produces = Kind.ONNX_WEB_FP16
     modules = ("onnx", "onnxconverter_common")
+    keep_fp32: tuple[str, ...] = ()  # op types left in float32 (mixed precision)
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         import onnx
         from onnxconverter_common import float16
 
+        source = onnx.load(str(value.file))
+        kept = sorted({n.op_type for n in source.graph.node if n.op_type in self.keep_fp32})
+        blocked = list(float16.DEFAULT_OP_BLOCK_LIST) + kept if kept else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = float16.convert_float_to_float16(onnx.load(str(value.file)), keep_io_types=True)
+            model = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=blocked)
         truncated = sum("truncated" in str(w.message) for w in caught)
         if truncated:  # tiny weights flush to fp16's smallest normal; log, don't spam the terminal
             log.info("float16: %d weights outside the float16 range were clamped", truncated)
         out = ctx.scratch("web-fp16.onnx")
         save_for_web(model, out)
-        return Value(Kind.ONNX_WEB_FP16, path=out, notes={"method": "onnxconverter-common float16, fp32 I/O"})
+        notes: dict[str, Any] = {"method": "onnxconverter-common float16, fp32 I/O"}
+        if self.keep_fp32:
+            notes["method"] += "; mixed precision"
+            notes["kept_float32_ops"] = kept
+        return Value(Kind.ONNX_WEB_FP16, path=out, notes=notes)
+
+
+class Float16Mixed(Float16):
+    """float16 with the ops that lose range or precision kept in float32: the fallback when plain float16
+    fails to load or fails parity."""
+
+    name = "onnx-fp16-mixed"
+    keep_fp32 = MIXED_FP32_OPS
 
 
 class _Reader:
