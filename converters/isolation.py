@@ -14,6 +14,7 @@ directory, which the parent removes whatever happened.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from edgekit.bundle import Artifact
 RESULTS = "results.jsonl"
 PROGRESS_PREFIX = "edgekit-progress: "
 STDERR_TAIL = 1500
+VERBOSE_ENV = "EDGEKIT_WORKER_VERBOSE"
 
 
 @dataclass(frozen=True)
@@ -133,11 +135,14 @@ def _spawn(run_dir: Path, job_dir: Path, say: Callable[[str], None]) -> tuple[in
     (run_dir / "tmp").mkdir(exist_ok=True)
     env["TMPDIR"] = str(run_dir / "tmp")
     stderr_path = run_dir / "stderr.txt"
+    verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
+    if verbose:  # -v: the worker logs as the parent does, and the converters' own output reaches the terminal
+        env[VERBOSE_ENV] = "1"
     last = ""
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "edgekit.converters.isolation", str(run_dir), str(job_dir)],
-                                stdout=subprocess.PIPE, stderr=err, cwd=run_dir / "scratch", env=env, text=True,
-                                bufsize=1)
+                                stdout=subprocess.PIPE, stderr=None if verbose else err, cwd=run_dir / "scratch",
+                                env=env, text=True, bufsize=1)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -242,4 +247,6 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get(VERBOSE_ENV):
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     _worker(Path(sys.argv[1]), Path(sys.argv[2]))
