@@ -193,7 +193,7 @@ def build_all(targets: Sequence[str], *, build: Callable[[str], list[Artifact]],
 def _worker(run_dir: Path, job_dir: Path) -> None:
     """The worker's side: load the source, build the targets, append one result line per target."""
     from edgekit._console import captured_output
-    from edgekit.converters import pipeline
+    from edgekit.converters import artifacts
     from edgekit.converters.calibration import Samples
     from edgekit.converters.passes import Options, PassContext
     from edgekit.converters.planner import fallback_routes, plan, resolve_targets, usable_passes
@@ -224,17 +224,17 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
                       has_calibration=job.has_calibration, example_inputs=source.example_inputs,
                       options=Options(**{**job.options, "input_shapes": {k: tuple(v) for k, v in
                                                                          job.options.get("input_shapes", {}).items()}}))
-    cache = pipeline.RouteCache(source)
+    cache = artifacts.RouteCache(source)
     results = run_dir / RESULTS
     staging = Path(job.staging)
 
     def build(tid: str) -> list[Artifact]:
         target = infos[tid]
         route = plan(source.kind, target, passes)
-        made = pipeline.build_target(target, [route, *fallback_routes(source.kind, target, route)], cache, ctx,
+        made = artifacts.build_target(target, [route, *fallback_routes(source.kind, target, route)], cache, ctx,
                                      staging, source, samples, reference, tid in job.accept_parity_failure, say)
         if tid in job.measure_latency:
-            made = pipeline.with_latency(made, staging)
+            made = artifacts.with_latency(made, staging)
         return made
 
     def record(outcome: Outcome) -> None:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
-import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -21,33 +18,23 @@ import edgekit.converters.auto as auto
 from edgekit import __version__
 from edgekit._console import captured_output
 from edgekit._deps import require
-from edgekit._host import describe_cpu
-from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, ReferenceInfo, RuntimeCheck, hash_path
+from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, ReferenceInfo, hash_path
+from edgekit.converters.artifacts import RouteCache, build_target, leading_samples, remove_target_files, with_latency
 from edgekit.converters.calibration import Samples, generate_samples, load_calibration
 from edgekit.converters.isolation import Outcome
-from edgekit.converters.passes import Options, PassContext, Value, load_pass
+from edgekit.converters.passes import Options, PassContext
 from edgekit.converters.planner import fallback_routes, plan, resolve_targets, usable_passes
-from edgekit.converters.registry import RUNTIME_OF_FORMAT, TARGETS, VARIANTS, TargetInfo
+from edgekit.converters.registry import TARGETS, TargetInfo
 from edgekit.converters.sources import Source, load_source
 from edgekit.errors import (
     ConversionError,
-    MissingDependencyError,
-    NotVerifiableError,
-    OutputExistsError,
-    ParityError,
     PartialConversionError,
     UserError,
 )
-from edgekit.parity import Tolerance, compare, describe_failure, run_batched
-from edgekit.runtimes.adapt import adapt, describe_io
+from edgekit.parity import run_batched
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-LOAD_TIMING_REPEATS = 3
-# A format variant holds the same graph as its main artifact, so its parity is measured on a leading
-# subset of the samples (recorded as n_samples): a full second pass over large calibration sets
-# would cost as much as validating the target again.
-VARIANT_SAMPLES = 64
 # Reference samples kept in the bundle for on-device smoke tests: a few, and small.
 REFERENCE_SAMPLES = 16
 REFERENCE_MAX_BYTES = 2 * 1024 * 1024
@@ -63,19 +50,10 @@ class ConversionResult:
     seconds: float
 
 
-# Validation runs on the CPU providers, so parity does not depend on the converting machine's GPU.
-VALIDATION_PROVIDERS = {"onnx": ("CPUExecutionProvider",), "ort": ("CPUExecutionProvider",), "tflite": ("XNNPACK", "CPU")}
-# Formats browsers run: checked on onnxruntime-web (wasm, under Node.js) as well (converters/ortweb.py).
-WEB_FORMATS = ("onnx", "ort")
 
 
-def _open(fmt: str, path: Path) -> Any:
-    module, _, cls = RUNTIME_OF_FORMAT[fmt].partition(":")
-    return getattr(importlib.import_module(module), cls)().open(path, providers=VALIDATION_PROVIDERS.get(fmt))
 
 
-def _load_seconds(fmt: str, path: Path) -> float:
-    return float(statistics.median(_open(fmt, path).load_seconds for _ in range(LOAD_TIMING_REPEATS)))
 
 
 def convert(
@@ -328,176 +306,16 @@ def _as_user_error(outcome: Outcome) -> UserError:
     return ConversionError(outcome.error or "")
 
 
-class RouteCache:
-    """What the targets of one conversion share: each route prefix's product, the steps that failed,
-    and the route prefixes whose product failed fp32 parity (other targets skip those)."""
-
-    def __init__(self, source: Source):
-        self.values: dict[tuple[str, ...], tuple[Value, float]] = {(): (source.value, 0.0)}
-        self.by_kind: dict[str, Value] = {source.kind: source.value}
-        self.failed: dict[tuple[str, ...], BaseException] = {}
-        self.bad: dict[tuple[str, ...], str] = {}
 
 
-def build_target(
-    target: TargetInfo, routes: list[list[Any]], cache: RouteCache,
-    ctx: PassContext, staging: Path, source: Source, samples: Samples, reference: dict[str, np.ndarray],
-    accept_parity_failure: bool, say: Progress,
-) -> list[Artifact]:
-    """Build, validate and describe the target's artifacts on the first of ``routes`` that works.
-
-    A route that fails to convert (or, for an fp32 target, fails parity) is recorded and the next is
-    tried (planner.fallback_routes): onnx2tf with fixed shapes, with inputs kept in their layout, an
-    alternative converter. The artifacts record every route that was tried before (``routes_tried``).
-    """
-    import importlib.util
-
-    target = judged_as_given(target, source)
-
-    def bad(route: list[Any]) -> str | None:
-        names = tuple(step.name for step in route)
-        return next((why for prefix, why in cache.bad.items() if names[:len(prefix)] == prefix), None)
-
-    # A route whose product failed fp32 parity for another target goes last: another route is likely
-    # better, but this target's own (looser) tolerance may still accept it.
-    routes = sorted(routes, key=lambda r: bad(r) is not None)
-    tried: list[dict[str, str]] = []
-    first_error: BaseException | None = None
-    for i, route in enumerate(routes):
-        names = tuple(step.name for step in route)
-        missing = [m for step in route for m in step.modules if importlib.util.find_spec(m) is None]
-        if i > 0 and missing:  # the planned route's missing modules were reported up front
-            tried.append({"route": " -> ".join(names), "error": f"not installed: {', '.join(sorted(set(missing)))}"})
-            continue
-        try:
-            made = _build_on_route(target, route, cache, ctx, staging, source, samples, reference,
-                                   accept_parity_failure, say)
-        except Exception as exc:
-            remove_target_files(staging, target)  # what the failed route left (a copied artifact that failed)
-            if first_error is None:
-                first_error = exc
-            if isinstance(exc, ParityError) and target.precision == "fp32":  # this route's graph is wrong
-                cache.bad[names[:-1]] = f"its fp32 artifact failed parity for {target.id}"
-            elif isinstance(exc, ParityError) and i + 1 < len(routes) and \
-                    [s.name for s in routes[i + 1][:-1]] == list(names[:-1]):
-                pass  # the next route differs only in the precision step (mixed float16): worth a try
-            elif isinstance(exc, (ParityError, OutputExistsError, MissingDependencyError)):
-                if tried:
-                    raise _with_routes(exc, tried) from exc
-                raise
-            tried.append({"route": " -> ".join(names), "error": f"{type(exc).__name__}: {str(exc)[:400]}"})
-            if i + 1 < len(routes):
-                say(f"{target.id}: route {' -> '.join(names)} failed ({type(exc).__name__}); trying another")
-            continue
-        if tried:
-            made = [replace(a, extra={**a.extra, "routes_tried": tried}) for a in made]
-        return made
-    assert first_error is not None or tried
-    raise _with_routes(first_error, tried[1:]) if first_error is not None else ConversionError(
-        f"no route to {target.id} could run: " + "; ".join(f"{t['route']}: {t['error']}" for t in tried))
 
 
-def judged_as_given(target: TargetInfo, source: Source) -> TargetInfo:
-    """The target with the tolerance its artifacts are held to against this source.
-
-    The source is run with ONNX's exact semantics (no graph optimizations), which for an already
-    quantized model means float arithmetic around its Quantize/DequantizeLinear nodes; any runtime's
-    int8 kernels round differently. So artifacts of a quantized source, which keep its quantized
-    weights whatever their target's precision, are held to the int8 tolerance at least.
-    """
-    if not source.info.extra.get("quantized"):
-        return target
-    int8 = TARGETS["onnx-web-int8"].tolerance
-    tolerance = Tolerance(
-        max_rel_error=max(target.tolerance.max_rel_error, int8.max_rel_error),
-        min_top1_agreement=min(t for t in (target.tolerance.min_top1_agreement, int8.min_top1_agreement)
-                               if t is not None))
-    return replace(target, tolerance=tolerance)
 
 
-def remove_target_files(staging: Path, target: TargetInfo) -> None:
-    """Remove a target's files (artifact and format variants) from the bundle being built."""
-    for suffix in (target.suffix, *(VARIANTS[fmt][1] for fmt in target.variants)):
-        path = staging / f"{target.id}{suffix}"
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
-def _with_routes(exc: BaseException, tried: list[dict[str, str]]) -> BaseException:
-    """The error of the planned route, naming the other routes tried and why each failed."""
-    if not tried or not isinstance(exc, UserError):
-        return exc
-    others = "; ".join(f"[{t['route']}] {t['error']}" for t in tried)
-    try:
-        return type(exc)(f"{exc} (other routes tried: {others})")
-    except TypeError:
-        return exc
 
 
-def _build_on_route(
-    target: TargetInfo, route: list[Any], cache: RouteCache,
-    ctx: PassContext, staging: Path, source: Source, samples: Samples, reference: dict[str, np.ndarray],
-    accept_parity_failure: bool, say: Progress,
-) -> list[Artifact]:
-    """Run the missing passes of ``route``, then copy, validate and describe the target's artifacts.
-
-    A step's product is shared by every target whose route starts the same way, and a step that
-    failed is not run again for the next target (onnx2tf runs once per family, not once per target).
-    """
-    value, seconds = cache.values[()]
-    steps: tuple[str, ...] = ()
-    for step in route:
-        prefix = (*steps, step.name)
-        if prefix in cache.values:
-            value, seconds = cache.values[prefix]
-            steps = prefix
-            continue
-        if prefix in cache.failed:  # a shared step that already failed for another target of this run
-            raise cache.failed[prefix]
-        say(f"{target.id}: {step.name} ({step.consumes} -> {step.produces})")
-        start = time.perf_counter()
-        try:
-            value = load_pass(step).run(value, ctx)
-        except Exception as exc:
-            cache.failed[prefix] = exc
-            raise
-        seconds += time.perf_counter() - start
-        steps = prefix
-        cache.values[prefix] = (value, seconds)
-        cache.by_kind[step.produces] = value
-
-    made = [_finish(target, target.format, value.file, staging / f"{target.id}{target.suffix}", steps, seconds,
-                    value, source, samples, reference, accept_parity_failure, say)]
-
-    subset, subset_reference = _leading_samples(samples, reference, source, VARIANT_SAMPLES)
-    for fmt in target.variants:
-        impl, suffix = VARIANTS[fmt]
-        module, _, func = impl.partition(":")
-        dst = staging / f"{target.id}{suffix}"
-        start = time.perf_counter()
-        try:
-            getattr(importlib.import_module(module), func)(value.file, dst)
-            variant = _finish(target, fmt, dst, dst, (*steps, f"to-{fmt}"),
-                              seconds + time.perf_counter() - start, value, source, subset, subset_reference,
-                              accept_parity_failure, say)
-        except Exception as exc:  # a variant is optional: record why it was not kept
-            log.info("%s: no %s variant: %s", target.id, fmt, exc)
-            dst.unlink(missing_ok=True)
-            continue
-        verdict = _variant_pays_off(made[0], variant, staging)
-        if source.info.extra.get("quantized") and variant.size_bytes > source.info.size_bytes:
-            verdict = ""  # an already quantized source: no artifact larger than what the user gave
-        if verdict:
-            made.append(replace(variant, extra={**variant.extra, "kept_because": verdict}))
-        else:
-            dst.unlink(missing_ok=True)
-    base_value = cache.by_kind.get(target.reference_kind)
-    if base_value is not None and base_value.path is not None:  # for when no fp32 artifact is in the bundle
-        base = hash_path(base_value.file)[1]
-        made = [replace(a, size_ratio=round(a.size_bytes / base, 4) if base else None) for a in made]
-    return made
 
 
 def _write_reference(staging: Path, samples: Samples, reference: dict[str, np.ndarray],
@@ -505,7 +323,7 @@ def _write_reference(staging: Path, samples: Samples, reference: dict[str, np.nd
     """Write the first few samples and the source's outputs on them as ``reference.npz``."""
     per_sample = sum(v.nbytes if samples.single or not v.ndim else v[:1].nbytes for v in samples.inputs.values()) or 1
     limit = max(1, min(REFERENCE_SAMPLES, REFERENCE_MAX_BYTES // per_sample))
-    subset, outputs = _leading_samples(samples, reference, source, limit)
+    subset, outputs = leading_samples(samples, reference, source, limit)
     arrays = {f"in.{k}": v for k, v in subset.inputs.items()}
     arrays.update({f"out.{k}": v for k, v in outputs.items()})
     path = staging / REFERENCE_NAME
@@ -514,172 +332,18 @@ def _write_reference(staging: Path, samples: Samples, reference: dict[str, np.nd
     return ReferenceInfo(file=REFERENCE_NAME, sha256=digest, size_bytes=size, n_samples=subset.count)
 
 
-def _leading_samples(samples: Samples, reference: dict[str, np.ndarray], source: Source,
-                     limit: int) -> tuple[Samples, dict[str, np.ndarray]]:
-    """The first ``limit`` samples (a multiple of a fixed batch size) and their reference outputs."""
-    if samples.single:
-        return samples, reference
-    first = source.inputs[0].shape[0] if source.inputs[0].shape else None
-    step = first if isinstance(first, int) and first > 0 else 1
-    n = min(samples.count, max(limit // step, 1) * step)
-    if n == samples.count:
-        return samples, reference
-    labels = samples.labels[:n] if samples.labels is not None else None
-    return (replace(samples, inputs={k: v[:n] if v.ndim else v for k, v in samples.inputs.items()}, labels=labels),
-            {k: v[:n] for k, v in reference.items()})
 
 
-def _variant_pays_off(base: Artifact, variant: Artifact, staging: Path) -> str:
-    """Why a format variant is worth shipping ('' when it is not): smaller or faster to load."""
-    reasons = []
-    if variant.size_bytes < base.size_bytes:
-        reasons.append(f"{variant.size_bytes / base.size_bytes:.2f}x the size")
-    base_load = _load_seconds(base.format, staging / base.file)
-    variant_load = _load_seconds(variant.format, staging / variant.file)
-    if variant_load < base_load:
-        reasons.append(f"loads in {variant_load * 1e3:.1f} ms vs {base_load * 1e3:.1f} ms")
-    return "; ".join(reasons)
 
 
-def _finish(
-    target: TargetInfo, fmt: str, produced: Path, dst: Path, steps: tuple[str, ...], seconds: float,
-    value: Value, source: Source, samples: Samples, reference: dict[str, np.ndarray],
-    accept_parity_failure: bool, say: Progress,
-) -> Artifact:
-    """Place one artifact in the bundle, run it on the samples in the source's terms and measure parity.
-
-    The artifact's I/O as the runtime reads it, plus what the pass says of each tensor (source name,
-    layout transpose), goes into the manifest; the session that validates it applies exactly that
-    record, as an app's session will.
-    """
-    if produced != dst:
-        if produced.is_dir():
-            shutil.copytree(produced, dst)
-        else:
-            shutil.copyfile(produced, dst)
-    notes = value.notes
-    parity = accuracy = None
-    unverified = None
-    checks: tuple[RuntimeCheck, ...] | None = None
-    flex: list[str] = notes.get("flex_ops") or []
-    raw = None
-    if flex:
-        unverified = (f"uses TensorFlow Select ops ({', '.join(flex)}), which ai-edge-litert cannot run without the "
-                      "Flex delegate; parity was not measured")
-    else:
-        try:
-            with captured_output():  # LiteRT announces its delegate on stderr
-                raw = _open(fmt, dst)
-        except NotVerifiableError as exc:
-            unverified = str(exc)
-    inputs = describe_io(raw.inputs, {s.name: s for s in value.inputs or ()}) if raw else value.inputs
-    outputs = describe_io(raw.outputs, {s.name: s for s in value.outputs or ()}) if raw else value.outputs
-    if raw is None:
-        say(f"{target.id}: not validated: {unverified}")
-    else:
-        say(f"{target.id}: validating the {fmt} artifact on {samples.count} samples")
-        passed_over = [f"{a.provider}: {a.reason}" for a in raw.attempts if not a.ok]
-        actual, raw = _run_with_fallback(fmt, dst, raw, inputs, outputs, samples, passed_over)
-        notes = {**notes, "validated_on": raw.provider, **({"passed_over": passed_over} if passed_over else {})}
-        parity, accuracy = compare(reference, actual, source.outputs, target.tolerance, samples.labels)
-        parity = replace(parity, runtime=_runtime_label(fmt, raw.provider), host=describe_cpu())
-        if not parity.passed:
-            if not accept_parity_failure:
-                raise ParityError(describe_failure(f"{target.id} ({fmt})", parity))
-            parity = replace(parity, accepted=True)
-        if fmt in WEB_FORMATS:
-            checks = (_check_on_web(target, fmt, dst, inputs, outputs, source, samples, reference,
-                                    accept_parity_failure, say),)
-        if fmt == "mlpackage":
-            notes = {**notes, **_coreml_on_this_mac(dst, inputs, outputs, source, samples, reference, target)}
-    digest, size = hash_path(dst)
-    return Artifact(
-        target=target.id, format=fmt, precision=target.precision, file=dst.name, size_bytes=size, sha256=digest,
-        inputs=inputs, outputs=outputs, route=steps, parity=parity, accuracy=accuracy,
-        convert_seconds=round(seconds, 3), unverified=unverified, runtime_checks=checks,
-        extra={"conversion": dict(notes)} if notes else {},
-    )
 
 
-def _run_with_fallback(fmt: str, path: Path, raw: Any, inputs: Any, outputs: Any, samples: Samples,
-                       passed_over: list[str]) -> tuple[dict[str, np.ndarray], Any]:
-    """Run the samples; when the kernels that loaded fail at run time (XNNPACK failing to prepare a
-    reshaped graph), open the artifact again on the next validation provider and run there."""
-    providers = list(VALIDATION_PROVIDERS.get(fmt, ()))
-    while True:
-        session = adapt(raw, inputs, outputs)
-        try:
-            return run_batched(session.run, samples.inputs, session.inputs), raw
-        except Exception as exc:
-            later = providers[providers.index(raw.provider) + 1:] if raw.provider in providers else []
-            if not later:
-                raise
-            passed_over.append(f"{raw.provider}: failed at run time: {type(exc).__name__}: {str(exc)[:300]}")
-            log.info("%s: %s failed at run time (%s); retrying on %s", path.name, raw.provider, exc, later[0])
-            with captured_output():
-                module, _, cls = RUNTIME_OF_FORMAT[fmt].partition(":")
-                raw = getattr(importlib.import_module(module), cls)().open(path, providers=tuple(later))
 
 
-def _runtime_label(fmt: str, provider: str) -> str:
-    """The validating runtime, its version and the provider that ran, e.g. ``onnxruntime 1.32.0 CPUExecutionProvider``."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    package = {"onnx": "onnxruntime", "ort": "onnxruntime", "tflite": "ai-edge-litert"}.get(fmt)
-    if package is None:
-        return f"edgekit MIL interpreter {__version__} ({provider})" if fmt == "mlpackage" else provider
-    try:
-        return f"{package} {version(package)} {provider}"
-    except PackageNotFoundError:  # tflite_runtime, the fallback import
-        return f"{package} {provider}"
 
 
-def _check_on_web(target: TargetInfo, fmt: str, path: Path, inputs: Any, outputs: Any, source: Source,
-                  samples: Samples, reference: dict[str, np.ndarray], accept_parity_failure: bool,
-                  say: Progress) -> RuntimeCheck:
-    """Run an onnx-web artifact on onnxruntime-web (wasm, Node.js) too: what browsers will compute."""
-    from edgekit.converters import ortweb
-
-    say(f"{target.id}: checking the {fmt} artifact on onnxruntime-web (wasm) on {samples.count} samples")
-    check = ortweb.check(path, inputs, outputs, samples.inputs, reference, source.outputs, target.tolerance,
-                         samples.labels)
-    if check.parity is None:
-        log.warning("%s (%s): %s", target.id, fmt, check.not_checked)
-        return check
-    if not check.parity.passed:
-        if not accept_parity_failure:
-            raise ParityError(describe_failure(f"{target.id} ({fmt}) on {check.runtime}", check.parity))
-        check = replace(check, parity=replace(check.parity, accepted=True))
-    return check
 
 
-def with_latency(artifacts: list[Artifact], staging: Path) -> list[Artifact]:
-    """Record each artifact's median batch-1 latency where it will run, for the -auto choice (``extra.latency``).
-
-    onnx-web artifacts take their figure from onnxruntime-web (wasm), measured when they were
-    checked there: int8 and fp16 rank differently in browsers than in native onnxruntime. Other
-    formats (and onnx-web where onnxruntime-web is missing) are timed here on their validating
-    runtime. Artifacts that cannot run on this host get no figure.
-    """
-    from edgekit.runtimes import host_formats
-    from edgekit.runtimes.bench import bench_session
-
-    out = []
-    for art in artifacts:
-        web = next((c for c in art.runtime_checks or () if c.latency_p50_ms is not None), None)
-        if web is not None:
-            host = web.parity.host if web.parity else ""
-            figure: dict[str, Any] | None = {"p50_ms": web.latency_p50_ms, "runtime": f"{web.runtime} ({host})"}
-        elif host_formats().get(art.format) != "" or art.format not in VALIDATION_PROVIDERS:
-            figure = None
-        else:
-            session, _ = bench_session(
-                lambda art=art: adapt(_open(art.format, staging / art.file), art.inputs, art.outputs),
-                runs=auto.LATENCY_RUNS, warmup=5, batch=1)
-            figure = {"p50_ms": round(session.stats().p50_ms, 4),
-                      "runtime": f"{_runtime_label(art.format, session.provider)} ({describe_cpu()})"}
-        out.append(replace(art, extra={**art.extra, "latency": figure}) if figure else art)
-    return out
 
 
 def _latency_probe() -> Callable[[Artifact], tuple[float, str] | None]:
@@ -692,21 +356,6 @@ def _latency_probe() -> Callable[[Artifact], tuple[float, str] | None]:
     return probe
 
 
-def _coreml_on_this_mac(path: Path, inputs: Any, outputs: Any, source: Source, samples: Samples,
-                        reference: dict[str, np.ndarray], target: TargetInfo) -> dict[str, Any]:
-    """On macOS, Core ML's own prediction as well as the interpreter's: recorded as ``macos_parity``."""
-    from edgekit.runtimes.coreml import CoreMlRuntime, host_can_run_coreml
-
-    if not host_can_run_coreml():
-        return {}
-    try:
-        session = adapt(CoreMlRuntime().open(path), inputs, outputs)
-        actual = run_batched(session.run, samples.inputs, session.inputs)
-    except Exception as exc:  # Core ML's own failure is worth recording, not fatal: the interpreter passed
-        return {"macos_parity": {"error": f"{type(exc).__name__}: {exc}"}}
-    parity, _ = compare(reference, actual, source.outputs, target.tolerance)
-    return {"macos_parity": {"max_abs_error": parity.max_abs_error, "top1_agreement": parity.top1_agreement,
-                             "passed": parity.passed, "provider": session.provider}}
 
 
 def _with_size_ratios(artifacts: list[Artifact]) -> list[Artifact]:
