@@ -19,7 +19,14 @@ from edgekit import __version__
 from edgekit._console import captured_output
 from edgekit._deps import require
 from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, ReferenceInfo, hash_path
-from edgekit.converters.artifacts import RouteCache, build_target, leading_samples, remove_target_files, with_latency
+from edgekit.converters.artifacts import (
+    Progress,
+    RouteCache,
+    build_target,
+    leading_samples,
+    remove_target_files,
+    with_latency,
+)
 from edgekit.converters.calibration import Samples, generate_samples, load_calibration
 from edgekit.converters.isolation import Outcome
 from edgekit.converters.passes import Options, PassContext
@@ -34,7 +41,6 @@ from edgekit.errors import (
 from edgekit.parity import run_batched
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str], None]
 # Reference samples kept in the bundle for on-device smoke tests: a few, and small.
 REFERENCE_SAMPLES = 16
 REFERENCE_MAX_BYTES = 2 * 1024 * 1024
