@@ -13,17 +13,21 @@ directory, which the parent removes whatever happened.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -33,6 +37,41 @@ RESULTS = "results.jsonl"
 PROGRESS_PREFIX = "edgekit-progress: "
 STDERR_TAIL = 1500
 VERBOSE_ENV = "EDGEKIT_WORKER_VERBOSE"
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@contextmanager
+def private_tempdir(prefix: str = "edgekit-") -> Iterator[Path]:
+    """Point this process's temporary files (and its children's, through TMPDIR) at a new directory,
+    removed on the way out whatever happened, Ctrl-C included.
+
+    Libraries leave things in the temp dir as a side effect: importing coremltools creates
+    ``torchinductor_<user>``, onnxruntime's quantizer writes its shape-inference model there.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    saved_env, saved_default = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(path)
+    try:
+        yield path
+    finally:
+        tempfile.tempdir = saved_default
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def contains_tempfiles(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` inside :func:`private_tempdir`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with private_tempdir():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from edgekit.converters.artifacts import (
     with_latency,
 )
 from edgekit.converters.calibration import Samples, generate_samples, load_calibration
-from edgekit.converters.isolation import Outcome
+from edgekit.converters.isolation import Outcome, contains_tempfiles
 from edgekit.converters.passes import Options, PassContext
 from edgekit.converters.planner import fallback_routes, plan, resolve_targets, usable_passes
 from edgekit.converters.registry import TARGETS, TargetInfo
@@ -56,12 +56,7 @@ class ConversionResult:
     seconds: float
 
 
-
-
-
-
-
-
+@contains_tempfiles
 def convert(
     model: Any,
     targets: Sequence[str],

@@ -186,18 +186,23 @@ def test_an_op_the_interpreter_lacks_leaves_the_artifact_unverified(tmp_path: Pa
     import torch
     from torch import nn
 
-    class Cumulative(nn.Module):
-        def forward(self, x: Any) -> Any:
-            return torch.cumsum(x, dim=1)
+    class Normalized(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.grid = nn.Parameter(torch.rand(1, 4, 4, 2) * 2 - 1)
 
-    x = torch.randn(2, 5)
-    result = convert(Cumulative(), ["coreml", "onnx-web"], out=tmp_path / "b", example_inputs=(x,))
+        def forward(self, x: Any) -> Any:  # cumsum is interpreted, resample (grid_sample) is not
+            return nn.functional.grid_sample(x, self.grid.expand(x.shape[0], -1, -1, -1), align_corners=False) + \
+                torch.cumsum(x, dim=1)
+
+    x = torch.randn(2, 3, 4, 4)
+    result = convert(Normalized(), ["coreml", "onnx-web"], out=tmp_path / "b", example_inputs=(x,))
     art = result.bundle.manifest.artifact("coreml")
     assert art.parity is None and art.unverified is not None
-    assert art.unverified.startswith("unverified: op cumsum")
+    assert art.unverified.startswith("unverified: op resample")
     assert result.bundle.manifest.artifact("onnx-web").parity is not None
     shown = run_cli("inspect", result.bundle.path)
-    assert "unverified: op cumsum" in shown.output
+    assert "unverified: op resample" in shown.output
 
 
 @pytest.mark.torch

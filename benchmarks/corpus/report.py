@@ -1,0 +1,59 @@
+"""Markdown tables of bench_corpus results: edgekit per model and target, the wrapped tools alone, totals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.corpus.fetch import load_models
+
+
+def _cell(t: dict[str, Any] | None) -> str:
+    if not t:
+        return " "
+    if t["status"] == "passed":
+        err = t.get("max_abs_error")
+        ratio = t.get("size_ratio")
+        tried = t.get("routes_tried") or []
+        via = f" via {t['route'][-1]}" if tried and t.get("route") else ""
+        return f"ok {ratio:.2f}x" + (f" e={err:.1g}" if err is not None else "") + via
+    if t["status"] in ("failed", "missing"):
+        return "FAIL: " + (t.get("error") or "").replace("|", "/").replace("\n", " ")[:90]
+    return t["status"] + (": " + (t.get("unverified") or "")[:60] if t.get("unverified") else "")
+
+
+def tables(results: dict[str, Any]) -> str:
+    ids = [m["id"] for m in load_models()]
+    targets: list[str] = []
+    for key, value in results.items():
+        if key.endswith("/edgekit"):
+            targets += [t for t in value["targets"] if t not in targets]
+    lines = ["| model | " + " | ".join(targets) + " | exit | s | left behind |",
+             "|---" * (len(targets) + 4) + "|"]
+    passed = {t: 0 for t in targets}
+    counted = 0
+    for mid in ids:
+        r = results.get(f"{mid}/edgekit")
+        if not r:
+            continue
+        counted += 1
+        for t in targets:
+            passed[t] += (r["targets"].get(t) or {}).get("status") == "passed"
+        cells = [_cell(r["targets"].get(t)) for t in targets]
+        left = ", ".join(r["leftovers"]) or "-"
+        lines.append(f"| {mid} | " + " | ".join(cells) + f" | {r['rc']} | {r['seconds']:.0f} | {left} |")
+    lines.append("| **passed** | " + " | ".join(f"**{passed[t]}/{counted}**" for t in targets) + " | | | |")
+    tools = ("onnx2tf", "coremltools", "ort-quant")
+    lines += ["", "| model | " + " | ".join(f"{t} alone" for t in tools) + " |", "|---" * (len(tools) + 1) + "|"]
+    alone = {t: [0, 0] for t in tools}
+    for mid in ids:
+        cells = []
+        for tool in tools:
+            r = results.get(f"{mid}/{tool}")
+            if r and r["status"] != "n/a":
+                alone[tool][1] += 1
+                alone[tool][0] += r["status"] == "passed"
+            cells.append(" " if not r else ("ok" if r["status"] == "passed" else r["status"] if r["status"] == "n/a"
+                                             else "FAIL: " + (r.get("error") or "")[:90].replace("|", "/")))
+        lines.append(f"| {mid} | " + " | ".join(cells) + " |")
+    lines.append("| **passed** | " + " | ".join(f"**{p}/{n}** (of those it takes)" for p, n in alone.values()) + " |")
+    return "\n".join(lines)
