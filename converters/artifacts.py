@@ -25,7 +25,7 @@ import edgekit.converters.auto as auto
 from edgekit import __version__
 from edgekit._console import captured_output
 from edgekit._host import describe_cpu
-from edgekit.bundle import Artifact, RuntimeCheck, hash_path
+from edgekit.bundle import Artifact, RuntimeCheck, TensorSpec, hash_path
 from edgekit.converters.calibration import Samples
 from edgekit.converters.passes import PassContext, Value, load_pass
 from edgekit.converters.registry import RUNTIME_OF_FORMAT, TARGETS, VARIANTS, TargetInfo
@@ -300,7 +300,7 @@ def _finish(
     else:
         say(f"{target.id}: validating the {fmt} artifact on {samples.count} samples")
         passed_over = [f"{a.provider}: {a.reason}" for a in raw.attempts if not a.ok]
-        actual, raw = _run_with_fallback(fmt, dst, raw, inputs, outputs, samples, passed_over)
+        actual, raw = _run_with_fallback(fmt, dst, raw, inputs, outputs, samples, passed_over, source.inputs)
         notes = {**notes, "validated_on": raw.provider, **({"passed_over": passed_over} if passed_over else {})}
         parity, accuracy = compare(reference, actual, source.outputs, target.tolerance, samples.labels)
         parity = replace(parity, runtime=_runtime_label(fmt, raw.provider), host=describe_cpu())
@@ -323,14 +323,14 @@ def _finish(
 
 
 def _run_with_fallback(fmt: str, path: Path, raw: Any, inputs: Any, outputs: Any, samples: Samples,
-                       passed_over: list[str]) -> tuple[dict[str, np.ndarray], Any]:
+                       passed_over: list[str], like: tuple[TensorSpec, ...]) -> tuple[dict[str, np.ndarray], Any]:
     """Run the samples; when the kernels that loaded fail at run time (XNNPACK failing to prepare a
     reshaped graph), open the artifact again on the next validation provider and run there."""
     providers = list(VALIDATION_PROVIDERS.get(fmt, ()))
     while True:
         session = adapt(raw, inputs, outputs)
         try:
-            return run_batched(session.run, samples.inputs, session.inputs), raw
+            return run_batched(session.run, samples.inputs, session.inputs, like), raw
         except Exception as exc:
             later = providers[providers.index(raw.provider) + 1:] if raw.provider in providers else []
             if not later:
@@ -363,7 +363,7 @@ def _check_on_web(target: TargetInfo, fmt: str, path: Path, inputs: Any, outputs
 
     say(f"{target.id}: checking the {fmt} artifact on onnxruntime-web (wasm) on {samples.count} samples")
     check = ortweb.check(path, inputs, outputs, samples.inputs, reference, source.outputs, target.tolerance,
-                         samples.labels)
+                         samples.labels, source.inputs)
     if check.parity is None:
         log.warning("%s (%s): %s", target.id, fmt, check.not_checked)
         return check
@@ -412,7 +412,7 @@ def _coreml_on_this_mac(path: Path, inputs: Any, outputs: Any, source: Source, s
         return {}
     try:
         session = adapt(CoreMlRuntime().open(path), inputs, outputs)
-        actual = run_batched(session.run, samples.inputs, session.inputs)
+        actual = run_batched(session.run, samples.inputs, session.inputs, source.inputs)
     except Exception as exc:  # Core ML's own failure is worth recording, not fatal: the interpreter passed
         return {"macos_parity": {"error": f"{type(exc).__name__}: {exc}"}}
     parity, _ = compare(reference, actual, source.outputs, target.tolerance)

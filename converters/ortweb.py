@@ -150,7 +150,8 @@ LATENCY_WARMUP = 5
 
 def check(path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
           samples: dict[str, np.ndarray], reference: dict[str, np.ndarray], source_outputs: tuple[TensorSpec, ...],
-          tolerance: Tolerance, labels: np.ndarray | None = None) -> RuntimeCheck:
+          tolerance: Tolerance, labels: np.ndarray | None = None,
+          source_inputs: tuple[TensorSpec, ...] = ()) -> RuntimeCheck:
     """Run the artifact at ``path`` on onnxruntime-web (wasm) on the samples and measure its parity there.
 
     ``inputs``/``outputs`` are the artifact's tensors as the manifest records them; ``samples`` and
@@ -162,7 +163,7 @@ def check(path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec,
     Raises:
         ConversionError: onnxruntime-web could not load or run the artifact.
     """
-    from edgekit.parity import compare
+    from edgekit.parity import chunk_size, compare
     from edgekit.runtimes.adapt import from_artifact, to_artifact
 
     try:
@@ -174,7 +175,8 @@ def check(path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec,
     first = inputs[0].shape[0] if inputs and inputs[0].shape else None
     batch = first if isinstance(first, int) and first > 0 else None
     whole = is_single_feed(feeds, inputs)
-    result = run(path, feeds, chunk=batch or CHUNK, bench_runs=LATENCY_RUNS, bench_warmup=LATENCY_WARMUP,
+    chunk = min(batch or CHUNK, chunk_size(source_inputs)) if source_inputs else batch or CHUNK  # as the reference
+    result = run(path, feeds, chunk=chunk, bench_runs=LATENCY_RUNS, bench_warmup=LATENCY_WARMUP,
                  bench_batch=batch or 1, whole=whole)
     specs = {spec.name: spec for spec in outputs}
     actual = {(specs[name].source_name or name) if name in specs else name:

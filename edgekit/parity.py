@@ -56,16 +56,25 @@ def is_single_feed(feeds: Mapping[str, Any], inputs: tuple[TensorSpec, ...]) -> 
     return None in firsts or len(firsts) > 1
 
 
-def run_batched(run: RunFn, samples: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+def chunk_size(inputs: tuple[TensorSpec, ...] | None) -> int:
+    """Samples per run: the model's fixed batch size, else up to 64."""
+    first = inputs[0].shape[0] if inputs and inputs[0].shape else None
+    return first if isinstance(first, int) and first > 0 else MAX_CHUNK
+
+
+def run_batched(run: RunFn, samples: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...],
+                like: tuple[TensorSpec, ...] | None = None) -> dict[str, np.ndarray]:
     """Run ``run`` over all samples in chunks the model accepts, concatenating the outputs.
 
     A model whose first input dimension is fixed to k gets chunks of k; a dynamic one gets chunks of
     up to 64 samples. A single feed of a fully static model (:func:`is_single_feed`) runs once.
+    ``like`` (the source's inputs, when ``run`` is an artifact) makes the chunks no larger than the
+    source's, so that outputs whose first axis is not the batch (time-major sequences, detections)
+    are cut and joined the same way as the reference.
     """
     if is_single_feed(samples, inputs):
         return {k: np.asarray(v) for k, v in run(samples).items()}
-    first = inputs[0].shape[0] if inputs[0].shape else None
-    chunk = first if isinstance(first, int) and first > 0 else MAX_CHUNK
+    chunk = min(chunk_size(inputs), chunk_size(like)) if like else chunk_size(inputs)
     count = next((v.shape[0] for v in samples.values() if np.ndim(v)), 1)
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, count, chunk):

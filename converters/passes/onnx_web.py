@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.converters.passes import Pass, PassContext, Value
+from edgekit.converters.passes.onnx_rewrites import clear_wrong_output_shapes
 from edgekit.converters.registry import Kind
 from edgekit.parity import is_single_feed
 
@@ -103,13 +104,17 @@ class OptimizeForWeb(Pass):
         import onnxslim
 
         slim_path = ctx.scratch("slim.onnx")
-        slim = onnxslim.slim(onnx.load(str(value.file)))
+        source = onnx.load(str(value.file))
+        cleared = clear_wrong_output_shapes(source, value.file, ctx.samples)
+        slim = onnxslim.slim(source)
         onnx.save(slim, str(slim_path))
         optimized = ctx.scratch("web.onnx")
         ort_optimize(slim_path, optimized)
         save_for_web(onnx.load(str(optimized)), optimized)
-        return Value(Kind.ONNX_WEB, path=optimized,
-                     notes={"optimizations": f"onnxslim {onnxslim.__version__}, onnxruntime basic offline"})
+        notes: dict[str, Any] = {"optimizations": f"onnxslim {onnxslim.__version__}, onnxruntime basic offline"}
+        if cleared:
+            notes["rewrites"] = [f"declared shapes of {cleared} outputs dropped: the graph computes others"]
+        return Value(Kind.ONNX_WEB, path=optimized, notes=notes)
 
 
 # Mixed precision: what stays float32 when plain float16 fails. Normalizations, softmax, reductions and

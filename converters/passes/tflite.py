@@ -25,6 +25,7 @@ from edgekit._console import captured_output
 from edgekit.bundle import Dim, TensorSpec
 from edgekit.converters.passes import Pass, PassContext, Value
 from edgekit.converters.passes.keras_onnx import keras_function
+from edgekit.converters.passes.onnx_rewrites import prepare_for_onnx2tf
 from edgekit.converters.registry import Kind
 from edgekit.errors import CalibrationError, ConversionError, UnsupportedModelError
 from edgekit.parity import is_single_feed
@@ -211,9 +212,9 @@ class OnnxToTf(Pass):
         work.mkdir()
         model_file = work / "model.onnx"
         shutil.copyfile(value.file, model_file)  # onnx2tf rewrites its input file in place
-        rewritten = _ceil_pools_to_edge_pads(model_file)
         route = f"onnx -> {self.name} -> TFLiteConverter"
         fixed = _fixed_shapes(ctx, fix_all=self.fix_shapes)
+        rewrites = prepare_for_onnx2tf(model_file, ctx.samples, fixed)
         settings: dict[str, Any] = {}
         if fixed:
             settings["overwrite_input_shape"] = [f"{name}:{','.join(map(str, dims))}" for name, dims in fixed.items()]
@@ -270,8 +271,8 @@ class OnnxToTf(Pass):
             notes["fixed_shapes"] = {name: dims for name, dims in fixed.items()}
         if self.keep_layout:
             notes["kept_layout"] = True
-        if rewritten:
-            notes["rewrites"] = [f"{rewritten} ceil-mode MaxPool -> edge Pad + MaxPool (exact; keeps int8 ranges)"]
+        if rewrites:
+            notes["rewrites"] = rewrites
         return Value(Kind.TF, obj=graph, notes=notes, inputs=graph.inputs, outputs=graph.outputs)
 
 
@@ -289,60 +290,6 @@ class OnnxToTfKeepLayout(OnnxToTf):
     name = "onnx2tf-keep-layout"
     fix_shapes = True
     keep_layout = True
-
-
-def _ceil_pools_to_edge_pads(path: Any) -> int:
-    """Rewrite ceil-mode MaxPool nodes as an edge-mode Pad and a floor-mode MaxPool, in place.
-
-    onnx2tf pads a ceil-mode MaxPool with the float32 minimum: full-integer quantization then
-    gives that tensor a range of 1e38 and every activation after it collapses (MTCNN's O-Net loses
-    its outputs). Repeating the border values instead is exact for max pooling, since every window
-    that reaches into the padding also covers the border element it copies, and keeps the tensor's
-    range. Returns the number of nodes rewritten (nodes with unknown spatial sizes are left alone).
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(path))
-    shapes = {}
-    for info in (*onnx.shape_inference.infer_shapes(model).graph.value_info, *model.graph.input):
-        dims = info.type.tensor_type.shape.dim
-        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    count = 0
-    nodes = []
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        shape = shapes.get(node.input[0]) if node.input else None
-        if (node.op_type != "MaxPool" or not attrs.get("ceil_mode") or len(node.output) != 1 or shape is None
-                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
-                or any(d != 1 for d in attrs.get("dilations", [])) or any(d is None for d in shape[2:])):
-            nodes.append(node)
-            continue
-        kernel = list(attrs["kernel_shape"])
-        rank = len(kernel)
-        strides = list(attrs.get("strides", [1] * rank))
-        pads = list(attrs.get("pads", [0] * 2 * rank))
-        begin, end = pads[:rank], pads[rank:]
-        for i in range(rank):
-            n = int(shape[2 + i] or 0)
-            out = -(-(n + begin[i] + end[i] - kernel[i]) // strides[i]) + 1
-            if (out - 1) * strides[i] >= n + begin[i]:  # the last window must start inside the input
-                out -= 1
-            end[i] = max((out - 1) * strides[i] + kernel[i] - n - begin[i], end[i])
-        padded = f"{node.output[0]}__edge_padded"
-        pads_name = f"{node.output[0]}__edge_pads"
-        model.graph.initializer.append(numpy_helper.from_array(
-            np.array([0, 0, *begin, 0, 0, *end], dtype=np.int64), pads_name))
-        nodes.append(helper.make_node("Pad", [node.input[0], pads_name], [padded], mode="edge",
-                                      name=f"{node.name}_edge_pad"))
-        nodes.append(helper.make_node("MaxPool", [padded], list(node.output), name=node.name, kernel_shape=kernel,
-                                      strides=strides))
-        count += 1
-    if count:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        onnx.save(model, str(path))
-    return count
 
 
 def _layout_name(perm: tuple[int, ...] | None, rank: int) -> str | None:

@@ -1,0 +1,203 @@
+"""Rewrites of an ONNX model before onnx2tf reads it: exact graph changes that work around what onnx2tf
+and TensorFlow cannot take, each recorded in the artifact's notes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# TensorFlow scope names (onnx2tf names its layers after ONNX nodes): anything else fails the conversion
+_TF_SCOPE_CHAR = re.compile(r"[^A-Za-z0-9_.\\/>-]")
+
+
+def prepare_for_onnx2tf(path: Path, samples: dict[str, np.ndarray], fixed: dict[str, list[int]]) -> list[str]:
+    """Apply every rewrite to the ONNX file at ``path`` (a copy: onnx2tf rewrites it anyway); what changed.
+
+    ``fixed`` input shapes are written into the graph and its shape computations folded with onnxslim
+    first: onnx2tf fixes shapes too, but leaves states built from ``Shape`` (an LSTM's zero initial
+    state) as computations it then cannot convert.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    notes = []
+    cleared = clear_wrong_output_shapes(model, path, samples)  # before folding, which would trust them
+    if cleared:
+        notes.append(f"declared shapes of {cleared} outputs dropped: the graph computes others")
+    if fixed and fix_input_shapes(model, fixed):
+        notes.append("input shapes fixed in the graph and shape computations folded (onnxslim)")
+        model = _slim(model)
+    renamed = sanitize_names(model)
+    if renamed:
+        notes.append(f"{renamed} node and tensor names with characters TensorFlow rejects renamed")
+    pools = ceil_pools_to_edge_pads(model)
+    if pools:
+        notes.append(f"{pools} ceil-mode MaxPool -> edge Pad + MaxPool (exact; keeps int8 ranges)")
+    if notes:
+        try:  # shapes for every tensor again (onnx2tf reads them from value_info)
+            model = onnx.shape_inference.infer_shapes(model)
+        except Exception:  # noqa: BLE001 - onnx2tf infers what it can itself
+            pass
+        onnx.save(model, str(path))
+    return notes
+
+
+def fix_input_shapes(model: Any, fixed: dict[str, list[int]]) -> bool:
+    """Write static input shapes into the graph; False when an input's rank does not match."""
+    for value in model.graph.input:
+        dims = fixed.get(value.name)
+        if dims is None:
+            continue
+        shape = value.type.tensor_type.shape.dim
+        if len(shape) != len(dims):
+            return False
+        for d, n in zip(shape, dims, strict=True):
+            d.ClearField("dim_param")
+            d.dim_value = int(n)
+    return True
+
+
+def _slim(model: Any) -> Any:
+    try:
+        import onnxslim
+
+        return onnxslim.slim(model)
+    except Exception:  # noqa: BLE001 - folding is an aid; onnx2tf still gets the fixed shapes
+        return model
+
+
+def sanitize_names(model: Any) -> int:
+    """Replace characters TensorFlow scope names reject (``Softmax@0``) in node and internal tensor names.
+
+    Graph inputs and outputs keep their names (the artifact's I/O is matched to them); models with
+    subgraphs are left alone, since their bodies refer to outer names.
+    """
+    from onnx import AttributeProto
+
+    graph = model.graph
+    if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
+    taken = {n for node in graph.node for n in (*node.input, *node.output)} | {i.name for i in graph.initializer}
+    mapping: dict[str, str] = {}
+
+    def clean(name: str) -> str:
+        if name in keep or not _TF_SCOPE_CHAR.search(name):
+            return name
+        if name not in mapping:
+            new = _TF_SCOPE_CHAR.sub("_", name)
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            mapping[name] = new
+        return mapping[name]
+
+    count = 0
+    for node in graph.node:
+        if _TF_SCOPE_CHAR.search(node.name):
+            node.name = _TF_SCOPE_CHAR.sub("_", node.name)
+            count += 1
+        node.input[:] = [clean(x) for x in node.input]
+        node.output[:] = [clean(x) for x in node.output]
+    for init in graph.initializer:
+        init.name = clean(init.name)
+    for info in graph.value_info:
+        info.name = clean(info.name)
+    return count + len(mapping)
+
+
+def _first_feed(path: Path, samples: dict[str, np.ndarray]) -> dict[str, list[int]] | None:
+    """The output shapes onnxruntime computes for the first sample, or None when it cannot run it."""
+    try:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feeds = {}
+        for spec in session.get_inputs():
+            value = np.asarray(samples[spec.name])
+            feeds[spec.name] = value if value.ndim == len(spec.shape) and value.ndim == 0 else \
+                value[:1] if value.ndim == len(spec.shape) else value[0]
+        outs = session.run(None, feeds)
+    except Exception:  # noqa: BLE001 - without a run, declared shapes stay as they are
+        return None
+    return {o.name: list(np.shape(v)) for o, v in zip(session.get_outputs(), outs, strict=True)}
+
+
+def clear_wrong_output_shapes(model: Any, path: Path, samples: dict[str, np.ndarray]) -> int:
+    """Drop declared output shapes the graph does not compute (and then all value_info, which may be as
+    stale): ddddocr declares [1, seqlen] for a [seq, 1, classes] output, and converters that trust
+    the declaration build a wrong graph."""
+    actual = _first_feed(path, samples)
+    if actual is None:
+        return 0
+    count = 0
+    for out in model.graph.output:
+        tensor = out.type.tensor_type
+        if not tensor.HasField("shape") or out.name not in actual:
+            continue
+        dims = tensor.shape.dim
+        got = actual[out.name]
+        fits = len(dims) == len(got) and all(not d.HasField("dim_value") or d.dim_value in (g, -1) or i == 0
+                                             for i, (d, g) in enumerate(zip(dims, got, strict=True)))
+        if not fits:
+            tensor.ClearField("shape")
+            count += 1
+    if count:
+        del model.graph.value_info[:]
+    return count
+
+
+def ceil_pools_to_edge_pads(model: Any) -> int:
+    """Rewrite ceil-mode MaxPool nodes as an edge-mode Pad and a floor-mode MaxPool, in place.
+
+    onnx2tf pads a ceil-mode MaxPool with the float32 minimum: full-integer quantization then
+    gives that tensor a range of 1e38 and every activation after it collapses (MTCNN's O-Net loses
+    its outputs). Repeating the border values instead is exact for max pooling, since every window
+    that reaches into the padding also covers the border element it copies, and keeps the tensor's
+    range. Rewrites ``model`` in place; returns the number of nodes rewritten (nodes with unknown spatial
+    sizes are left alone).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    shapes = {}
+    for info in (*onnx.shape_inference.infer_shapes(model).graph.value_info, *model.graph.input):
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    count = 0
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        shape = shapes.get(node.input[0]) if node.input else None
+        if (node.op_type != "MaxPool" or not attrs.get("ceil_mode") or len(node.output) != 1 or shape is None
+                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+                or any(d != 1 for d in attrs.get("dilations", [])) or any(d is None for d in shape[2:])):
+            nodes.append(node)
+            continue
+        kernel = list(attrs["kernel_shape"])
+        rank = len(kernel)
+        strides = list(attrs.get("strides", [1] * rank))
+        pads = list(attrs.get("pads", [0] * 2 * rank))
+        begin, end = pads[:rank], pads[rank:]
+        for i in range(rank):
+            n = int(shape[2 + i] or 0)
+            out = -(-(n + begin[i] + end[i] - kernel[i]) // strides[i]) + 1
+            if (out - 1) * strides[i] >= n + begin[i]:  # the last window must start inside the input
+                out -= 1
+            end[i] = max((out - 1) * strides[i] + kernel[i] - n - begin[i], end[i])
+        padded = f"{node.output[0]}__edge_padded"
+        pads_name = f"{node.output[0]}__edge_pads"
+        model.graph.initializer.append(numpy_helper.from_array(
+            np.array([0, 0, *begin, 0, 0, *end], dtype=np.int64), pads_name))
+        nodes.append(helper.make_node("Pad", [node.input[0], pads_name], [padded], mode="edge",
+                                      name=f"{node.name}_edge_pad"))
+        nodes.append(helper.make_node("MaxPool", [padded], list(node.output), name=node.name, kernel_shape=kernel,
+                                      strides=strides))
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return count
