@@ -10,7 +10,7 @@ import numpy as np
 
 from edgekit.bundle import CalibrationInfo, TensorSpec, hash_path
 from edgekit.errors import CalibrationError
-from edgekit.parity import is_single_feed
+from edgekit.parity import is_single_feed, is_stacked
 
 GENERATED_SAMPLES = 8
 
@@ -23,6 +23,7 @@ class Samples:
     labels: np.ndarray | None
     info: CalibrationInfo | None  # None when the samples were generated
     single: bool = False  # one feed of a fully static model with no shared batch axis (is_single_feed)
+    stacked: bool = False  # whole feeds along a new first axis (is_stacked)
 
     @property
     def count(self) -> int:
@@ -72,13 +73,13 @@ def load_calibration(path: str | Path, inputs: tuple[TensorSpec, ...], *, labels
                 f"labels {labels_key!r} in {file} must be a 1-D integer array, got {labels.dtype} {labels.shape}"
             )
     samples = check_samples(feeds, inputs, where=str(file))
-    single = is_single_feed(samples, inputs)
+    single, stacked = is_single_feed(samples, inputs), is_stacked(samples, inputs)
     count = 1 if single else next((v.shape[0] for v in samples.values() if v.ndim), 1)
     if labels is not None and labels.shape[0] != count:
         raise CalibrationError(f"{file} has {count} samples but {labels.shape[0]} labels; they must match")
     digest, _ = hash_path(file)
     info = CalibrationInfo(file=file.name, sha256=digest, n_samples=int(count), has_labels=labels is not None)
-    return Samples(samples, labels, info, single=single)
+    return Samples(samples, labels, info, single=single, stacked=stacked)
 
 
 def check_samples(feeds: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], *, where: str) -> dict[str, np.ndarray]:
@@ -89,16 +90,18 @@ def check_samples(feeds: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], 
     """
     out: dict[str, np.ndarray] = {}
     counts = set()
-    single = is_single_feed(feeds, inputs)
+    single, stacked = is_single_feed(feeds, inputs), is_stacked(feeds, inputs)
     for spec in inputs:
         array = np.asarray(feeds[spec.name])
-        if array.ndim != len(spec.shape):
+        if array.ndim != len(spec.shape) and not (stacked and array.ndim == len(spec.shape) + 1):
             raise CalibrationError(
                 f"{where}: input {spec.name!r} needs rank {len(spec.shape)} (shape {list(spec.shape)}), "
-                f"got shape {list(array.shape)}; the first axis counts samples"
+                f"got shape {list(array.shape)}; the first axis counts samples (or, with one axis more "
+                "on every input, lists whole feeds: for models whose batch axis is not the first)"
             )
-        for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
-            if axis > 0 and not single and isinstance(want, int) and want >= 0 and want != got:
+        feed_shape = array.shape[1:] if stacked and array.ndim else array.shape
+        for axis, (want, got) in enumerate(zip(spec.shape, feed_shape, strict=True)):
+            if (axis > 0 or stacked) and not single and isinstance(want, int) and want >= 0 and want != got:
                 raise CalibrationError(
                     f"{where}: input {spec.name!r} needs size {want} on axis {axis}, got shape {list(array.shape)}"
                 )

@@ -106,6 +106,7 @@ class Job:
     staging: str
     has_calibration: bool
     single: bool
+    stacked: bool = False
 
 
 def describe_exit(returncode: int) -> str:
@@ -236,7 +237,7 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
     from edgekit.converters.calibration import Samples
     from edgekit.converters.passes import Options, PassContext
     from edgekit.converters.planner import fallback_routes, plan, resolve_targets, usable_passes
-    from edgekit.converters.sources import load_source
+    from edgekit.converters.sources import load_source, with_computed_outputs
 
     job = Job(**json.loads((run_dir / "job.json").read_text(encoding="utf-8")))
     with np.load(job_dir / "samples.npz") as data:
@@ -244,7 +245,7 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
         labels = data["labels"] if "labels" in data.files else None
     with np.load(job_dir / "reference.npz") as data:
         reference = {k: data[k] for k in data.files}
-    samples = Samples(inputs, labels, None, single=job.single)
+    samples = Samples(inputs, labels, None, single=job.single, stacked=job.stacked)
 
     # Progress goes to the parent through the original stdout; anything the libraries print goes to
     # the stderr file, so a converter's own prints cannot be mistaken for progress or lost.
@@ -257,6 +258,7 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
 
     with captured_output():
         source = load_source(job.model, None)
+    source = with_computed_outputs(source, reference, single=job.single, stacked=job.stacked)
     passes = usable_passes(tuple(job.via))
     infos = {t.id: t for t in resolve_targets(job.targets)}
     ctx = PassContext(run_dir / "scratch", source.inputs, source.outputs, samples.inputs,

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -98,11 +99,13 @@ def availability() -> str:
 
 
 def run(model: Path, samples: dict[str, np.ndarray], *, chunk: int, threads: int = 1,
-        bench_runs: int = 0, bench_warmup: int = 5, bench_batch: int = 1, whole: bool = False) -> WebRun:
+        bench_runs: int = 0, bench_warmup: int = 5, bench_batch: int = 1, whole: bool = False,
+        stacked: bool = False) -> WebRun:
     """Run ``model`` on every sample (``chunk`` at a time) on onnxruntime-web's wasm backend.
 
     With ``bench_runs``, also time that many runs on the first ``bench_batch`` samples after
-    ``bench_warmup`` runs. With ``whole``, the arrays are one feed (a fully static model) run as they are.
+    ``bench_warmup`` runs. With ``whole``, the arrays are one feed (a fully static model) run as they are;
+    with ``stacked``, each array's first axis lists whole feeds, run one by one (outputs stacked alike).
 
     Raises:
         NotVerifiableError: Node.js or onnxruntime-web is missing.
@@ -121,7 +124,7 @@ def run(model: Path, samples: dict[str, np.ndarray], *, chunk: int, threads: int
             array.astype(array.dtype.newbyteorder("<"), copy=False).tofile(file)
             inputs.append({"name": name, "dtype": kind, "shape": list(array.shape), "file": str(file)})
         request = {"model": str(model), "ort": str(ort_dir), "threads": threads, "inputs": inputs,
-                   "chunk": chunk, "whole": whole, "out_dir": str(work),
+                   "chunk": chunk, "whole": whole, "stacked": stacked, "out_dir": str(work),
                    "bench": {"runs": bench_runs, "warmup": bench_warmup, "batch": bench_batch} if bench_runs else None}
         (work / "request.json").write_text(json.dumps(request), encoding="utf-8")
         try:
@@ -163,7 +166,7 @@ def check(path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec,
     Raises:
         ConversionError: onnxruntime-web could not load or run the artifact.
     """
-    from edgekit.parity import chunk_size, compare
+    from edgekit.parity import chunk_size, compare, is_stacked
     from edgekit.runtimes.adapt import from_artifact, to_artifact
 
     try:
@@ -171,16 +174,21 @@ def check(path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec,
     except NotVerifiableError as exc:
         return RuntimeCheck(runtime=RUNTIME_NAME, not_checked=str(exc))
     by_source = {spec.source_name or spec.name: spec for spec in inputs}
-    feeds = {by_source[name].name: to_artifact(value, by_source[name]) for name, value in samples.items()}
+    stacked = is_stacked(samples, source_inputs or inputs)
+
+    def each(fn: Any, value: np.ndarray, spec: TensorSpec) -> np.ndarray:  # per feed when stacked
+        return np.stack([fn(v, spec) for v in value]) if stacked and np.ndim(value) else fn(value, spec)
+
+    feeds = {by_source[name].name: each(to_artifact, value, by_source[name]) for name, value in samples.items()}
     first = inputs[0].shape[0] if inputs and inputs[0].shape else None
     batch = first if isinstance(first, int) and first > 0 else None
     whole = is_single_feed(feeds, inputs)
     chunk = min(batch or CHUNK, chunk_size(source_inputs)) if source_inputs else batch or CHUNK  # as the reference
     result = run(path, feeds, chunk=chunk, bench_runs=LATENCY_RUNS, bench_warmup=LATENCY_WARMUP,
-                 bench_batch=batch or 1, whole=whole)
+                 bench_batch=batch or 1, whole=whole, stacked=stacked)
     specs = {spec.name: spec for spec in outputs}
     actual = {(specs[name].source_name or name) if name in specs else name:
-              from_artifact(value, specs[name]) if name in specs else value
+              each(from_artifact, value, specs[name]) if name in specs else value
               for name, value in result.outputs.items()}
     parity, _ = compare(reference, actual, source_outputs, tolerance, labels)
     parity = replace(parity, runtime=result.runtime, host=result.host)

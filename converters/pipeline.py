@@ -32,7 +32,7 @@ from edgekit.converters.isolation import Outcome, contains_tempfiles
 from edgekit.converters.passes import Options, PassContext
 from edgekit.converters.planner import fallback_routes, plan, resolve_targets, usable_passes
 from edgekit.converters.registry import TARGETS, TargetInfo
-from edgekit.converters.sources import Source, load_source
+from edgekit.converters.sources import Source, load_source, with_computed_outputs
 from edgekit.errors import (
     ConversionError,
     PartialConversionError,
@@ -134,6 +134,7 @@ def convert(
                if calibration is not None else generate_samples(source.inputs))
     say(f"running the source model on {samples.count} samples")
     reference = run_batched(source.run, samples.inputs, source.inputs)
+    source = with_computed_outputs(source, reference, single=samples.single, stacked=samples.stacked)
 
     with tempfile.TemporaryDirectory(prefix="edgekit-") as tmp, BundleWriter(out, overwrite=overwrite) as writer:
         options = Options(int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios,
@@ -263,7 +264,8 @@ def _build_isolated(model: Any, infos: list[TargetInfo], via: Sequence[str], opt
     for family, ids in families.items():
         job = Job(model=str(Path(model).resolve()), targets=_fp32_first(ids), via=list(via), options=dataclasses.asdict(options),
                   accept_parity_failure=sorted(accept & set(ids)), measure_latency=sorted(measure & set(ids)),
-                  staging=str(staging), has_calibration=samples.info is not None, single=samples.single)
+                  staging=str(staging), has_calibration=samples.info is not None, single=samples.single,
+                  stacked=samples.stacked)
         for outcome in run_family(job, tmp / f"worker-{family}", samples.inputs, samples.labels, reference, say):
             outcomes[outcome.target] = outcome
     return [outcomes[t.id] for t in infos]

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekit._deps import require
-from edgekit.bundle import SourceInfo, TensorSpec, hash_path
+from edgekit.bundle import Dim, SourceInfo, TensorSpec, hash_path
 from edgekit.converters.passes import Value
 from edgekit.converters.registry import Kind
 from edgekit.errors import InvalidModelError, UnsupportedModelError
+
+log = logging.getLogger(__name__)
 
 ReferenceFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -37,6 +40,35 @@ class Source:
     outputs: tuple[TensorSpec, ...]
     run: ReferenceFn
     example_inputs: tuple[Any, ...] | None = None
+
+
+def with_computed_outputs(source: Source, reference: dict[str, np.ndarray], *, single: bool, stacked: bool) -> Source:
+    """``source`` with each output's declared shape replaced where the graph computes another rank or size.
+
+    Exporters sometimes declare shapes a graph does not compute (ddddocr declares [1, seqlen] for a
+    [seq, 1, classes] output); converters and layout checks that trust them go wrong. The corrected
+    shape keeps a dynamic first axis where the samples were batched, and the sizes seen elsewhere.
+    """
+    fixed = []
+    for spec in source.outputs:
+        value = reference.get(spec.name)
+        if value is None:
+            fixed.append(spec)
+            continue
+        got = tuple(np.shape(value)[1:] if stacked else np.shape(value))
+        declared = spec.shape
+        fits = len(declared) == len(got) and all(
+            not isinstance(d, int) or d < 0 or d == g or (i == 0 and not single and not stacked)
+            for i, (d, g) in enumerate(zip(declared, got, strict=True)))
+        if fits:
+            fixed.append(spec)
+            continue
+        shape: list[Dim] = [int(g) for g in got]
+        if shape and not single and not stacked:
+            shape[0] = declared[0] if declared and not isinstance(declared[0], int) else None
+        log.info("output %s: declared shape %s, computed %s; using the computed one", spec.name, list(declared), shape)
+        fixed.append(replace(spec, shape=tuple(shape), extra={**spec.extra, "declared_shape": list(declared)}))
+    return replace(source, outputs=tuple(fixed))
 
 
 def load_source(model: Any, example_inputs: tuple[Any, ...] | None = None) -> Source:

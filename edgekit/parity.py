@@ -6,7 +6,7 @@ with it when a device checks a downloaded artifact against the reference outputs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,10 +56,47 @@ def is_single_feed(feeds: Mapping[str, Any], inputs: tuple[TensorSpec, ...]) -> 
     return None in firsts or len(firsts) > 1
 
 
+def is_stacked(feeds: Mapping[str, Any], inputs: tuple[TensorSpec, ...]) -> bool:
+    """True when ``feeds`` are a list of whole feeds along a new first axis: every array has one axis
+    more than its input (scalars, shared by all, aside).
+
+    For models whose batch axis is not the first of every input, such as a recurrent state laid out
+    (layers, batch, hidden): samples cannot be stacked along axis 0, so each is given whole.
+    """
+    if not inputs or any(spec.name not in feeds for spec in inputs):
+        return False
+    ranks = [(np.ndim(feeds[spec.name]), len(spec.shape)) for spec in inputs if np.ndim(feeds[spec.name])]
+    return bool(ranks) and all(got == want + 1 for got, want in ranks)
+
+
+def sample_count(feeds: Mapping[str, Any], inputs: tuple[TensorSpec, ...]) -> int:
+    """How many samples (or whole feeds) ``feeds`` hold."""
+    if is_single_feed(feeds, inputs):
+        return 1
+    return int(next((np.shape(v)[0] for v in feeds.values() if np.ndim(v)), 1))
+
+
 def chunk_size(inputs: tuple[TensorSpec, ...] | None) -> int:
     """Samples per run: the model's fixed batch size, else up to 64."""
     first = inputs[0].shape[0] if inputs and inputs[0].shape else None
     return first if isinstance(first, int) and first > 0 else MAX_CHUNK
+
+
+def iter_feeds(samples: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...], chunk: int,
+               limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """The feeds to run: the single feed as it is, each stacked feed, or chunks of up to ``chunk``
+    samples along axis 0 (scalars shared by all); at most ``limit`` samples."""
+    if is_single_feed(samples, inputs):
+        yield dict(samples)
+        return
+    count = sample_count(samples, inputs)
+    count = min(count, limit) if limit else count
+    if is_stacked(samples, inputs):
+        for i in range(count):
+            yield {k: v[i] if np.ndim(v) else v for k, v in samples.items()}
+        return
+    for start in range(0, count, chunk):
+        yield {k: v[start:min(start + chunk, count)] if np.ndim(v) else v for k, v in samples.items()}
 
 
 def run_batched(run: RunFn, samples: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...],
@@ -67,20 +104,22 @@ def run_batched(run: RunFn, samples: dict[str, np.ndarray], inputs: tuple[Tensor
     """Run ``run`` over all samples in chunks the model accepts, concatenating the outputs.
 
     A model whose first input dimension is fixed to k gets chunks of k; a dynamic one gets chunks of
-    up to 64 samples. A single feed of a fully static model (:func:`is_single_feed`) runs once.
+    up to 64 samples. A single feed of a fully static model (:func:`is_single_feed`) runs once;
+    stacked feeds (:func:`is_stacked`) run one by one and their outputs are stacked the same way.
     ``like`` (the source's inputs, when ``run`` is an artifact) makes the chunks no larger than the
     source's, so that outputs whose first axis is not the batch (time-major sequences, detections)
     are cut and joined the same way as the reference.
     """
     if is_single_feed(samples, inputs):
         return {k: np.asarray(v) for k, v in run(samples).items()}
+    stacked = is_stacked(samples, inputs)
     chunk = min(chunk_size(inputs), chunk_size(like)) if like else chunk_size(inputs)
-    count = next((v.shape[0] for v in samples.values() if np.ndim(v)), 1)
     parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, count, chunk):
-        feeds = {k: v[start:start + chunk] if np.ndim(v) else v for k, v in samples.items()}  # scalars are shared
+    for feeds in iter_feeds(samples, inputs, chunk):
         for name, value in run(feeds).items():
             parts.setdefault(name, []).append(np.asarray(value))
+    if stacked:
+        return {k: np.stack(v) for k, v in parts.items()}
     return {k: v[0] if len(v) == 1 else np.concatenate(v, axis=0) for k, v in parts.items()}
 
 

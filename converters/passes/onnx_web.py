@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekit.bundle import TensorSpec
 from edgekit.converters.passes import Pass, PassContext, Value
 from edgekit.converters.passes.onnx_rewrites import clear_wrong_output_shapes
 from edgekit.converters.registry import Kind
-from edgekit.parity import is_single_feed
+from edgekit.parity import iter_feeds, sample_count
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +170,8 @@ class Float16Mixed(Float16):
 class _Reader:
     """An onnxruntime CalibrationDataReader over the calibration samples, in small chunks."""
 
-    def __init__(self, samples: dict[str, np.ndarray], chunk: int, single: bool = False):
-        if single:  # one feed of a fully static model: calibrate on it as it is
-            self._chunks: Iterator[dict[str, np.ndarray]] = iter([dict(samples)])
-            return
-        count = next((v.shape[0] for v in samples.values() if v.ndim), 1)
-        self._chunks = iter(
-            [{k: v[i:i + chunk] if v.ndim else v for k, v in samples.items()} for i in range(0, count, chunk)]
-        )
+    def __init__(self, samples: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], chunk: int):
+        self._chunks = iter_feeds(samples, inputs, chunk)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._chunks, None)
@@ -224,13 +218,12 @@ class Int8(Pass):
             chunk = first if isinstance(first, int) and first > 0 else CALIBRATION_CHUNK
             r = STATIC_RECIPE if per_channel_ok else {**STATIC_RECIPE, "per_channel": False}
             quantize_static(
-                str(source), str(out), _Reader(ctx.samples, chunk, is_single_feed(ctx.samples, ctx.inputs)),
+                str(source), str(out), _Reader(ctx.samples, ctx.inputs, chunk),
                 quant_format=getattr(QuantFormat, str(r["quant_format"])), per_channel=bool(r["per_channel"]),
                 activation_type=getattr(QuantType, str(r["activation_type"])),
                 weight_type=getattr(QuantType, str(r["weight_type"])), reduce_range=bool(r["reduce_range"]),
             )
-            count = 1 if is_single_feed(ctx.samples, ctx.inputs) else next(
-                (v.shape[0] for v in ctx.samples.values() if v.ndim), 1)
+            count = sample_count(ctx.samples, ctx.inputs)
             method = f"{STATIC_METHOD}, MinMax on {count} samples"
             if not per_channel_ok:
                 method = method.replace("per-channel", "per-tensor")

@@ -28,7 +28,7 @@ from edgekit.converters.passes.keras_onnx import keras_function
 from edgekit.converters.passes.onnx_rewrites import prepare_for_onnx2tf
 from edgekit.converters.registry import Kind
 from edgekit.errors import CalibrationError, ConversionError, UnsupportedModelError
-from edgekit.parity import is_single_feed
+from edgekit.parity import is_stacked, iter_feeds
 
 # Representative samples for full-integer calibration: more adds time, not accuracy, past a few hundred.
 MAX_CALIBRATION_SAMPLES = 300
@@ -165,7 +165,8 @@ def _fixed_shapes(ctx: PassContext, *, fix_all: bool) -> dict[str, list[int]]:
         dynamic = [i for i, d in enumerate(spec.shape) if not isinstance(d, int) or d < 0]
         if not fix_all or not dynamic or spec.name not in ctx.samples:
             continue
-        sample = ctx.samples[spec.name].shape
+        sample = ctx.samples[spec.name].shape[1:] if is_stacked(ctx.samples, ctx.inputs) else \
+            ctx.samples[spec.name].shape
         out[spec.name] = [1 if i == 0 and i in dynamic else int(sample[i]) if i in dynamic else int(d)  # type: ignore[arg-type]
                           for i, d in enumerate(spec.shape)]
     return out
@@ -389,17 +390,13 @@ class _ToTflite(Pass):
     def representative(graph: TfGraph, ctx: PassContext) -> Any:
         """A generator of single samples in the artifact's layout, for the converter's calibration."""
         by_source = {s.source_name or s.name: s for s in graph.inputs}
-        single = is_single_feed(ctx.samples, ctx.inputs)
-        count = 1 if single else min(next((v.shape[0] for v in ctx.samples.values() if v.ndim), 1),
-                                     MAX_CALIBRATION_SAMPLES)
 
         def gen() -> Iterator[list[np.ndarray]]:
-            for i in range(count):
+            for feed in iter_feeds(ctx.samples, ctx.inputs, 1, limit=MAX_CALIBRATION_SAMPLES):
                 sample = []
                 for src in ctx.inputs:
                     spec = by_source[src.name]
-                    x = ctx.samples[src.name]
-                    x = x if single or not x.ndim else x[i:i + 1]
+                    x = feed[src.name]
                     if spec.source_transpose:
                         x = np.transpose(x, spec.source_transpose)
                     sample.append(np.require(x, dtype=np.dtype(spec.dtype), requirements="C"))

@@ -61,7 +61,9 @@ const loadMs = performance.now() - loadStart;
 const inputs = request.inputs.map((i) => ({ ...i, data: typed(i.dtype, readFileSync(i.file)) }));
 const batched = inputs.filter((i) => i.shape.length > 0);
 const count = request.whole || !batched.length ? 1 : batched[0].shape[0];
-const chunk = Math.max(1, request.chunk ?? count);
+// stacked: each input's first axis lists whole feeds (models whose batch axis is not the first), run one by one
+const stacked = Boolean(request.stacked) && !request.whole;
+const chunk = stacked ? 1 : Math.max(1, request.chunk ?? count);
 
 function feedsFor(start, end) {
   const feeds = {};
@@ -70,7 +72,8 @@ function feedsFor(start, end) {
     return feeds;
   }
   for (const input of inputs) {
-    const [data, shape] = slice(input, input.data, start, end);
+    const [data, cut] = slice(input, input.data, start, end);
+    const shape = stacked && input.shape.length ? cut.slice(1) : cut;
     // a fresh copy per run: onnxruntime-web may transfer (detach) the buffer it was given
     feeds[input.name] = new ort.Tensor(ORT_TYPE[input.dtype] ?? input.dtype, data.slice(), shape);
   }
@@ -87,6 +90,7 @@ for (let start = 0; start < count; start += chunk) {
     (parts[name] ??= []).push(t.data);
     const dtype = t.type === "float16" ? "float16" : t.type === "bool" ? "bool" : t.type;
     meta[name] = request.whole ? { dtype, dims: t.dims }
+      : stacked ? { dtype, rest: t.dims, first: (meta[name]?.first ?? 0) + 1, scalar: false }
       : { dtype, rest: t.dims.slice(1), first: (meta[name]?.first ?? 0) + (t.dims[0] ?? 1), scalar: t.dims.length === 0 };
   }
 }
@@ -101,7 +105,7 @@ const outputs = session.outputNames.map((name, i) => {
 
 const latency = [];
 if (request.bench) {
-  const end = Math.min(count, request.bench.batch ?? chunk);
+  const end = stacked ? 1 : Math.min(count, request.bench.batch ?? chunk);
   for (let i = 0; i < request.bench.warmup + request.bench.runs; i++) {
     const feeds = feedsFor(0, end);
     const t0 = performance.now();

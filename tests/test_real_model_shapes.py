@@ -1,0 +1,77 @@
+"""Classes of real-model failures: recurrent state whose batch axis is not the first (stacked feeds),
+declared output shapes the graph does not compute, and node names TensorFlow rejects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.converters import convert
+from edgekit.errors import CalibrationError
+
+
+def _stateful_model(path: Path) -> Path:
+    """y = Softmax(x @ w) (node named 'Softmax@0', output declared as rank 1: both wrong for TensorFlow),
+    state_out = tanh(state + mean(x)): a state laid out (layers, batch, hidden), as RNN exports have it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "w")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["logits"], name="MatMul@0"),
+        helper.make_node("Softmax", ["logits"], ["y"], name="Softmax@0", axis=1),
+        helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=1),  # (batch, 1)
+        helper.make_node("Transpose", ["m"], ["mt"], perm=[1, 0]),  # (1, batch)
+        helper.make_node("Unsqueeze", ["mt", "axes2"], ["m3"]),  # (1, batch, 1)
+        helper.make_node("Add", ["state", "m3"], ["s"]),
+        helper.make_node("Tanh", ["s"], ["state_out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "stateful",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"]),  # wrong: the graph computes [batch, 5]
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, "batch", 3])],
+        [w, axes, numpy_helper.from_array(np.array([2], np.int64), "axes2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _stacked_samples(path: Path, n: int = 6) -> Path:
+    rng = np.random.default_rng(1)
+    np.savez(path, x=rng.standard_normal((n, 1, 4)).astype(np.float32),  # n feeds of x (1, 4)
+             state=rng.standard_normal((n, 2, 1, 3)).astype(np.float32))  # and of state (2, 1, 3)
+    return path
+
+
+@pytest.mark.tensorflow
+def test_stacked_feeds_wrong_output_shapes_and_odd_names_convert(tmp_path: Path) -> None:
+    pytest.importorskip("onnx2tf")
+    model = _stateful_model(tmp_path / "stateful.onnx")
+    calibration = _stacked_samples(tmp_path / "feeds.npz")
+    result = convert(model, ["onnx-web", "tflite"], out=tmp_path / "b", calibration=calibration)
+    manifest = result.bundle.manifest
+    assert manifest.calibration is not None and manifest.calibration.n_samples == 6
+    web = manifest.artifact("onnx-web")
+    assert web.parity is not None and web.parity.passed and web.parity.n_samples == 6
+    checks = [c for c in web.runtime_checks or () if c.parity is not None]
+    assert not checks or all(c.parity.passed for c in checks if c.parity)  # the same stacked feeds on wasm
+    tflite = manifest.artifact("tflite")
+    assert tflite.parity is not None and tflite.parity.passed, tflite.parity
+    rewrites = " ".join(tflite.extra["conversion"].get("rewrites", []))
+    assert "renamed" in rewrites and "declared shapes of 1 outputs dropped" in rewrites
+
+
+def test_feeds_must_all_be_stacked_or_none(tmp_path: Path) -> None:
+    model = _stateful_model(tmp_path / "stateful.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "mixed.npz", x=rng.standard_normal((6, 1, 4)).astype(np.float32),
+             state=rng.standard_normal((2, 6, 3)).astype(np.float32))
+    with pytest.raises(CalibrationError, match="lists whole feeds"):
+        convert(model, ["onnx-web"], out=tmp_path / "b", calibration=tmp_path / "mixed.npz")
