@@ -236,7 +236,7 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
     from edgekit.converters import artifacts
     from edgekit.converters.calibration import Samples
     from edgekit.converters.passes import Options, PassContext
-    from edgekit.converters.planner import fallback_routes, plan, resolve_targets, usable_passes
+    from edgekit.converters.planner import ordered_routes, plan, resolve_targets, usable_passes
     from edgekit.converters.sources import load_source, with_computed_outputs
 
     job = Job(**json.loads((run_dir / "job.json").read_text(encoding="utf-8")))
@@ -272,7 +272,7 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
     def build(tid: str) -> list[Artifact]:
         target = infos[tid]
         route = plan(source.kind, target, passes)
-        made = artifacts.build_target(target, [route, *fallback_routes(source.kind, target, route)], cache, ctx,
+        made = artifacts.build_target(target, ordered_routes(source.kind, target, route), cache, ctx,
                                      staging, source, samples, reference, tid in job.accept_parity_failure, say)
         if tid in job.measure_latency:
             made = artifacts.with_latency(made, staging)

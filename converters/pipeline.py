@@ -30,7 +30,7 @@ from edgekit.converters.artifacts import (
 from edgekit.converters.calibration import Samples, generate_samples, load_calibration
 from edgekit.converters.isolation import Outcome, contains_tempfiles
 from edgekit.converters.passes import Options, PassContext
-from edgekit.converters.planner import fallback_routes, plan, resolve_targets, usable_passes
+from edgekit.converters.planner import ordered_routes, plan, resolve_targets, usable_passes
 from edgekit.converters.registry import TARGETS, TargetInfo
 from edgekit.converters.sources import Source, load_source, with_computed_outputs
 from edgekit.errors import (
@@ -285,7 +285,7 @@ def _build_in_process(infos: list[TargetInfo], routes: dict[str, list[Any]], opt
 
     def build(tid: str) -> list[Artifact]:
         target = by_id[tid]
-        made = build_target(target, [routes[tid], *fallback_routes(source.kind, target, routes[tid])], cache, ctx,
+        made = build_target(target, ordered_routes(source.kind, target, routes[tid]), cache, ctx,
                             staging, source, samples, reference, tid in accept, say)
         return with_latency(made, staging) if tid in measure else made
 

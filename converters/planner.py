@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections import deque
 
-from edgekit.converters.registry import ALTERNATIVES, PASSES, TARGETS, PassInfo, TargetInfo
+from edgekit.converters.registry import ALTERNATIVES, PASSES, TARGETS, Kind, PassInfo, TargetInfo
 from edgekit.errors import NoRouteError, UnknownTargetError
 
 
@@ -63,6 +64,19 @@ def fallback_routes(source: str, target: TargetInfo, first: list[PassInfo],
         if route != first and route not in out:
             out.append(route)
     return out
+
+
+def ordered_routes(source: str, target: TargetInfo, first: list[PassInfo],
+                   passes: tuple[PassInfo, ...] = PASSES) -> list[list[PassInfo]]:
+    """Every route to try, in order: ``first`` (the planned route) and its fallbacks, except that for a
+    PyTorch or Keras source a direct route that is installed (litert-torch) goes before any route
+    through ONNX, which loses more on the way (a second converter, layout guesses)."""
+    rest = fallback_routes(source, target, first, passes)
+    if source == Kind.ONNX or not any(step.produces == Kind.ONNX for step in first):
+        return [first, *rest]
+    direct = [r for r in rest if all(step.produces != Kind.ONNX for step in r)
+              and all(importlib.util.find_spec(m) is not None for step in r for m in step.modules)]
+    return [*direct, first, *[r for r in rest if r not in direct]]
 
 
 def reachable_kinds(source: str, passes: tuple[PassInfo, ...] | None = None) -> dict[str, list[PassInfo]]:

@@ -120,7 +120,7 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.COREML_FP16, Kind.COREML_PAL4, ("coremltools",)),
     PassInfo("coreml-palettize6", "edgekit.converters.passes.coreml:CoremlPalettize6",
              Kind.COREML_FP16, Kind.COREML_PAL6, ("coremltools",)),
-    # PyTorch's direct route to LiteRT (fp32 only); the default torch route goes through ONNX and onnx2tf
+    # PyTorch's direct route to LiteRT (fp32 only): tried before the route through ONNX and onnx2tf when installed
     PassInfo("litert-torch", "edgekit.converters.passes.litert_torch:TorchModuleToTflite",
              Kind.TORCH_MODULE, Kind.TFLITE, ("torch", "litert_torch", "ai_edge_litert"), alternative="litert-torch"),
     PassInfo("litert-torch-program", "edgekit.converters.passes.litert_torch:TorchProgramToTflite",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgekit.bundle import read_bundle
-from edgekit.converters.planner import fallback_routes, plan, usable_passes
+from edgekit.converters.planner import fallback_routes, ordered_routes, plan, usable_passes
 from edgekit.converters.registry import TARGETS, Kind
 from tests.conftest import run_cli
 
@@ -20,8 +20,18 @@ def test_fallback_routes_replace_onnx2tf_then_take_alternatives() -> None:
     assert names == [["onnx2tf-fixed-shapes", "tflite-fp32"], ["onnx2tf-keep-layout", "tflite-fp32"]]
     torch_first = plan(Kind.TORCH_EXPORT, TARGETS["tflite"], usable_passes())
     torch_names = [[s.name for s in r] for r in fallback_routes(Kind.TORCH_EXPORT, TARGETS["tflite"], torch_first)]
-    assert torch_names[-1] == ["litert-torch-program"]  # PyTorch's direct route, after the ONNX ones
+    assert torch_names[-1] == ["litert-torch-program"]  # PyTorch's direct route, among the fallbacks
     assert fallback_routes(Kind.ONNX, TARGETS["onnx-web"], plan(Kind.ONNX, TARGETS["onnx-web"])) == []
+
+
+def test_a_direct_route_goes_before_any_route_through_onnx() -> None:
+    pytest.importorskip("litert_torch")
+    first = plan(Kind.TORCH_EXPORT, TARGETS["tflite"], usable_passes())
+    names = [[s.name for s in r] for r in ordered_routes(Kind.TORCH_EXPORT, TARGETS["tflite"], first)]
+    assert names[0] == ["litert-torch-program"]
+    assert names[1] == ["torch-program-onnx", "onnx2tf", "tflite-fp32"]
+    onnx_first = plan(Kind.ONNX, TARGETS["tflite"], usable_passes())  # an ONNX source keeps its order
+    assert ordered_routes(Kind.ONNX, TARGETS["tflite"], onnx_first)[0] == onnx_first
 
 
 @pytest.fixture(scope="module")
