@@ -113,9 +113,11 @@ def build_target(
                 first_error = exc
             if isinstance(exc, ParityError) and target.precision == "fp32":  # this route's graph is wrong
                 cache.bad[names[:-1]] = f"its fp32 artifact failed parity for {target.id}"
-            elif isinstance(exc, ParityError) and i + 1 < len(routes) and \
-                    [s.name for s in routes[i + 1][:-1]] == list(names[:-1]):
-                pass  # the next route differs only in the precision step (mixed float16): worth a try
+            elif isinstance(exc, ParityError) and any(_prefix(r) == names[:-1] for r in routes[i + 1:]):
+                # routes on the same graph with another precision step (mixed float16) come next
+                later = routes[i + 1:]
+                routes[i + 1:] = [r for r in later if _prefix(r) == names[:-1]] + \
+                    [r for r in later if _prefix(r) != names[:-1]]
             elif isinstance(exc, (ParityError, OutputExistsError, MissingDependencyError)):
                 if tried:
                     raise _with_routes(exc, tried) from exc
@@ -130,6 +132,10 @@ def build_target(
     assert first_error is not None or tried
     raise _with_routes(first_error, tried[1:]) if first_error is not None else ConversionError(
         f"no route to {target.id} could run: " + "; ".join(f"{t['route']}: {t['error']}" for t in tried))
+
+
+def _prefix(route: list[Any]) -> tuple[str, ...]:
+    return tuple(step.name for step in route[:-1])
 
 
 def judged_as_given(target: TargetInfo, source: Source) -> TargetInfo:

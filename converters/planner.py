@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from collections import deque
 
 from edgekit.converters.registry import ALTERNATIVES, PASSES, TARGETS, Kind, PassInfo, TargetInfo
@@ -47,14 +48,14 @@ def fallback_routes(source: str, target: TargetInfo, first: list[PassInfo],
     """Routes to try, in order, when ``first`` (the planned route) fails to convert or fails fp32 parity.
 
     First the planned route with each fallback pass in place of the default pass it stands in for
-    (onnx2tf with fixed shapes, then with every input's layout kept), then the alternative routes
-    (``litert-torch``) that reach the target from this source.
+    (onnx2tf with fixed shapes, then with every input's layout kept; mixed-precision fp16), then with
+    two of them (fixed shapes and mixed precision), then the alternative routes (``litert-torch``)
+    that reach the target from this source.
     """
-    out: list[list[PassInfo]] = []
-    for i, step in enumerate(first):
-        for fallback in passes:
-            if fallback.fallback_of == step.name:
-                out.append([*first[:i], fallback, *first[i + 1:]])
+    options = [[step, *(p for p in passes if p.fallback_of == step.name)] for step in first]
+    combos = sorted((c for c in itertools.product(*(range(len(o)) for o in options)) if any(c)),
+                    key=lambda c: (sum(1 for i in c if i), c[::-1]))  # one pass replaced, then two
+    out: list[list[PassInfo]] = [[options[i][k] for i, k in enumerate(c)] for c in combos]
     for name in ALTERNATIVES:
         alternative = usable_passes((name,), passes)
         try:

@@ -114,6 +114,13 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.TF, Kind.COREML_FP32, ("tensorflow", "coremltools")),
     PassInfo("tf-coreml-fp16", "edgekit.converters.passes.coreml:TfToCoremlFp16",
              Kind.TF, Kind.COREML_FP16, ("tensorflow", "coremltools")),
+    # Mixed precision (range-sensitive ops in fp32) when an fp16 program fails parity
+    PassInfo("tf-coreml-fp16-mixed", "edgekit.converters.passes.coreml:TfToCoremlFp16Mixed",
+             Kind.TF, Kind.COREML_FP16, ("tensorflow", "coremltools"), fallback_of="tf-coreml-fp16"),
+    PassInfo("torch-coreml-fp16-mixed", "edgekit.converters.passes.coreml:TorchModuleToCoremlFp16Mixed",
+             Kind.TORCH_MODULE, Kind.COREML_FP16, ("torch", "coremltools"), fallback_of="torch-coreml-fp16"),
+    PassInfo("torch-program-coreml-fp16-mixed", "edgekit.converters.passes.coreml:TorchProgramToCoremlFp16Mixed",
+             Kind.TORCH_EXPORT, Kind.COREML_FP16, ("torch", "coremltools"), fallback_of="torch-program-coreml-fp16"),
     PassInfo("coreml-int8", "edgekit.converters.passes.coreml:CoremlInt8",
              Kind.COREML_FP16, Kind.COREML_INT8, ("coremltools",)),
     PassInfo("coreml-palettize4", "edgekit.converters.passes.coreml:CoremlPalettize4",

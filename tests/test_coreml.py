@@ -234,3 +234,28 @@ def test_prelu_after_a_linear_layer_is_rewritten_and_verified(tmp_path: Path) ->
         assert "2 PReLU" in art.extra["conversion"]["rewrites"][0]
         assert art.parity is not None and art.parity.passed, art.target
     assert model.act2.__class__ is nn.PReLU  # the caller's module is untouched
+
+
+@pytest.mark.torch
+def test_an_fp16_program_that_fails_parity_falls_back_to_mixed_precision(tmp_path: Path) -> None:
+    """(x + 3000) - 3000: float16 steps are 2 at 3000, so plain fp16 loses x; mixed keeps add/sub in fp32."""
+    pytest.importorskip("coremltools")
+    import torch
+    from torch import nn
+
+    class Offset(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(8, 4)
+
+        def forward(self, x: Any) -> Any:
+            return self.linear((x + 3000.0) - 3000.0)
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 8)
+    result = convert(Offset().eval(), ["coreml-fp16"], out=tmp_path / "b", example_inputs=(x,))
+    art = result.bundle.manifest.artifact("coreml-fp16")
+    assert art.route == ("torch-coreml-fp16-mixed",)
+    assert art.parity is not None and art.parity.passed
+    assert art.extra["conversion"]["compute_precision"] == "fp16, mixed" and "add" in art.extra["conversion"]["fp32_ops"]
+    assert "ParityError" in art.extra["routes_tried"][0]["error"]

@@ -103,6 +103,31 @@ def rewrite_prelu(module: Any) -> tuple[Any, int]:
     return module, count
 
 
+# Mixed precision, the fallback when a float16 program fails parity: the ops whose range or precision
+# float16 loses stay float32 (as in onnx_web.MIXED_FP32_OPS); convolutions and matrix products, which
+# hold nearly all the weights, stay float16.
+MIXED_FP32_MIL_OPS = frozenset({
+    "layer_norm", "batch_norm", "instance_norm", "l2_norm", "softmax", "reduce_mean", "reduce_sum", "reduce_max",
+    "reduce_min", "reduce_prod", "reduce_l2_norm", "reduce_log_sum_exp", "pow", "exp", "log", "sqrt", "rsqrt",
+    "real_div", "inverse", "erf", "add", "sub", "sigmoid", "tanh", "softplus", "cumsum", "gelu", "silu",
+})
+
+
+def _precision(ct: Any, precision: str) -> Any:
+    if precision == "fp32":
+        return ct.precision.FLOAT32
+    if precision == "fp16-mixed":
+        return ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type not in MIXED_FP32_MIL_OPS)
+    return ct.precision.FLOAT16
+
+
+def _precision_notes(precision: str) -> dict[str, Any]:
+    if precision != "fp16-mixed":
+        return {"compute_precision": precision}
+    return {"compute_precision": "fp16, mixed", "fp32_ops": sorted(MIXED_FP32_MIL_OPS),
+            "why": "the float16 program failed parity; these ops keep float32 compute"}
+
+
 class _TorchToCoreml(Pass):
     """Trace the module and convert; ``precision`` is the compute precision."""
 
@@ -122,13 +147,13 @@ class _TorchToCoreml(Pass):
             traced = torch.jit.trace(module, args)  # type: ignore[no-untyped-call]
             model = ct.convert(
                 traced, convert_to="mlprogram", minimum_deployment_target=_target(ct, ctx.options.min_ios),
-                compute_precision=ct.precision.FLOAT16 if self.precision == "fp16" else ct.precision.FLOAT32,
+                compute_precision=_precision(ct, self.precision),
                 inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=np.float32) for s in ctx.inputs],
                 outputs=[ct.TensorType(name=s.name, dtype=np.float32) for s in ctx.outputs])
         inputs, outputs = _io(model, ctx.inputs, ctx.outputs)
         notes: dict[str, Any] = {"converter": f"coremltools {ct.__version__} (torch.jit.trace)",
                                  "minimum_deployment_target": f"iOS{ctx.options.min_ios}",
-                                 "compute_precision": self.precision}
+                                 **_precision_notes(self.precision)}
         if prelus:
             notes["rewrites"] = [f"{prelus} PReLU -> where(x >= 0, x, alpha * x) (exact; coremltools' prelu "
                                  "takes rank-4 inputs only)"]
@@ -197,7 +222,7 @@ class TfToCoremlFp32(Pass):
             model = ct.convert(
                 [graph.function], source="tensorflow", convert_to="mlprogram",
                 minimum_deployment_target=_target(ct, ctx.options.min_ios),
-                compute_precision=ct.precision.FLOAT16 if self.precision == "fp16" else ct.precision.FLOAT32,
+                compute_precision=_precision(ct, self.precision),
                 inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=np.float32) for s in graph.inputs],
                 outputs=[ct.TensorType(dtype=np.float32) for _ in flat])
         spec = model.get_spec()
@@ -209,7 +234,7 @@ class TfToCoremlFp32(Pass):
         outputs = tuple(by_name[n] for n in flat)
         inputs, outs = _io(model, graph.inputs, outputs)
         notes = {"converter": f"coremltools {ct.__version__} ({value.notes.get('frontend', 'tf')} -> tf.function)",
-                 "minimum_deployment_target": f"iOS{ctx.options.min_ios}", "compute_precision": self.precision}
+                 "minimum_deployment_target": f"iOS{ctx.options.min_ios}", **_precision_notes(self.precision)}
         return Value(self.produces, path=_save(model, ctx, self.name), notes=notes, inputs=inputs, outputs=outs)
 
 
@@ -219,6 +244,27 @@ class TfToCoremlFp16(TfToCoremlFp32):
     name = "tf-coreml-fp16"
     produces = Kind.COREML_FP16
     precision = "fp16"
+
+
+class TorchModuleToCoremlFp16Mixed(TorchModuleToCoremlFp16):
+    """An nn.Module to an fp16 ML Program with the range-sensitive ops in fp32: a fallback."""
+
+    name = "torch-coreml-fp16-mixed"
+    precision = "fp16-mixed"
+
+
+class TorchProgramToCoremlFp16Mixed(TorchProgramToCoremlFp16):
+    """A torch.export program to an fp16 ML Program with the range-sensitive ops in fp32: a fallback."""
+
+    name = "torch-program-coreml-fp16-mixed"
+    precision = "fp16-mixed"
+
+
+class TfToCoremlFp16Mixed(TfToCoremlFp16):
+    """A TensorFlow graph to an fp16 ML Program with the range-sensitive ops in fp32: a fallback."""
+
+    name = "tf-coreml-fp16-mixed"
+    precision = "fp16-mixed"
 
 
 class _Compress(Pass):
