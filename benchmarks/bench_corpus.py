@@ -80,12 +80,12 @@ def run_edgekit(entry: Any, targets: tuple[str, ...], work: Path) -> dict[str, A
             "status": "passed" if parity.get("passed") else ("unverified" if art.get("unverified") else "accepted"),
             "route": art.get("route"), "size_ratio": round(art["size_bytes"] / source_size, 3) if source_size else None,
             "max_abs_error": parity.get("max_abs_error"), "top1": parity.get("top1_agreement"),
-            "unverified": art.get("unverified"), "routes_tried": (art.get("extra") or {}).get("routes_tried"),
+            "unverified": art.get("unverified"), "routes_tried": art.get("routes_tried"),
         }
     for fail in manifest.get("failures") or []:
         result["targets"][fail["target"]] = {"status": "failed", "error": fail["error"][:400], "kind": fail.get("kind"),
                                              "route": fail.get("route"),
-                                             "routes_tried": (fail.get("extra") or {}).get("routes_tried")}
+                                             "routes_tried": fail.get("routes_tried")}
     for t in targets:
         result["targets"].setdefault(t, {"status": "missing", "error": stderr.strip()[-400:]})
     return result

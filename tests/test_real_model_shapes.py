@@ -75,3 +75,43 @@ def test_feeds_must_all_be_stacked_or_none(tmp_path: Path) -> None:
              state=rng.standard_normal((2, 6, 3)).astype(np.float32))
     with pytest.raises(CalibrationError, match="lists whole feeds"):
         convert(model, ["onnx-web"], out=tmp_path / "b", calibration=tmp_path / "mixed.npz")
+
+
+@pytest.mark.torch
+def test_integer_ops_of_a_quantized_model_become_float_ops_for_onnx2tf(tmp_path: Path) -> None:
+    """onnxruntime's dynamic quantization writes ConvInteger and DynamicQuantizeLSTM (com.microsoft),
+    which onnx2tf cannot take: the rewrite computes them in float on the dequantized weights."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgekit.converters.passes.onnx_rewrites import integer_ops_to_float
+
+    class ConvLstm(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.lstm = torch.nn.LSTM(8 * 4, 16, bidirectional=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.conv(x))  # (1, 8, 4, W)
+            seq = y.permute(3, 0, 1, 2).reshape(y.shape[3], 1, -1)  # (W, 1, 32)
+            return self.lstm(seq)[0]
+
+    torch.manual_seed(0)
+    float_path, int8_path = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    torch.onnx.export(ConvLstm().eval(), (torch.rand(1, 1, 4, 10),), str(float_path), input_names=["x"],
+                      dynamo=False, opset_version=13)
+    quantize_dynamic(str(float_path), str(int8_path), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["Conv", "LSTM"])
+    model = onnx.load(str(int8_path))
+    assert {"ConvInteger", "DynamicQuantizeLSTM"} <= {n.op_type for n in model.graph.node}
+    assert integer_ops_to_float(model) == 2
+    assert not {"ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM"} & {n.op_type for n in model.graph.node}
+    assert all(o.domain in ("", "ai.onnx") for o in model.opset_import)
+    x = np.random.default_rng(0).random((1, 1, 4, 10), dtype=np.float32)
+    want = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()  # activations now float: int8-level difference
