@@ -22,6 +22,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +39,9 @@ RESULTS = "results.jsonl"
 PROGRESS_PREFIX = "edgekit-progress: "
 STDERR_TAIL = 1500
 VERBOSE_ENV = "EDGEKIT_WORKER_VERBOSE"
+STEP_TIMEOUT_ENV = "EDGEKIT_STEP_TIMEOUT"  # seconds one conversion step may run before its worker is stopped
+STEP_TIMEOUT_S = 900.0
+STOPPED = -1000  # the return code _spawn reports for a worker it stopped
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -109,8 +114,18 @@ class Job:
     stacked: bool = False
 
 
+def step_timeout() -> float:
+    try:
+        return float(os.environ.get(STEP_TIMEOUT_ENV, STEP_TIMEOUT_S))
+    except ValueError:
+        return STEP_TIMEOUT_S
+
+
 def describe_exit(returncode: int) -> str:
     """``killed by SIGSEGV (segmentation fault)`` or ``exited with status 1``."""
+    if returncode == STOPPED:
+        return (f"was stopped after {step_timeout():.0f} s in one step (a converter that hangs or runs away; "
+                f"set {STEP_TIMEOUT_ENV} to allow longer)")
     if returncode < 0:
         try:
             sig = signal.Signals(-returncode)
@@ -179,17 +194,31 @@ def _spawn(run_dir: Path, job_dir: Path, say: Callable[[str], None]) -> tuple[in
     if verbose:  # -v: the worker logs as the parent does, and the converters' own output reaches the terminal
         env[VERBOSE_ENV] = "1"
     last = ""
+    limit = step_timeout()
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "edgekit.converters.isolation", str(run_dir), str(job_dir)],
                                 stdout=subprocess.PIPE, stderr=None if verbose else err, cwd=run_dir / "scratch",
                                 env=env, text=True, bufsize=1)
+        progress_at = [time.monotonic()]
+        stopped = threading.Event()
+
+        def watchdog() -> None:  # a step that runs past the limit stops the worker: its target fails
+            while proc.poll() is None:
+                if time.monotonic() - progress_at[0] > limit:
+                    stopped.set()
+                    proc.kill()
+                    return
+                time.sleep(1.0)
+
+        threading.Thread(target=watchdog, daemon=True).start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
                 if line.startswith(PROGRESS_PREFIX):
+                    progress_at[0] = time.monotonic()
                     last = line[len(PROGRESS_PREFIX):].rstrip("\n")
                     say(last)
-            returncode = proc.wait()
+            returncode = STOPPED if stopped.is_set() else proc.wait()
         finally:  # an interrupt in the parent takes the worker down with it
             if proc.poll() is None:
                 proc.kill()

@@ -63,6 +63,34 @@ def test_a_killed_worker_fails_its_target_only_and_leaves_nothing(tmp_path: Path
     assert _leftovers(parent) == [str(parent / "bundle")]
 
 
+def test_a_step_that_hangs_is_stopped_and_fails_its_target_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    tmp, cwd = tmp_path / "tmp", tmp_path / "cwd"
+    for folder in (tmp, cwd):
+        folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("EDGEKIT_STEP_TIMEOUT", "3")
+    frozen: list[int] = []
+
+    def progress(message: str) -> None:  # the worker stops dead (SIGSTOP) in the fp16 step: a real hang
+        if message.startswith("onnx-web-fp16: onnx-fp16") and not frozen:
+            worker = psutil.Process().children()[0]
+            os.kill(worker.pid, signal.SIGSTOP)
+            frozen.append(worker.pid)
+
+    result = convert(DIGITS / "digits.onnx", TARGETS, out=tmp_path / "bundle", calibration=DIGITS / "digits.npz",
+                     keep_partial=True, progress=progress, report=False)
+    (failure,) = result.failures
+    assert failure.target == "onnx-web-fp16" and failure.kind == "WorkerCrash"
+    assert "was stopped after 3 s" in failure.error and "EDGEKIT_STEP_TIMEOUT" in failure.error
+    assert {a.target for a in result.bundle.manifest.artifacts} == {"onnx-web", "onnx-web-int8"}
+    assert not psutil.pid_exists(frozen[0]) or psutil.Process(frozen[0]).status() == psutil.STATUS_ZOMBIE
+    assert _leftovers(tmp, cwd) == []
+
+
 def test_only_failures_means_nothing_is_written_and_nothing_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import psutil
 
