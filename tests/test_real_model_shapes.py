@@ -115,3 +115,30 @@ def test_integer_ops_of_a_quantized_model_become_float_ops_for_onnx2tf(tmp_path:
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()  # activations now float: int8-level difference
+
+
+def test_ops_onnx2tf_lacks_are_expanded_into_their_onnx_functions() -> None:
+    """CastLike (a function op onnx2tf lacks) and a Constant given as value_float (which onnx2tf reads as a
+    Python float) become primitive ops and an initializer computing the same."""
+    pytest.importorskip("onnx2tf")
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgekit.converters.passes.onnx_rewrites import constants_to_initializers, expand_function_ops
+
+    nodes = [helper.make_node("Constant", [], ["half"], value_float=0.5),
+             helper.make_node("CastLike", ["half", "x"], ["half_like"]),
+             helper.make_node("Mul", ["x", "half_like"], ["y"])]
+    graph = helper.make_graph(nodes, "castlike", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert expand_function_ops(model) == {"CastLike": 1}
+    assert constants_to_initializers(model) == 1
+    assert {n.op_type for n in model.graph.node} == {"Cast", "Mul"}
+    onnx.checker.check_model(model)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)

@@ -33,6 +33,13 @@ def prepare_for_onnx2tf(path: Path, samples: dict[str, np.ndarray], fixed: dict[
     renamed = sanitize_names(model)
     if renamed:
         notes.append(f"{renamed} node and tensor names with characters TensorFlow rejects renamed")
+    expanded = expand_function_ops(model)
+    if expanded:
+        notes.append("ONNX ops onnx2tf lacks expanded into their ONNX function definitions: "
+                     + ", ".join(f"{n} {op}" for op, n in sorted(expanded.items())))
+    constants = constants_to_initializers(model)
+    if constants:
+        notes.append(f"{constants} Constant nodes with scalar or list attributes made initializers")
     integer = integer_ops_to_float(model)
     if integer:
         notes.append(f"{integer} integer ops (ConvInteger, MatMulInteger, DynamicQuantizeLSTM) computed in float on "
@@ -47,6 +54,98 @@ def prepare_for_onnx2tf(path: Path, samples: dict[str, np.ndarray], fixed: dict[
             pass
         onnx.save(model, str(path))
     return notes
+
+
+def expand_function_ops(model: Any, rounds: int = 4) -> dict[str, int]:
+    """Replace each node whose op onnx2tf does not convert, where ONNX defines that op as a function
+    (CastLike, Attention, Gelu, HardSwish's newer forms, ...), by the function's body: primitive ops
+    computing the same thing. Repeats for ops inside the bodies; returns the count per op expanded."""
+    import onnx
+    from onnx import defs
+
+    from edgekit.converters.check import onnx2tf_ops
+
+    known = onnx2tf_ops()
+    if not known:
+        return {}
+    from onnx.backend.test.case.node import function_expand_helper
+
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    counts: dict[str, int] = {}
+    for _ in range(rounds):
+        try:
+            typed = onnx.shape_inference.infer_shapes(model)
+            types = {v.name: v.type for v in (*typed.graph.value_info, *typed.graph.input, *typed.graph.output)}
+        except Exception:  # noqa: BLE001 - context-dependent functions need types; others expand without
+            types = {}
+        nodes: list[Any] = []
+        changed = False
+        for i, node in enumerate(model.graph.node):
+            body = None
+            if node.domain in ("", "ai.onnx") and node.op_type not in known and version is not None:
+                body = _function_body(defs, node, version, types)
+            if body is None:
+                nodes.append(node)
+                continue
+            nodes.extend(function_expand_helper(node, body, f"{node.op_type}_{i}_expanded_"))
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+            changed = True
+        if not changed:
+            break
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return counts
+
+
+def _function_body(defs: Any, node: Any, version: int, types: dict[str, Any]) -> Any:
+    """The FunctionProto defining ``node``'s op at the model's opset, with defaults filled in, or None."""
+    from onnx import FunctionProto
+
+    try:
+        schema = defs.get_schema(node.op_type, version, domain="")
+    except Exception:  # noqa: BLE001 - an op ONNX does not define at this opset
+        return None
+    function = FunctionProto()
+    plain = [v for v in schema.function_opset_versions if v <= version]
+    context = [v for v in schema.context_dependent_function_opset_versions if v <= version]
+    try:
+        if plain:
+            function.ParseFromString(schema.get_function_with_opset_version(max(plain)))
+        elif context:
+            if not all(name in types for name in node.input if name):
+                return None
+            function.ParseFromString(schema.get_context_dependent_function_with_opset_version(
+                max(context), node.SerializeToString(), [types[n].SerializeToString() for n in node.input if n]))
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - a context the function builder refuses
+        return None
+    given = {a.name for a in node.attribute}
+    for name, attr in schema.attributes.items():
+        if name not in given and attr.default_value and attr.default_value.name:
+            node.attribute.append(attr.default_value)
+    return function
+
+
+def constants_to_initializers(model: Any) -> int:
+    """Turn Constant nodes given as ``value_float``/``value_int``/``value_floats``/``value_ints`` (which
+    function bodies use and onnx2tf reads as Python numbers, failing) into initializers."""
+    from onnx import helper, numpy_helper
+
+    forms = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+    nodes, count = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        form = next((k for k in forms if k in attrs), None)
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or form is None:
+            nodes.append(node)
+            continue
+        model.graph.initializer.append(numpy_helper.from_array(np.array(attrs[form], forms[form]), node.output[0]))
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return count
 
 
 def integer_ops_to_float(model: Any) -> int:
