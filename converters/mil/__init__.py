@@ -17,10 +17,13 @@ from typing import Any
 
 import numpy as np
 
+import edgekit.converters.mil.control
+import edgekit.converters.mil.ops
+import edgekit.converters.mil.ops_compressed
+import edgekit.converters.mil.ops_nn  # noqa: F401  (these fill OPS and CONTROL)
 from edgekit.bundle import TensorSpec
-from edgekit.converters.mil import ops, ops_compressed, ops_nn  # noqa: F401  (they fill OPS)
 from edgekit.converters.mil.ops_compressed import unpack_bits
-from edgekit.converters.mil.table import OPS, Env, dtype_of
+from edgekit.converters.mil.table import CONTROL, OPS, Env, dtype_of, op_types, run_block
 from edgekit.errors import BundleError, NotVerifiableError
 from edgekit.runtimes.base import Attempt, TimedSession
 
@@ -61,30 +64,13 @@ class MilSession(TimedSession):
         self.load_seconds = load_seconds
         self.inputs = tuple(_spec(v) for v in function.inputs.values())
         self.outputs = tuple(_spec(v) for v in function.outputs)
-        self.op_types = sorted({op.op_type for op in function.operations})
+        self.op_types = sorted(op_types(function.operations))
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         env: Env = {}
         for name, var in self._function.inputs.items():
             env[name] = np.asarray(feeds[name]).astype(dtype_of(var))
-        for op in self._function.operations:
-            if op.op_type == "const":
-                env[op.outputs[0].name] = np.asarray(op.outputs[0].val)
-                continue
-
-            def get(name: str, default: Any = None, op: Any = op) -> Any:
-                var = op.inputs.get(name)
-                if var is None:
-                    return default
-                if isinstance(var, (list, tuple)):
-                    return [env[v.name] if v.name in env else v.val for v in var]
-                if var.name in env:
-                    return env[var.name]
-                return var.val
-
-            results = OPS[op.op_type](op, get)
-            for var, value in zip(op.outputs, results, strict=True):
-                env[var.name] = np.asarray(value).astype(dtype_of(var))
+        run_block(self._function.operations, env)
         return {o.name: env[o.name] for o in self._function.outputs}
 
 
@@ -116,7 +102,8 @@ class MilRuntime:
             raise
         except Exception as exc:  # coremltools raises many types for a bad package
             raise BundleError(f"coremltools could not read {path}: {type(exc).__name__}: {exc}") from exc
-        unknown = sorted({op.op_type for op in function.operations if op.op_type != "const" and op.op_type not in OPS})
+        known = set(OPS) | set(CONTROL) | {"const"}
+        unknown = sorted(op_types(function.operations) - known)
         if unknown:
             raise NotVerifiableError(f"unverified: op {', '.join(unknown)} (not implemented by edgekit's MIL reference "
                                      "interpreter)")

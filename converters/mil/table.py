@@ -15,6 +15,9 @@ DTYPES = {"fp16": np.float16, "fp32": np.float32, "fp64": np.float64, "int8": np
           "int16": np.int16, "uint16": np.uint16, "int32": np.int32, "uint32": np.uint32, "int64": np.int64,
           "bool": np.bool_}
 OPS: dict[str, OpFn] = {}
+# Ops with nested blocks (while_loop, cond) evaluate them with run_block and need the environment
+ControlFn = Callable[[Op, Getter, Env], list[Any]]
+CONTROL: dict[str, ControlFn] = {}
 
 
 def register(*names: str) -> Callable[[Callable[..., list[np.ndarray]]], Callable[..., list[np.ndarray]]]:
@@ -41,3 +44,44 @@ def not_verifiable(what: str) -> Exception:
     from edgekit.errors import NotVerifiableError
 
     return NotVerifiableError(f"unverified: {what} (not implemented by edgekit's MIL reference interpreter)")
+
+
+def is_list_var(var: Any) -> bool:
+    from coremltools.converters.mil.mil import types
+
+    return bool(types.is_list(var.sym_type))
+
+
+def value_of(var: Any, env: Env) -> Any:
+    """A variable's value: computed (in ``env``) or constant."""
+    return env[var.name] if var.name in env else var.val
+
+
+def run_block(operations: Any, env: Env) -> None:
+    """Evaluate ``operations`` in order, writing each result into ``env`` (rounded to its declared dtype)."""
+    for op in operations:
+        if op.op_type == "const":
+            env[op.outputs[0].name] = np.asarray(op.outputs[0].val)
+            continue
+
+        def get(name: str, default: Any = None, op: Any = op) -> Any:
+            var = op.inputs.get(name)
+            if var is None:
+                return default
+            if isinstance(var, (list, tuple)):
+                return [value_of(v, env) for v in var]
+            return value_of(var, env)
+
+        results = CONTROL[op.op_type](op, get, env) if op.op_type in CONTROL else OPS[op.op_type](op, get)
+        for var, value in zip(op.outputs, results, strict=True):
+            env[var.name] = value if is_list_var(var) else np.asarray(value).astype(dtype_of(var))
+
+
+def op_types(operations: Any) -> set[str]:
+    """Every op type in ``operations`` and the blocks nested in them."""
+    found: set[str] = set()
+    for op in operations:
+        found.add(op.op_type)
+        for block in getattr(op, "blocks", ()):
+            found |= op_types(block.operations)
+    return found

@@ -13,6 +13,9 @@ import numpy as np
 _TF_SCOPE_CHAR = re.compile(r"[^A-Za-z0-9_.\\/>-]")
 
 
+FOLDED = "input shapes fixed in the graph and shape computations folded (onnxslim; onnx2tf's own onnxsim skipped)"
+
+
 def prepare_for_onnx2tf(path: Path, samples: dict[str, np.ndarray], fixed: dict[str, list[int]]) -> list[str]:
     """Apply every rewrite to the ONNX file at ``path`` (a copy: onnx2tf rewrites it anyway); what changed.
 
@@ -28,7 +31,7 @@ def prepare_for_onnx2tf(path: Path, samples: dict[str, np.ndarray], fixed: dict[
     if cleared:
         notes.append(f"declared shapes of {cleared} outputs dropped: the graph computes others")
     if fixed and fix_input_shapes(model, fixed):
-        notes.append("input shapes fixed in the graph and shape computations folded (onnxslim)")
+        notes.append(FOLDED)
         model = _slim(model)
     renamed = sanitize_names(model)
     if renamed:
@@ -48,7 +51,8 @@ def prepare_for_onnx2tf(path: Path, samples: dict[str, np.ndarray], fixed: dict[
     if pools:
         notes.append(f"{pools} ceil-mode MaxPool -> edge Pad + MaxPool (exact; keeps int8 ranges)")
     if notes:
-        try:  # shapes for every tensor again (onnx2tf reads them from value_info)
+        try:  # shapes for every tensor again, once each (onnx2tf reads them from value_info)
+            del model.graph.value_info[:]
             model = onnx.shape_inference.infer_shapes(model)
         except Exception:  # noqa: BLE001 - onnx2tf infers what it can itself
             pass

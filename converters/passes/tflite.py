@@ -25,7 +25,7 @@ from edgekit._console import captured_output
 from edgekit.bundle import Dim, TensorSpec
 from edgekit.converters.passes import Pass, PassContext, Value
 from edgekit.converters.passes.keras_onnx import keras_function
-from edgekit.converters.passes.onnx_rewrites import prepare_for_onnx2tf
+from edgekit.converters.passes.onnx_rewrites import FOLDED, prepare_for_onnx2tf
 from edgekit.converters.registry import Kind
 from edgekit.errors import CalibrationError, ConversionError, UnsupportedModelError
 from edgekit.parity import is_stacked, iter_feeds
@@ -196,6 +196,12 @@ def _sample_images_for_onnx2tf(work: Path, ctx: PassContext) -> None:
     np.save(work / SAMPLE_IMAGES, images)
 
 
+def _reset_keras() -> None:
+    import tf_keras
+
+    tf_keras.backend.clear_session()
+
+
 class OnnxToTf(Pass):
     """ONNX to a TensorFlow graph with onnx2tf (NCHW inputs become NHWC; the transposes are recorded)."""
 
@@ -221,11 +227,14 @@ class OnnxToTf(Pass):
             settings["overwrite_input_shape"] = [f"{name}:{','.join(map(str, dims))}" for name, dims in fixed.items()]
         if self.keep_layout:
             settings["keep_shape_absolutely_input_names"] = [s.name for s in ctx.inputs]
+        if FOLDED in rewrites:  # folded already: onnx2tf's onnxsim pass breaks some graphs it gets then (LSTM states)
+            settings["not_use_onnxsim"] = True
         _sample_images_for_onnx2tf(work, ctx)
         log = io.StringIO()
         try:
             # onnx2tf reads (and otherwise downloads) its own sample images from the current directory
             with _venv_on_path(), captured_output() as log, contextlib.chdir(work):
+                _reset_keras()  # a failed onnx2tf run leaves tf_keras state that breaks the next route's run
                 model = onnx2tf.convert(input_onnx_file_path=str(model_file), output_folder_path=str(work / "out"),
                                         non_verbose=True, verbosity="error", disable_model_save=True, **settings)
         except ModuleNotFoundError as exc:
