@@ -73,6 +73,8 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.TORCH_EXPORT, Kind.ONNX, ("torch", "onnxscript", "onnx")),
     PassInfo("tf2onnx", "edgekit.converters.passes.keras_onnx:KerasToOnnx",
              Kind.KERAS, Kind.ONNX, ("tensorflow", "tf2onnx", "onnx")),
+    PassInfo("saved-model-onnx", "edgekit.converters.passes.keras_onnx:SavedModelToOnnx",
+             Kind.TF_SAVED_MODEL, Kind.ONNX, ("tensorflow", "tf2onnx", "onnx")),
     PassInfo("onnx-web-optimize", "edgekit.converters.passes.onnx_web:OptimizeForWeb",
              Kind.ONNX, Kind.ONNX_WEB, ("onnx", "onnxslim", "onnxruntime")),
     PassInfo("onnx-fp16", "edgekit.converters.passes.onnx_web:Float16",

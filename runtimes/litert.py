@@ -95,9 +95,14 @@ class LiteRtSession(TimedSession):
             raise InvalidInputError(f"input {name!r} has shape {list(array.shape)}; the model takes "
                                     f"{list(spec.shape)} (None: any size)")
         if array.dtype.name != spec.dtype:
-            if not (array.dtype.kind == "f" and np.dtype(spec.dtype).kind == "f"):
+            want = np.dtype(spec.dtype)
+            # floats cast to the model's float; integers (int64 token ids, where TFLite takes int32) when they fit
+            fits = array.dtype.kind == want.kind == "f" or (
+                array.dtype.kind in "iu" and want.kind in "iu" and
+                (array.size == 0 or (array.min() >= np.iinfo(want).min and array.max() <= np.iinfo(want).max)))
+            if not fits:
                 raise InvalidInputError(f"input {name!r} is {array.dtype.name}; the model takes {spec.dtype}")
-            array = array.astype(spec.dtype)
+            array = array.astype(want)
         if array.shape != self._current[name][0]:
             index = dict(self._in_index)[name]
             self._interpreter.resize_tensor_input(index, array.shape)

@@ -9,6 +9,7 @@ the fp16 program, as an iOS app would ship it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,9 +17,10 @@ import numpy as np
 
 from edgekit._console import captured_output
 from edgekit.bundle import TensorSpec
-from edgekit.converters.passes import Pass, PassContext, Value
+from edgekit.converters.passes import Pass, PassContext, Value, coreml_ops
 from edgekit.converters.registry import Kind
 from edgekit.errors import UnsupportedModelError
+from edgekit.parity import iter_feeds
 
 MAX_BATCH = 64  # the dynamic batch dimension of a converted model ranges over 1..MAX_BATCH
 # Weights smaller than this many elements stay uncompressed (biases, tiny kernels).
@@ -49,13 +51,25 @@ def _save(model: Any, ctx: PassContext, name: str) -> Path:
 
 def _io(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> tuple[
         tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """Artifact I/O named as the model's features, mapped in order to ``inputs``/``outputs``."""
+    """Artifact I/O named as the model's features (with their dtypes), mapped in order to ``inputs``/``outputs``."""
     desc = model.get_spec().description
-    ins = tuple(TensorSpec(f.name, s.shape, "float32", layout=s.layout, source_name=s.source_name or s.name,
-                           source_transpose=s.source_transpose) for f, s in zip(desc.input, inputs, strict=True))
-    outs = tuple(TensorSpec(f.name, s.shape, "float32", layout=s.layout, source_name=s.source_name or s.name,
-                            source_transpose=s.source_transpose) for f, s in zip(desc.output, outputs, strict=True))
-    return ins, outs
+
+    def spec(feature: Any, s: TensorSpec) -> TensorSpec:
+        return TensorSpec(feature.name, s.shape, _feature_dtype(feature), layout=s.layout,
+                          source_name=s.source_name or s.name, source_transpose=s.source_transpose)
+
+    return (tuple(spec(f, s) for f, s in zip(desc.input, inputs, strict=True)),
+            tuple(spec(f, s) for f, s in zip(desc.output, outputs, strict=True)))
+
+
+def _feature_dtype(feature: Any) -> str:
+    names = {65568: "float32", 65552: "float16", 131104: "int32", 65600: "float64"}  # ArrayFeatureType.ArrayDataType
+    return names.get(int(feature.type.multiArrayType.dataType), "float32")
+
+
+def _input_dtype(spec: TensorSpec) -> Any:
+    """Core ML takes float32 or int32 inputs: integer inputs (token ids) become int32."""
+    return np.int32 if np.issubdtype(np.dtype(spec.dtype), np.integer) else np.float32
 
 
 def _explicit_prelu(x: Any, weight: Any) -> Any:
@@ -141,22 +155,31 @@ class _TorchToCoreml(Pass):
         import coremltools as ct
         import torch
 
+        coreml_ops.register()
         module, args = self.module(value, ctx)
         module, prelus = rewrite_prelu(module)
+        specs = ctx.inputs
+        dynamic = any(not isinstance(d, int) or d < 0 for spec in specs for d in spec.shape)
+        if dynamic:  # tracing bakes the example's sizes into shape computations: trace one sample, declare its shapes
+            feed = next(iter_feeds(ctx.samples, specs, 1))
+            args = tuple(torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in specs)
+            specs = tuple(replace(s, shape=tuple(int(d) for d in np.shape(feed[s.name]))) for s in specs)
         with torch.no_grad(), captured_output():
             traced = torch.jit.trace(module, args)  # type: ignore[no-untyped-call]
             model = ct.convert(
                 traced, convert_to="mlprogram", minimum_deployment_target=_target(ct, ctx.options.min_ios),
                 compute_precision=_precision(ct, self.precision),
-                inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=np.float32) for s in ctx.inputs],
+                inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=_input_dtype(s)) for s in specs],
                 outputs=[ct.TensorType(name=s.name, dtype=np.float32) for s in ctx.outputs])
-        inputs, outputs = _io(model, ctx.inputs, ctx.outputs)
+        inputs, outputs = _io(model, specs, ctx.outputs)
         notes: dict[str, Any] = {"converter": f"coremltools {ct.__version__} (torch.jit.trace)",
                                  "minimum_deployment_target": f"iOS{ctx.options.min_ios}",
                                  **_precision_notes(self.precision)}
         if prelus:
             notes["rewrites"] = [f"{prelus} PReLU -> where(x >= 0, x, alpha * x) (exact; coremltools' prelu "
                                  "takes rank-4 inputs only)"]
+        if dynamic:
+            notes["fixed_shapes"] = {s.name: list(s.shape) for s in specs}
         return Value(self.produces, path=_save(model, ctx, self.name), notes=notes, inputs=inputs, outputs=outputs)
 
 
@@ -213,6 +236,7 @@ class TfToCoremlFp32(Pass):
     def _run(self, value: Value, ctx: PassContext) -> Value:
         import coremltools as ct
 
+        coreml_ops.register()
         graph = value.obj
         structured = graph.function.structured_outputs
         # the converter names outputs after the graph's tensors, in the order TensorFlow flattens the
@@ -223,7 +247,7 @@ class TfToCoremlFp32(Pass):
                 [graph.function], source="tensorflow", convert_to="mlprogram",
                 minimum_deployment_target=_target(ct, ctx.options.min_ios),
                 compute_precision=_precision(ct, self.precision),
-                inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=np.float32) for s in graph.inputs],
+                inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=_input_dtype(s)) for s in graph.inputs],
                 outputs=[ct.TensorType(dtype=np.float32) for _ in flat])
         spec = model.get_spec()
         for feature, name in zip(list(spec.description.output), flat, strict=True):

@@ -48,6 +48,65 @@ class KerasToOnnx(Pass):
 
         forward = keras_function(value.obj, ctx.inputs, [s.name for s in ctx.inputs], [s.name for s in ctx.outputs])
         proto, _ = tf2onnx.convert.from_function(forward, input_signature=forward.input_signature, opset=OPSET)
+        erfc = erfc_to_erf(proto)
         out = ctx.scratch("exported.onnx")
         onnx.save(proto, str(out))
-        return Value(Kind.ONNX, path=out, notes={"exporter": f"tf2onnx {tf2onnx.__version__}, opset {OPSET}"})
+        notes: dict[str, Any] = {"exporter": f"tf2onnx {tf2onnx.__version__}, opset {OPSET}"}
+        if erfc:
+            notes["rewrites"] = [f"{erfc} Erfc (not an ONNX op; tf2onnx writes it for Keras 3's gelu) -> 1 - Erf"]
+        return Value(Kind.ONNX, path=out, notes=notes)
+
+
+class SavedModelToOnnx(Pass):
+    """Convert a SavedModel's serving signature with ``tf2onnx.convert.from_function``."""
+
+    name = "saved-model-onnx"
+    consumes = Kind.TF_SAVED_MODEL
+    produces = Kind.ONNX
+    modules = ("tensorflow", "tf2onnx", "onnx")
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        import onnx
+        import tensorflow as tf
+        import tf2onnx
+
+        _, function = value.obj
+        structured = function.structured_outputs
+        names = sorted(structured) if isinstance(structured, dict) else [s.name for s in ctx.outputs]
+        signature = [tf.TensorSpec([d if isinstance(d, int) and d >= 0 else None for d in s.shape],
+                                   tf.dtypes.as_dtype(s.dtype), name=s.name) for s in ctx.inputs]
+
+        @tf.function(input_signature=signature)  # type: ignore[untyped-decorator]
+        def forward(*args: tf.Tensor) -> dict[str, tf.Tensor]:
+            result = function(**{s.name: a for s, a in zip(ctx.inputs, args, strict=True)})
+            return {n: result[n] for n in names} if isinstance(result, dict) else dict(zip(names, result, strict=True))
+
+        proto, _ = tf2onnx.convert.from_function(forward, input_signature=signature, opset=OPSET)
+        erfc = erfc_to_erf(proto)
+        out = ctx.scratch("exported.onnx")
+        onnx.save(proto, str(out))
+        notes: dict[str, Any] = {"exporter": f"tf2onnx {tf2onnx.__version__}, opset {OPSET} (SavedModel signature)"}
+        if erfc:
+            notes["rewrites"] = [f"{erfc} Erfc -> 1 - Erf"]
+        return Value(Kind.ONNX, path=out, notes=notes)
+
+
+def erfc_to_erf(model: Any) -> int:
+    """Replace tf2onnx's ``Erfc`` nodes (no such ONNX operator) by ``1 - Erf(x)``, in place; the count."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    nodes, count = [], 0
+    for node in model.graph.node:
+        if node.op_type != "Erfc" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        one, erf = f"{node.output[0]}__one", f"{node.output[0]}__erf"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
+        nodes.append(helper.make_node("Erf", [node.input[0]], [erf]))
+        nodes.append(helper.make_node("Sub", [one, erf], list(node.output), name=node.name))
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return count
