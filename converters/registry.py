@@ -119,6 +119,14 @@ PASSES: tuple[PassInfo, ...] = (
     # Mixed precision (range-sensitive ops in fp32) when an fp16 program fails parity
     PassInfo("tf-coreml-fp16-mixed", "edgekit.converters.passes.coreml:TfToCoremlFp16Mixed",
              Kind.TF, Kind.COREML_FP16, ("tensorflow", "coremltools"), fallback_of="tf-coreml-fp16"),
+    # Every shape fixed from one calibration sample (batch 1) when the traced program fails with a ranged batch
+    *(PassInfo(f"{name}-fixed-shapes", f"edgekit.converters.passes.coreml:{cls}Fixed", kind, produces,
+               ("torch", "coremltools"), fallback_of=name)
+      for name, cls, kind, produces in (
+          ("torch-coreml-fp32", "TorchModuleToCoremlFp32", Kind.TORCH_MODULE, Kind.COREML_FP32),
+          ("torch-coreml-fp16", "TorchModuleToCoremlFp16", Kind.TORCH_MODULE, Kind.COREML_FP16),
+          ("torch-program-coreml-fp32", "TorchProgramToCoremlFp32", Kind.TORCH_EXPORT, Kind.COREML_FP32),
+          ("torch-program-coreml-fp16", "TorchProgramToCoremlFp16", Kind.TORCH_EXPORT, Kind.COREML_FP16))),
     PassInfo("torch-coreml-fp16-mixed", "edgekit.converters.passes.coreml:TorchModuleToCoremlFp16Mixed",
              Kind.TORCH_MODULE, Kind.COREML_FP16, ("torch", "coremltools"), fallback_of="torch-coreml-fp16"),
     PassInfo("torch-program-coreml-fp16-mixed", "edgekit.converters.passes.coreml:TorchProgramToCoremlFp16Mixed",

@@ -147,6 +147,7 @@ class _TorchToCoreml(Pass):
 
     modules = ("torch", "coremltools")
     precision: ClassVar[str]
+    fix_shapes: ClassVar[bool] = False  # fix the batch too (one calibration sample traced)
 
     def module(self, value: Value, ctx: PassContext) -> tuple[Any, tuple[Any, ...]]:
         raise NotImplementedError
@@ -159,8 +160,12 @@ class _TorchToCoreml(Pass):
         module, args = self.module(value, ctx)
         module, prelus = rewrite_prelu(module)
         specs = ctx.inputs
-        dynamic = any(not isinstance(d, int) or d < 0 for spec in specs for d in spec.shape)
-        if dynamic:  # tracing bakes the example's sizes into shape computations: trace one sample, declare its shapes
+        # Tracing bakes the example's sizes into shape computations, so a dynamic dimension other than the batch
+        # (a sequence length) is fixed from one calibration sample; the batch too in the fixed-shapes fallback
+        # (a ViT's class token expanded to the traced batch fails parity at any other batch)
+        dynamic = any(not isinstance(d, int) or d < 0 for spec in specs for i, d in enumerate(spec.shape)
+                      if i > 0 or self.fix_shapes)
+        if dynamic:
             feed = next(iter_feeds(ctx.samples, specs, 1))
             args = tuple(torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in specs)
             specs = tuple(replace(s, shape=tuple(int(d) for d in np.shape(feed[s.name]))) for s in specs)
@@ -282,6 +287,28 @@ class TorchProgramToCoremlFp16Mixed(TorchProgramToCoremlFp16):
 
     name = "torch-program-coreml-fp16-mixed"
     precision = "fp16-mixed"
+
+
+class TorchModuleToCoremlFp32Fixed(TorchModuleToCoremlFp32):
+    """An nn.Module to an fp32 ML Program traced on one calibration sample, every shape fixed: a fallback."""
+
+    name = "torch-coreml-fp32-fixed-shapes"
+    fix_shapes = True
+
+
+class TorchModuleToCoremlFp16Fixed(TorchModuleToCoremlFp16):
+    name = "torch-coreml-fp16-fixed-shapes"
+    fix_shapes = True
+
+
+class TorchProgramToCoremlFp32Fixed(TorchProgramToCoremlFp32):
+    name = "torch-program-coreml-fp32-fixed-shapes"
+    fix_shapes = True
+
+
+class TorchProgramToCoremlFp16Fixed(TorchProgramToCoremlFp16):
+    name = "torch-program-coreml-fp16-fixed-shapes"
+    fix_shapes = True
 
 
 class TfToCoremlFp16Mixed(TfToCoremlFp16):
