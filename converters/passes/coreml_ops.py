@@ -19,6 +19,7 @@ def register() -> None:
         return
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.tensorflow.tf_op_registry import _TF_OPS_REGISTRY, register_tf_op
+    from coremltools.converters.mil.mil import types
 
     if "Erfc" not in _TF_OPS_REGISTRY:
         def Erfc(context: Any, node: Any) -> None:  # noqa: N802 - coremltools names converters after the op
@@ -38,6 +39,8 @@ def register() -> None:
             shape = inputs[1]
             if isinstance(shape, list):  # a dynamic size: pymil scalars to concatenate
                 shape = mb.concat(values=shape, axis=0)
+            if shape.dtype != types.int32:
+                shape = mb.cast(x=shape, dtype="int32")
             context.add(mb.fill(shape=shape, value=1.0, name=node.name))
 
         register_torch_op(new_ones)

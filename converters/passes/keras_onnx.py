@@ -48,12 +48,16 @@ class KerasToOnnx(Pass):
 
         forward = keras_function(value.obj, ctx.inputs, [s.name for s in ctx.inputs], [s.name for s in ctx.outputs])
         proto, _ = tf2onnx.convert.from_function(forward, input_signature=forward.input_signature, opset=OPSET)
+        captured = embed_captured_constants(proto, forward.get_concrete_function(), ctx.inputs)
         erfc = erfc_to_erf(proto)
         out = ctx.scratch("exported.onnx")
         onnx.save(proto, str(out))
         notes: dict[str, Any] = {"exporter": f"tf2onnx {tf2onnx.__version__}, opset {OPSET}"}
-        if erfc:
-            notes["rewrites"] = [f"{erfc} Erfc (not an ONNX op; tf2onnx writes it for Keras 3's gelu) -> 1 - Erf"]
+        rewrites = [f"{erfc} Erfc (not an ONNX op; tf2onnx writes it for Keras 3's gelu) -> 1 - Erf"] if erfc else []
+        if captured:
+            rewrites.append(f"{captured} constant tensors the model captured (tf2onnx made them inputs) embedded")
+        if rewrites:
+            notes["rewrites"] = rewrites
         return Value(Kind.ONNX, path=out, notes=notes)
 
 
@@ -89,6 +93,31 @@ class SavedModelToOnnx(Pass):
         if erfc:
             notes["rewrites"] = [f"{erfc} Erfc -> 1 - Erf"]
         return Value(Kind.ONNX, path=out, notes=notes)
+
+
+def embed_captured_constants(model: Any, function: Any, inputs: tuple[TensorSpec, ...]) -> int:
+    """Make initializers of the ONNX inputs that are tensors the tf.function captured (a Keras 3 functional
+    model's constant, such as position embeddings of ``arange``): tf2onnx leaves them as graph inputs."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    wanted = {s.name for s in inputs}
+    extra = {v.name for v in model.graph.input} - wanted - {i.name for i in model.graph.initializer}
+    if not extra:
+        return 0
+    values = {}
+    for external, internal in function.graph.captures:
+        name = internal.name
+        if name in extra and getattr(external, "dtype", None) is not None and external.dtype.name != "resource":
+            try:
+                values[name] = np.asarray(external.numpy())
+            except Exception:  # noqa: BLE001 - not a concrete tensor (a variable handle): left as it is
+                continue
+    kept = [v for v in model.graph.input if v.name not in values]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in values.items())
+    return len(values)
 
 
 def erfc_to_erf(model: Any) -> int:
