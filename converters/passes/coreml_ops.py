@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 _registered = False
 
 
@@ -30,6 +32,7 @@ def register() -> None:
     try:
         from coremltools.converters.mil.frontend.torch.ops import _get_inputs
         from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY, register_torch_op
+        from coremltools.converters.mil.frontend.torch.utils import NUM_TO_NUMPY_DTYPE
     except ImportError:  # coremltools without its PyTorch frontend (no torch)
         _registered = True
         return
@@ -41,7 +44,10 @@ def register() -> None:
                 shape = mb.concat(values=shape, axis=0)
             if shape.dtype != types.int32:
                 shape = mb.cast(x=shape, dtype="int32")
-            context.add(mb.fill(shape=shape, value=1.0, name=node.name))
+            dtype = inputs[2].val if len(inputs) > 2 and inputs[2] is not None else None
+            kind = np.dtype(NUM_TO_NUMPY_DTYPE[dtype]).kind if isinstance(dtype, (int, np.integer)) else "f"
+            value: Any = True if kind == "b" else (1 if kind in "iu" else 1.0)  # bool masks, int32, else float
+            context.add(mb.fill(shape=shape, value=value, name=node.name))
 
         register_torch_op(new_ones)
     _registered = True
