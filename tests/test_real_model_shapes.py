@@ -86,7 +86,7 @@ def test_integer_ops_of_a_quantized_model_become_float_ops_for_onnx2tf(tmp_path:
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from edgekit.converters.passes.onnx_rewrites import integer_ops_to_float
+    from edgekit.converters.passes.onnx_integer import integer_ops_to_float
 
     class ConvLstm(torch.nn.Module):
         def __init__(self) -> None:

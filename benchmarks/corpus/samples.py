@@ -168,7 +168,7 @@ def piano_audio(work: Path) -> Arrays:
                 env = (t >= start) * np.exp(-3 * tt)
                 audio += env * sum(np.sin(2 * np.pi * k * f * tt) / k ** 1.5 for k in range(1, 6))
         clips.append(audio / np.abs(audio).max() * 0.8)
-    return {"serving_default_input_2:0": np.stack(clips)[:, :, None].astype(np.float32)}
+    return {"x": np.stack(clips)[:, :, None].astype(np.float32)}  # the one input (ONNX and SavedModel name it differently)
 
 
 def file_bytes(work: Path) -> Arrays:
