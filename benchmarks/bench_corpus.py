@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "corpus-bench")
     parser.add_argument("--redo", action="store_true")
     parser.add_argument("--table", action="store_true", help="only print the tables from WORK/results.json")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[], help="more results.json files for --table")
     args = parser.parse_args()
     from benchmarks.corpus import wrapped
     from benchmarks.corpus.fetch import fetch
@@ -108,6 +109,8 @@ def main() -> None:
     results_path = args.work / "results.json"
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
     if args.table:
+        for extra in args.merge:
+            results.update(json.loads(extra.read_text()))
         print(tables(results))
         return
     targets = tuple(t for t in args.targets.split(",") if t)

@@ -290,26 +290,17 @@ class TorchProgramToCoremlFp16Mixed(TorchProgramToCoremlFp16):
     precision = "fp16-mixed"
 
 
-class TorchModuleToCoremlFp32Fixed(TorchModuleToCoremlFp32):
-    """An nn.Module to an fp32 ML Program traced on one calibration sample, every shape fixed: a fallback."""
-
-    name = "torch-coreml-fp32-fixed-shapes"
-    fix_shapes = True
-
-
-class TorchModuleToCoremlFp16Fixed(TorchModuleToCoremlFp16):
-    name = "torch-coreml-fp16-fixed-shapes"
-    fix_shapes = True
+def _fixed_shapes(base: type[_TorchToCoreml]) -> type[_TorchToCoreml]:
+    """``base`` traced on one calibration sample with every shape fixed (batch 1): the fallback when the
+    ranged-batch program fails."""
+    return type(f"{base.__name__}Fixed", (base,), {"name": f"{base.name}-fixed-shapes", "fix_shapes": True,
+                                                  "__doc__": _fixed_shapes.__doc__})
 
 
-class TorchProgramToCoremlFp32Fixed(TorchProgramToCoremlFp32):
-    name = "torch-program-coreml-fp32-fixed-shapes"
-    fix_shapes = True
-
-
-class TorchProgramToCoremlFp16Fixed(TorchProgramToCoremlFp16):
-    name = "torch-program-coreml-fp16-fixed-shapes"
-    fix_shapes = True
+TorchModuleToCoremlFp32Fixed = _fixed_shapes(TorchModuleToCoremlFp32)
+TorchModuleToCoremlFp16Fixed = _fixed_shapes(TorchModuleToCoremlFp16)
+TorchProgramToCoremlFp32Fixed = _fixed_shapes(TorchProgramToCoremlFp32)
+TorchProgramToCoremlFp16Fixed = _fixed_shapes(TorchProgramToCoremlFp16)
 
 
 class TfToCoremlFp16Mixed(TfToCoremlFp16):

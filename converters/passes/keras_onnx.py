@@ -43,22 +43,10 @@ class KerasToOnnx(Pass):
     modules = ("tensorflow", "tf2onnx", "onnx")
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
-        import onnx
         import tf2onnx
 
         forward = keras_function(value.obj, ctx.inputs, [s.name for s in ctx.inputs], [s.name for s in ctx.outputs])
-        proto, _ = tf2onnx.convert.from_function(forward, input_signature=forward.input_signature, opset=OPSET)
-        captured = embed_captured_constants(proto, forward.get_concrete_function(), ctx.inputs)
-        erfc = erfc_to_erf(proto)
-        out = ctx.scratch("exported.onnx")
-        onnx.save(proto, str(out))
-        notes: dict[str, Any] = {"exporter": f"tf2onnx {tf2onnx.__version__}, opset {OPSET}"}
-        rewrites = [f"{erfc} Erfc (not an ONNX op; tf2onnx writes it for Keras 3's gelu) -> 1 - Erf"] if erfc else []
-        if captured:
-            rewrites.append(f"{captured} constant tensors the model captured (tf2onnx made them inputs) embedded")
-        if rewrites:
-            notes["rewrites"] = rewrites
-        return Value(Kind.ONNX, path=out, notes=notes)
+        return _export(forward, forward.input_signature, ctx, f"tf2onnx {tf2onnx.__version__}, opset {OPSET}")
 
 
 class SavedModelToOnnx(Pass):
@@ -70,7 +58,6 @@ class SavedModelToOnnx(Pass):
     modules = ("tensorflow", "tf2onnx", "onnx")
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
-        import onnx
         import tensorflow as tf
         import tf2onnx
 
@@ -85,14 +72,26 @@ class SavedModelToOnnx(Pass):
             result = function(**{s.name: a for s, a in zip(ctx.inputs, args, strict=True)})
             return {n: result[n] for n in names} if isinstance(result, dict) else dict(zip(names, result, strict=True))
 
-        proto, _ = tf2onnx.convert.from_function(forward, input_signature=signature, opset=OPSET)
-        erfc = erfc_to_erf(proto)
-        out = ctx.scratch("exported.onnx")
-        onnx.save(proto, str(out))
-        notes: dict[str, Any] = {"exporter": f"tf2onnx {tf2onnx.__version__}, opset {OPSET} (SavedModel signature)"}
-        if erfc:
-            notes["rewrites"] = [f"{erfc} Erfc -> 1 - Erf"]
-        return Value(Kind.ONNX, path=out, notes=notes)
+        return _export(forward, signature, ctx, f"tf2onnx {tf2onnx.__version__}, opset {OPSET} (SavedModel signature)")
+
+
+def _export(forward: Any, signature: Any, ctx: PassContext, exporter: str) -> Value:
+    """tf2onnx on ``forward``, with the rewrites its output needs; the ONNX file as a Value."""
+    import onnx
+    import tf2onnx
+
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=signature, opset=OPSET)
+    captured = embed_captured_constants(proto, forward.get_concrete_function(), ctx.inputs)
+    erfc = erfc_to_erf(proto)
+    out = ctx.scratch("exported.onnx")
+    onnx.save(proto, str(out))
+    notes: dict[str, Any] = {"exporter": exporter}
+    rewrites = [f"{erfc} Erfc (not an ONNX op; tf2onnx writes it for Keras 3's gelu) -> 1 - Erf"] if erfc else []
+    if captured:
+        rewrites.append(f"{captured} constant tensors the model captured (tf2onnx made them inputs) embedded")
+    if rewrites:
+        notes["rewrites"] = rewrites
+    return Value(Kind.ONNX, path=out, notes=notes)
 
 
 def embed_captured_constants(model: Any, function: Any, inputs: tuple[TensorSpec, ...]) -> int:
