@@ -105,6 +105,7 @@ def main() -> None:
     from benchmarks.corpus.fetch import fetch
     from benchmarks.corpus.report import tables
 
+    args.work = args.work.resolve()  # the tools run in their own working directories
     args.work.mkdir(parents=True, exist_ok=True)
     results_path = args.work / "results.json"
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
