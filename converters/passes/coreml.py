@@ -254,7 +254,7 @@ class TfToCoremlFp32(Pass):
                 minimum_deployment_target=_target(ct, ctx.options.min_ios),
                 compute_precision=_precision(ct, self.precision),
                 inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=_input_dtype(s)) for s in graph.inputs],
-                outputs=[ct.TensorType(dtype=np.float32) for _ in flat])
+                outputs=[ct.TensorType(name=t.name.split(":")[0], dtype=np.float32) for t in graph.function.outputs])
         spec = model.get_spec()
         for feature, name in zip(list(spec.description.output), flat, strict=True):
             if feature.name != name:
