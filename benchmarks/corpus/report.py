@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from benchmarks.corpus.fetch import load_models
+
+
+def _short(error: str) -> str:
+    """The part of an error that tells failures apart, for a table cell."""
+    error = " ".join(error.replace("|", "/").split())
+    drift = re.search(r"on \d+ samples: (.*?) FAILED", error)
+    if error.startswith("target ") and drift:
+        return "parity: " + drift.group(1)[:70]
+    tool = re.match(r"onnx2tf [\d.]+ failed on this model \([^)]*\): (.*)", error)
+    if tool:
+        return "onnx2tf: " + tool.group(1)[:70]
+    if error.startswith("onnxruntime could not load"):
+        return "onnxruntime cannot load it: " + error.split("failed:")[-1].strip()[:50]
+    return error[:80]
 
 
 def _cell(t: dict[str, Any] | None) -> str:
@@ -14,10 +29,10 @@ def _cell(t: dict[str, Any] | None) -> str:
         err = t.get("max_abs_error")
         ratio = t.get("size_ratio")
         tried = t.get("routes_tried") or []
-        via = f" via {t['route'][-1]}" if tried and t.get("route") else ""
+        via = f" via {t['route'][0]}" if tried and t.get("route") else ""  # a fallback route made it
         return f"ok {ratio:.2f}x" + (f" e={err:.1g}" if err is not None else "") + via
     if t["status"] in ("failed", "missing"):
-        return "FAIL: " + (t.get("error") or "").replace("|", "/").replace("\n", " ")[:90]
+        return "FAIL: " + _short(t.get("error") or "")
     return t["status"] + (": " + (t.get("unverified") or "")[:60] if t.get("unverified") else "")
 
 
@@ -27,6 +42,8 @@ def tables(results: dict[str, Any]) -> str:
     for key, value in results.items():
         if key.endswith("/edgekit"):
             targets += [t for t in value["targets"] if t not in targets]
+    order = ["onnx-web", "tflite", "coreml-fp16", "onnx-web-fp16", "tflite-fp16", "onnx-web-int8", "tflite-int8"]
+    targets.sort(key=lambda t: order.index(t) if t in order else len(order))
     lines = ["| model | " + " | ".join(targets) + " | exit | s | left behind |",
              "|---" * (len(targets) + 4) + "|"]
     passed = {t: 0 for t in targets}
@@ -53,7 +70,7 @@ def tables(results: dict[str, Any]) -> str:
                 alone[tool][1] += 1
                 alone[tool][0] += r["status"] == "passed"
             cells.append(" " if not r else ("ok" if r["status"] == "passed" else r["status"] if r["status"] == "n/a"
-                                             else "FAIL: " + (r.get("error") or "")[:90].replace("|", "/")))
+                                             else "FAIL: " + _short(r.get("error") or "")))
         lines.append(f"| {mid} | " + " | ".join(cells) + " |")
     lines.append("| **passed** | " + " | ".join(f"**{p}/{n}** (of those it takes)" for p, n in alone.values()) + " |")
     return "\n".join(lines)
