@@ -180,12 +180,15 @@ def main() -> None:
     print(f"{len(passing)} node tests pass on onnxruntime; every {args.every}th: {len(chosen)}", flush=True)
     results_path = args.work / "results.json"
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    scratch = args.work / "tmp"  # what TensorFlow's autograph and onnx2tf leave in the temp dir stays here
+    scratch.mkdir(exist_ok=True)
     for tool in ("onnx2tf", "edgekit"):
         todo = [n for n in chosen if f"{tool}/{n}" not in results]
         while todo:
             proc = subprocess.Popen([sys.executable, __file__, "--worker", "--work", str(args.work)],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=args.work)
+                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(scratch)},
+                                    cwd=args.work)
             assert proc.stdin is not None and proc.stdout is not None
             current = None
             for name in list(todo):
