@@ -6,7 +6,7 @@ import importlib.util
 import itertools
 from collections import deque
 
-from edgekit.converters.registry import ALTERNATIVES, PASSES, TARGETS, Kind, PassInfo, TargetInfo
+from edgekit.converters.registry import ALTERNATIVE_NEEDS, ALTERNATIVES, PASSES, TARGETS, Kind, PassInfo, TargetInfo
 from edgekit.errors import NoRouteError, UnknownTargetError
 
 
@@ -40,7 +40,20 @@ def usable_passes(via: tuple[str, ...] = (), passes: tuple[PassInfo, ...] = PASS
         if name not in ALTERNATIVES:
             known = "; ".join(f"{k}: {v}" for k, v in ALTERNATIVES.items())
             raise NoRouteError(f"unknown route {name!r} for --via; edgekit has: {known}")
-    return tuple(p for p in passes if p.fallback_of is None and (p.alternative is None or p.alternative in via))
+    allowed = {*via, *(n for name in via for n in ALTERNATIVE_NEEDS.get(name, ()))}
+    return tuple(p for p in passes if p.fallback_of is None and (p.alternative is None or p.alternative in allowed))
+
+
+def _family(kind: str) -> str:
+    return kind.split(".")[0]
+
+
+def _combos(route: list[PassInfo], passes: tuple[PassInfo, ...]) -> list[list[PassInfo]]:
+    """``route`` with fallback passes in place of the default ones: each alone, then two of them."""
+    options = [[step, *(p for p in passes if p.fallback_of == step.name)] for step in route]
+    combos = sorted((c for c in itertools.product(*(range(len(o)) for o in options)) if any(c)),
+                    key=lambda c: (sum(1 for i in c if i), c[::-1]))  # one pass replaced, then two
+    return [[options[i][k] for i, k in enumerate(c)] for c in combos]
 
 
 def fallback_routes(source: str, target: TargetInfo, first: list[PassInfo],
@@ -52,18 +65,21 @@ def fallback_routes(source: str, target: TargetInfo, first: list[PassInfo],
     two of them (fixed shapes and mixed precision), then the alternative routes (``litert-torch``)
     that reach the target from this source.
     """
-    options = [[step, *(p for p in passes if p.fallback_of == step.name)] for step in first]
-    combos = sorted((c for c in itertools.product(*(range(len(o)) for o in options)) if any(c)),
-                    key=lambda c: (sum(1 for i in c if i), c[::-1]))  # one pass replaced, then two
-    out: list[list[PassInfo]] = [[options[i][k] for i, k in enumerate(c)] for c in combos]
+    out = _combos(first, passes)
     for name in ALTERNATIVES:
-        alternative = usable_passes((name,), passes)
-        try:
-            route = plan(source, target, alternative)
-        except NoRouteError:
-            continue
-        if route != first and route not in out:
-            out.append(route)
+        allowed = usable_passes((name,), passes)
+        for step in (p for p in allowed if p.alternative == name):
+            before = reachable_kinds(source, allowed).get(step.consumes)
+            after = reachable_kinds(step.produces, allowed).get(target.kind)
+            if before is None or after is None:
+                continue
+            route = [*before, step, *after]
+            kinds = [source, *(p.produces for p in route)]
+            if len(set(kinds)) != len(kinds) or _family(step.produces) == _family(source) != _family(step.consumes):
+                continue  # a route that comes back to a kind, or to the source's framework (torch -> ONNX -> torch)
+            for candidate in (route, *_combos(route, passes)):
+                if candidate != first and candidate not in out:
+                    out.append(candidate)
     return out
 
 
@@ -85,9 +101,10 @@ def reachable_kinds(source: str, passes: tuple[PassInfo, ...] | None = None) -> 
     passes = usable_passes() if passes is None else passes
     routes: dict[str, list[PassInfo]] = {source: []}
     queue = deque([source])
+    ordered = sorted(passes, key=lambda p: p.alternative is None)  # an alternative asked for wins a tie
     while queue:
         kind = queue.popleft()
-        for step in passes:
+        for step in ordered:
             if step.consumes == kind and step.produces not in routes:
                 routes[step.produces] = routes[kind] + [step]
                 queue.append(step.produces)

@@ -142,12 +142,20 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.TORCH_MODULE, Kind.TFLITE, ("torch", "litert_torch", "ai_edge_litert"), alternative="litert-torch"),
     PassInfo("litert-torch-program", "edgekit.converters.passes.litert_torch:TorchProgramToTflite",
              Kind.TORCH_EXPORT, Kind.TFLITE, ("torch", "litert_torch", "ai_edge_litert"), alternative="litert-torch"),
+    # ONNX interpreted in PyTorch and exported: the way to TFLite and Core ML that does not go through onnx2tf
+    PassInfo("onnx-torch", "edgekit.converters.passes.onnx_torch:OnnxToTorchProgram",
+             Kind.ONNX, Kind.TORCH_EXPORT, ("onnx", "torch", "onnxslim"), alternative="onnx-torch"),
 )
 
 # Alternative routes users can ask for with ``--via NAME``.
 ALTERNATIVES: dict[str, str] = {
     "litert-torch": "PyTorch to TFLite with litert-torch (fp32; keeps the NCHW layout; batch fixed to 1)",
+    "onnx-torch": "ONNX interpreted in PyTorch by edgekit, then litert-torch (TFLite fp32) or coremltools' PyTorch "
+                  "frontend (Core ML): no onnx2tf, the ONNX layout kept; shapes fixed from the calibration data, batch 1",
 }
+
+# Alternative routes that need another one to reach a target (ONNX -> PyTorch -> TFLite needs litert-torch).
+ALTERNATIVE_NEEDS: dict[str, tuple[str, ...]] = {"onnx-torch": ("litert-torch",)}
 
 TARGETS: dict[str, TargetInfo] = {
     t.id: t

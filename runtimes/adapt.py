@@ -86,6 +86,8 @@ class AdaptedSession(TimedSession):
                 names = ", ".join(s.name for s in self.inputs)
                 raise InvalidInputError(f"missing input {view.name!r}; the model takes: {names}")
             value = np.asarray(feeds[view.name])
+            if value.ndim != len(view.shape) and value.size == 1 and all(d in (1, None) for d in view.shape):
+                value = value.reshape((1,) * len(view.shape))  # a scalar for a one-element input (converters add the axis)
             if value.ndim != len(view.shape):
                 raise InvalidInputError(
                     f"input {view.name!r} has {value.ndim} dimensions {list(value.shape)}; the model takes "

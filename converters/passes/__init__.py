@@ -43,6 +43,18 @@ class Value:
         return self.path
 
 
+def carried_notes(earlier: dict[str, Any], notes: dict[str, Any]) -> dict[str, Any]:
+    """A converter's notes with what an earlier pass of the route recorded about the graph (the shapes it fixed,
+    its rewrites, its converter) kept: the artifact's ``conversion`` describes the whole route."""
+    merged: dict[str, Any] = {k: earlier[k] for k in ("fixed_shapes", "batch") if k in earlier}
+    merged.update(notes)
+    if earlier.get("rewrites"):
+        merged["rewrites"] = [*earlier["rewrites"], *notes.get("rewrites", [])]
+    if earlier.get("converter") and notes.get("converter"):
+        merged["converter"] = f"{earlier['converter']}, then {notes['converter']}"
+    return merged
+
+
 @dataclass(frozen=True)
 class Options:
     """Conversion choices that passes read; each has a CLI flag of the same name."""
@@ -100,6 +112,7 @@ class Pass:
         except EdgekitError:
             raise
         except (Exception, SystemExit) as exc:  # converters raise anything (onnx2tf even sys.exit); say which pass failed
+            log.debug("pass %s failed", self.name, exc_info=True)  # the converter's traceback, for -v/logging users
             first_line = (str(exc).strip().splitlines() or [""])[0][:500].rstrip(".")
             raise ConversionError(
                 f"the {self.name} pass ({self.consumes} -> {self.produces}) failed: "

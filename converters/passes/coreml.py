@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekit._console import captured_output
 from edgekit.bundle import TensorSpec
-from edgekit.converters.passes import Pass, PassContext, Value, coreml_ops
+from edgekit.converters.passes import Pass, PassContext, Value, carried_notes, coreml_ops
 from edgekit.converters.registry import Kind
 from edgekit.errors import UnsupportedModelError
 from edgekit.parity import iter_feeds
@@ -143,6 +143,29 @@ def _precision_notes(precision: str) -> dict[str, Any]:
             "why": "the float16 program failed parity; these ops keep float32 compute"}
 
 
+def _scalar_inputs_as_vectors(module: Any, args: tuple[Any, ...], specs: tuple[TensorSpec, ...]) -> tuple[
+        Any, tuple[Any, ...], tuple[TensorSpec, ...], list[str]]:
+    """Core ML refuses rank-0 inputs ("Rank-0 input is unsupported"): such an input (a sample rate) becomes shape
+    [1], and a wrapper reshapes it back to a scalar before the model sees it (exact)."""
+    import torch
+
+    scalars = [i for i, s in enumerate(specs) if len(s.shape) == 0]
+    if not scalars:
+        return module, args, specs, []
+
+    class ScalarInputs(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *xs: Any) -> Any:
+            return self.inner(*(x.reshape(()) if i in scalars else x for i, x in enumerate(xs)))
+
+    args = tuple(a.reshape(1) if i in scalars else a for i, a in enumerate(args))
+    specs = tuple(replace(s, shape=(1,)) if i in scalars else s for i, s in enumerate(specs))
+    return ScalarInputs(module).eval(), args, specs, [specs[i].name for i in scalars]
+
+
 class _TorchToCoreml(Pass):
     """Trace the module and convert; ``precision`` is the compute precision."""
 
@@ -164,12 +187,14 @@ class _TorchToCoreml(Pass):
         # Tracing bakes the example's sizes into shape computations, so a dynamic dimension other than the batch
         # (a sequence length) is fixed from one calibration sample; the batch too in the fixed-shapes fallback
         # (a ViT's class token expanded to the traced batch fails parity at any other batch)
+        fix_batch = self.fix_shapes or value.notes.get("batch") == "fixed to 1"  # a program traced at batch 1
         dynamic = any(not isinstance(d, int) or d < 0 for spec in specs for i, d in enumerate(spec.shape)
-                      if i > 0 or self.fix_shapes)
+                      if i > 0 or fix_batch)
         if dynamic:
             feed = next(iter_feeds(ctx.samples, specs, 1))
-            args = tuple(torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in specs)
+            args = tuple(torch.from_numpy(np.array(feed[s.name], order="C")) for s in specs)
             specs = tuple(replace(s, shape=tuple(int(d) for d in np.shape(feed[s.name]))) for s in specs)
+        module, args, specs, scalars = _scalar_inputs_as_vectors(module, args, specs)
         with torch.no_grad(), captured_output():
             traced = torch.jit.trace(module, args)  # type: ignore[no-untyped-call]
             model = ct.convert(
@@ -186,6 +211,11 @@ class _TorchToCoreml(Pass):
                                  "takes rank-4 inputs only)"]
         if dynamic:
             notes["fixed_shapes"] = {s.name: list(s.shape) for s in specs}
+        if scalars:
+            notes.setdefault("rewrites", []).append(
+                f"scalar inputs {', '.join(scalars)} given as shape [1] (Core ML has no rank-0 inputs; the runtime "
+                "reshapes a one-element feed)")
+        notes = carried_notes(value.notes, notes)
         return Value(self.produces, path=_save(model, ctx, self.name), notes=notes, inputs=inputs, outputs=outputs)
 
 

@@ -10,17 +10,22 @@ from typing import Any
 
 from edgekit._console import captured_output
 from edgekit.bundle import TensorSpec
-from edgekit.converters.passes import Pass, PassContext, Value
+from edgekit.converters.passes import Pass, PassContext, Value, carried_notes
 from edgekit.converters.registry import Kind
 from edgekit.errors import ConversionError
 
 
-def _convert(module: Any, args: tuple[Any, ...], ctx: PassContext, name: str) -> Value:
+def _convert(module: Any, args: tuple[Any, ...], ctx: PassContext, name: str, earlier: dict[str, Any]) -> Value:
     import litert_torch
     import torch
     from ai_edge_litert.interpreter import Interpreter
 
-    sample = tuple(a[:1] if isinstance(a, torch.Tensor) and a.ndim else a for a in args)
+    # one sample: the batch (a dynamic first dimension) cut to 1; a fixed first dimension (an RNN state's layers) kept
+    def first(i: int) -> Any:
+        return ctx.inputs[i].shape[0] if i < len(ctx.inputs) and ctx.inputs[i].shape else None
+
+    sample = tuple(a[:1] if isinstance(a, torch.Tensor) and a.ndim and not (isinstance(first(i), int) and first(i) > 1)
+                   else a for i, a in enumerate(args))
     out = ctx.scratch(f"{name}.tflite")
     with captured_output(), torch.no_grad():
         litert_torch.convert(module, sample).export(str(out))
@@ -35,7 +40,7 @@ def _convert(module: Any, args: tuple[Any, ...], ctx: PassContext, name: str) ->
     outputs = tuple(TensorSpec(n, s.shape, s.dtype, source_name=s.name)
                     for n, s in zip(sig["outputs"], ctx.outputs, strict=True))
     notes = {"converter": f"litert-torch {getattr(litert_torch, '__version__', '')}".strip(), "batch": "fixed to 1"}
-    return Value(Kind.TFLITE, path=out, notes=notes, inputs=inputs, outputs=outputs)
+    return Value(Kind.TFLITE, path=out, notes=carried_notes(earlier, notes), inputs=inputs, outputs=outputs)
 
 
 class TorchModuleToTflite(Pass):
@@ -49,7 +54,7 @@ class TorchModuleToTflite(Pass):
     def _run(self, value: Value, ctx: PassContext) -> Value:
         if ctx.example_inputs is None:
             raise ConversionError("litert-torch needs example inputs to trace the module")
-        return _convert(value.obj.eval(), tuple(ctx.example_inputs), ctx, self.name)
+        return _convert(value.obj.eval(), tuple(ctx.example_inputs), ctx, self.name, value.notes)
 
 
 class TorchProgramToTflite(Pass):
@@ -63,4 +68,4 @@ class TorchProgramToTflite(Pass):
     def _run(self, value: Value, ctx: PassContext) -> Value:
         program = value.obj
         args, _ = program.example_inputs
-        return _convert(program.module(), tuple(args), ctx, self.name)
+        return _convert(program.module(), tuple(args), ctx, self.name, value.notes)

@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.converters.passes import PassContext
 from edgekit.converters.passes.onnx_integer import integer_ops_to_float
+from edgekit.parity import is_stacked
 
 # TensorFlow scope names (onnx2tf names its layers after ONNX nodes): anything else fails the conversion
 _TF_SCOPE_CHAR = re.compile(r"[^A-Za-z0-9_.\\/>-]")
@@ -34,7 +36,7 @@ def prepare_for_onnx2tf(path: Path, samples: dict[str, np.ndarray], fixed: dict[
         notes.append(f"declared shapes of {cleared} outputs dropped: the graph computes others")
     if fixed and fix_input_shapes(model, fixed):
         notes.append(FOLDED)
-        model = _slim(model)
+        model = slim(model)
     renamed = sanitize_names(model)
     if renamed:
         notes.append(f"{renamed} node and tensor names with characters TensorFlow rejects renamed")
@@ -62,7 +64,7 @@ def prepare_for_onnx2tf(path: Path, samples: dict[str, np.ndarray], fixed: dict[
     return notes
 
 
-def expand_function_ops(model: Any, rounds: int = 4) -> dict[str, int]:
+def expand_function_ops(model: Any, rounds: int = 4, known: set[str] | frozenset[str] | None = None) -> dict[str, int]:
     """Replace each node whose op onnx2tf does not convert, where ONNX defines that op as a function
     (CastLike, Attention, Gelu, HardSwish's newer forms, ...), by the function's body: primitive ops
     computing the same thing. Repeats for ops inside the bodies; returns the count per op expanded."""
@@ -71,7 +73,7 @@ def expand_function_ops(model: Any, rounds: int = 4) -> dict[str, int]:
 
     from edgekit.converters.check import onnx2tf_ops
 
-    known = onnx2tf_ops()
+    known = onnx2tf_ops() if known is None else known
     if not known:
         return {}
     from onnx.backend.test.case.node import function_expand_helper
@@ -169,13 +171,33 @@ def fix_input_shapes(model: Any, fixed: dict[str, list[int]]) -> bool:
     return True
 
 
-def _slim(model: Any) -> Any:
+def slim(model: Any) -> Any:
+    """The model folded by onnxslim, or as it is when onnxslim fails."""
     try:
         import onnxslim
 
         return onnxslim.slim(model)
     except Exception:  # noqa: BLE001 - folding is an aid; onnx2tf still gets the fixed shapes
         return model
+
+
+def fixed_input_shapes(ctx: PassContext, *, fix_all: bool) -> dict[str, list[int]]:
+    """Input shapes to fix: ``--input-shape`` ones, and with ``fix_all`` every dynamic dimension
+    fixed from the samples (the batch to 1): converters and delegates that need static shapes."""
+    out: dict[str, list[int]] = {}
+    for spec in ctx.inputs:
+        given = ctx.options.input_shapes.get(spec.name)
+        if given:
+            out[spec.name] = list(given)
+            continue
+        dynamic = [i for i, d in enumerate(spec.shape) if not isinstance(d, int) or d < 0]
+        if not fix_all or not dynamic or spec.name not in ctx.samples:
+            continue
+        sample = ctx.samples[spec.name].shape[1:] if is_stacked(ctx.samples, ctx.inputs) else \
+            ctx.samples[spec.name].shape
+        out[spec.name] = [1 if i == 0 and i in dynamic else int(sample[i]) if i in dynamic else int(d)  # type: ignore[arg-type]
+                          for i, d in enumerate(spec.shape)]
+    return out
 
 
 def sanitize_names(model: Any) -> int:

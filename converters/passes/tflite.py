@@ -25,10 +25,10 @@ from edgekit._console import captured_output
 from edgekit.bundle import Dim, TensorSpec
 from edgekit.converters.passes import Pass, PassContext, Value
 from edgekit.converters.passes.keras_onnx import keras_function
-from edgekit.converters.passes.onnx_rewrites import FOLDED, prepare_for_onnx2tf
+from edgekit.converters.passes.onnx_rewrites import FOLDED, fixed_input_shapes, prepare_for_onnx2tf
 from edgekit.converters.registry import Kind
 from edgekit.errors import CalibrationError, ConversionError, UnsupportedModelError
-from edgekit.parity import is_stacked, iter_feeds
+from edgekit.parity import iter_feeds
 
 # Representative samples for full-integer calibration: more adds time, not accuracy, past a few hundred.
 MAX_CALIBRATION_SAMPLES = 300
@@ -153,25 +153,6 @@ def _venv_on_path() -> Iterator[None]:
         os.environ["PATH"] = old
 
 
-def _fixed_shapes(ctx: PassContext, *, fix_all: bool) -> dict[str, list[int]]:
-    """Input shapes to give onnx2tf: ``--input-shape`` ones, and with ``fix_all`` every dynamic dimension
-    fixed from the samples (the batch to 1): converters and delegates that need static shapes."""
-    out: dict[str, list[int]] = {}
-    for spec in ctx.inputs:
-        given = ctx.options.input_shapes.get(spec.name)
-        if given:
-            out[spec.name] = list(given)
-            continue
-        dynamic = [i for i, d in enumerate(spec.shape) if not isinstance(d, int) or d < 0]
-        if not fix_all or not dynamic or spec.name not in ctx.samples:
-            continue
-        sample = ctx.samples[spec.name].shape[1:] if is_stacked(ctx.samples, ctx.inputs) else \
-            ctx.samples[spec.name].shape
-        out[spec.name] = [1 if i == 0 and i in dynamic else int(sample[i]) if i in dynamic else int(d)  # type: ignore[arg-type]
-                          for i, d in enumerate(spec.shape)]
-    return out
-
-
 SAMPLE_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
@@ -220,7 +201,7 @@ class OnnxToTf(Pass):
         model_file = work / "model.onnx"
         shutil.copyfile(value.file, model_file)  # onnx2tf rewrites its input file in place
         route = f"onnx -> {self.name} -> TFLiteConverter"
-        fixed = _fixed_shapes(ctx, fix_all=self.fix_shapes)
+        fixed = fixed_input_shapes(ctx, fix_all=self.fix_shapes)
         rewrites = prepare_for_onnx2tf(model_file, ctx.samples, fixed)
         settings: dict[str, Any] = {}
         if fixed:
