@@ -37,6 +37,7 @@ from edgekit.errors import (
     OutputExistsError,
     ParityError,
     UserError,
+    WrongGraphError,
 )
 from edgekit.parity import Tolerance, compare, describe_failure, run_batched
 from edgekit.runtimes.adapt import adapt, describe_io
@@ -111,7 +112,9 @@ def build_target(
             remove_target_files(staging, target)  # what the failed route left (a copied artifact that failed)
             if first_error is None:
                 first_error = exc
-            if isinstance(exc, ParityError) and target.precision == "fp32":  # this route's graph is wrong
+            if isinstance(exc, WrongGraphError):  # measured by a mixed-precision search on its fp32 program
+                cache.bad[names[:-1]] = f"its fp32 program failed parity for {target.id}"
+            elif isinstance(exc, ParityError) and target.precision == "fp32":  # this route's graph is wrong
                 cache.bad[names[:-1]] = f"its fp32 artifact failed parity for {target.id}"
             elif isinstance(exc, ParityError) and any(_prefix(r) == names[:-1] for r in routes[i + 1:]):
                 # routes on the same graph with another precision step (mixed float16) come next
@@ -146,7 +149,12 @@ def judged_as_given(target: TargetInfo, source: Source) -> TargetInfo:
     int8 kernels round differently. So artifacts of a quantized source, which keep its quantized
     weights whatever their target's precision, are held to the int8 tolerance at least.
     """
-    if not source.info.extra.get("quantized"):
+    return held_to(target, quantized_source=bool(source.info.extra.get("quantized")))
+
+
+def held_to(target: TargetInfo, *, quantized_source: bool) -> TargetInfo:
+    """The target with its tolerance, at least the int8 one for a quantized source (see judged_as_given)."""
+    if not quantized_source:
         return target
     int8 = TARGETS["onnx-web-int8"].tolerance
     tolerance = Tolerance(

@@ -293,7 +293,8 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
     ctx = PassContext(run_dir / "scratch", source.inputs, source.outputs, samples.inputs,
                       has_calibration=job.has_calibration, example_inputs=source.example_inputs,
                       options=Options(**{**job.options, "input_shapes": {k: tuple(v) for k, v in
-                                                                         job.options.get("input_shapes", {}).items()}}))
+                                                                         job.options.get("input_shapes", {}).items()}}),
+                      quantized_source=bool(source.info.extra.get("quantized")), reference=reference)
     cache = artifacts.RouteCache(source)
     results = run_dir / RESULTS
     staging = Path(job.staging)

@@ -278,7 +278,8 @@ def _build_in_process(infos: list[TargetInfo], routes: dict[str, list[Any]], opt
     from edgekit.converters.isolation import build_all
 
     ctx = PassContext(tmp, source.inputs, source.outputs, samples.inputs,
-                      has_calibration=samples.info is not None, example_inputs=source.example_inputs, options=options)
+                      has_calibration=samples.info is not None, example_inputs=source.example_inputs, options=options,
+                      quantized_source=bool(source.info.extra.get("quantized")), reference=reference)
     cache = RouteCache(source)
     by_id = {t.id: t for t in infos}
     outcomes: list[Outcome] = []

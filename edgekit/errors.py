@@ -91,6 +91,11 @@ class ConversionError(UserError):
     """A converter library failed on this model; the message names the pass and the cause."""
 
 
+class WrongGraphError(ConversionError):
+    """A route's float32 program does not match the source: no precision choice on it can pass, so the next
+    route is tried (the message gives the error measured)."""
+
+
 class PartialConversionError(UserError):
     """Some targets failed: the bundle holds the others and records the failures.
 

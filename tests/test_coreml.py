@@ -259,3 +259,36 @@ def test_an_fp16_program_that_fails_parity_falls_back_to_mixed_precision(tmp_pat
     assert art.parity is not None and art.parity.passed
     assert art.extra["conversion"]["compute_precision"] == "fp16, mixed" and "add" in art.extra["conversion"]["fp32_ops"]
     assert "ParityError" in art.extra["routes_tried"][0]["error"]
+
+
+@pytest.mark.torch
+def test_mixed_precision_measures_which_ops_stay_float32(tmp_path: Path) -> None:
+    """A projection whose sums pass float16's 65504 (before a scale brings them back): the fixed list of
+    range-sensitive op types leaves the linear in float16 (inf), so the search measures that the linear
+    must stay float32, and nothing else that holds weights."""
+    pytest.importorskip("coremltools")
+    import torch
+    from torch import nn
+
+    class Projection(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(16, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU())
+            self.proj = nn.Linear(256, 8)
+            with torch.no_grad():
+                self.body[2].weight *= 400.0  # activations in the hundreds: fine in float16
+                self.proj.weight *= 3000.0  # sums near 1e5: inf in float16
+
+        def forward(self, x: Any) -> Any:
+            return torch.tanh(self.proj(self.body(x)) / 200000.0)
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 16)
+    result = convert(Projection().eval(), ["coreml-fp16"], out=tmp_path / "b", example_inputs=(x,))
+    art = result.bundle.manifest.artifact("coreml-fp16")
+    assert art.route == ("torch-coreml-fp16-mixed",)
+    assert art.parity is not None and art.parity.passed
+    conversion = art.extra["conversion"]
+    assert conversion["mixed_method"].startswith("measured")
+    assert conversion["fp32_ops"].get("linear") == 1  # the projection, not the 256x256 body
+    assert 0 < conversion["fp32_weight_share"] < 0.1

@@ -56,9 +56,10 @@ def _spec(var: Any) -> TensorSpec:
 class MilSession(TimedSession):
     """Runs a Core ML ML Program in numpy (the provider is ``mil-reference``)."""
 
-    def __init__(self, function: Any, load_seconds: float):
+    def __init__(self, function: Any, load_seconds: float, half: frozenset[str] = frozenset()):
         super().__init__()
         self._function = function
+        self.half = half  # ops computed as float16 although declared float32 (see run_block)
         self.provider = "mil-reference"
         self.attempts = (Attempt(self.provider, True),)
         self.load_seconds = load_seconds
@@ -70,7 +71,7 @@ class MilSession(TimedSession):
         env: Env = {}
         for name, var in self._function.inputs.items():
             env[name] = np.asarray(feeds[name]).astype(dtype_of(var))
-        run_block(self._function.operations, env)
+        run_block(self._function.operations, env, self.half)
         return {o.name: env[o.name] for o in self._function.outputs}
 
 

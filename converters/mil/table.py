@@ -57,24 +57,46 @@ def value_of(var: Any, env: Env) -> Any:
     return env[var.name] if var.name in env else var.val
 
 
-def run_block(operations: Any, env: Env) -> None:
-    """Evaluate ``operations`` in order, writing each result into ``env`` (rounded to its declared dtype)."""
+def _as_half(value: Any) -> Any:
+    """A float input rounded to float16 and computed on in float32 (what an op cast to float16 sees)."""
+    if isinstance(value, list):
+        return [_as_half(v) for v in value]
+    if isinstance(value, (np.ndarray, np.floating)) and np.asarray(value).dtype in (np.float32, np.float64):
+        return np.asarray(value).astype(np.float16).astype(np.float32)
+    return value
+
+
+def run_block(operations: Any, env: Env, half: frozenset[str] = frozenset()) -> None:
+    """Evaluate ``operations`` in order, writing each result into ``env`` (rounded to its declared dtype).
+
+    ``half`` names ops (by their first output) to compute as a float16 program would, although the program
+    declares them float32: their float inputs and results are rounded to float16 (mixed-precision search).
+    """
     for op in operations:
         if op.op_type == "const":
             env[op.outputs[0].name] = np.asarray(op.outputs[0].val)
             continue
+        rounded = bool(half) and bool(op.outputs) and op.outputs[0].name in half
 
-        def get(name: str, default: Any = None, op: Any = op) -> Any:
+        def get(name: str, default: Any = None, op: Any = op, rounded: bool = rounded) -> Any:
             var = op.inputs.get(name)
             if var is None:
                 return default
             if isinstance(var, (list, tuple)):
-                return [value_of(v, env) for v in var]
-            return value_of(var, env)
+                values = [value_of(v, env) for v in var]
+            else:
+                values = value_of(var, env)
+            return _as_half(values) if rounded else values
 
         results = CONTROL[op.op_type](op, get, env) if op.op_type in CONTROL else OPS[op.op_type](op, get)
         for var, value in zip(op.outputs, results, strict=True):
-            env[var.name] = value if is_list_var(var) else np.asarray(value).astype(dtype_of(var))
+            if is_list_var(var):
+                env[var.name] = value
+                continue
+            array = np.asarray(value)
+            if rounded and array.dtype.kind == "f":
+                array = array.astype(np.float16)
+            env[var.name] = array.astype(dtype_of(var))
 
 
 def op_types(operations: Any) -> set[str]:

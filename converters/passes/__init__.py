@@ -76,6 +76,8 @@ class PassContext:
     has_calibration: bool
     example_inputs: tuple[Any, ...] | None = None
     options: Options = field(default_factory=Options)
+    quantized_source: bool = False  # the source is already int8: its artifacts are held to the int8 tolerance
+    reference: dict[str, np.ndarray] | None = None  # the source's outputs on ``samples``
 
     def scratch(self, name: str) -> Path:
         """A fresh path in the work directory (the file does not exist yet)."""

@@ -129,18 +129,24 @@ MIXED_FP32_MIL_OPS = frozenset({
 
 
 def _precision(ct: Any, precision: str) -> Any:
-    if precision == "fp32":
-        return ct.precision.FLOAT32
-    if precision == "fp16-mixed":
-        return ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type not in MIXED_FP32_MIL_OPS)
-    return ct.precision.FLOAT16
+    # mixed precision converts at fp32 and casts the ops it measured to float16 afterwards (_mixed)
+    return ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
 
 
-def _precision_notes(precision: str) -> dict[str, Any]:
+def _mixed(model: Any, precision: str, ctx: PassContext, inputs: tuple[TensorSpec, ...],
+           outputs: tuple[TensorSpec, ...]) -> tuple[Any, dict[str, Any]]:
+    """The converted model in its final precision, and the notes that say which."""
     if precision != "fp16-mixed":
-        return {"compute_precision": precision}
-    return {"compute_precision": "fp16, mixed", "fp32_ops": sorted(MIXED_FP32_MIL_OPS),
-            "why": "the float16 program failed parity; these ops keep float32 compute"}
+        return model, {"compute_precision": precision}
+    from edgekit.converters.artifacts import held_to
+    from edgekit.converters.passes.coreml_precision import to_mixed_fp16
+    from edgekit.converters.registry import TARGETS
+
+    target = held_to(TARGETS["coreml-fp16"], quantized_source=ctx.quantized_source)
+    with captured_output():
+        mixed, choice = to_mixed_fp16(model, inputs, outputs, ctx.samples, ctx.inputs, target.tolerance,
+                                      MIXED_FP32_MIL_OPS, ctx.reference)
+    return mixed, choice.notes()
 
 
 def _scalar_inputs_as_vectors(module: Any, args: tuple[Any, ...], specs: tuple[TensorSpec, ...]) -> tuple[
@@ -203,9 +209,9 @@ class _TorchToCoreml(Pass):
                 inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=_input_dtype(s)) for s in specs],
                 outputs=[ct.TensorType(name=s.name, dtype=np.float32) for s in ctx.outputs])
         inputs, outputs = _io(model, specs, ctx.outputs)
+        model, precision = _mixed(model, self.precision, ctx, inputs, outputs)
         notes: dict[str, Any] = {"converter": f"coremltools {ct.__version__} (torch.jit.trace)",
-                                 "minimum_deployment_target": f"iOS{ctx.options.min_ios}",
-                                 **_precision_notes(self.precision)}
+                                 "minimum_deployment_target": f"iOS{ctx.options.min_ios}", **precision}
         if prelus:
             notes["rewrites"] = [f"{prelus} PReLU -> where(x >= 0, x, alpha * x) (exact; coremltools' prelu "
                                  "takes rank-4 inputs only)"]
@@ -293,8 +299,9 @@ class TfToCoremlFp32(Pass):
         by_name = {s.name: s for s in graph.outputs}
         outputs = tuple(by_name[n] for n in flat)
         inputs, outs = _io(model, graph.inputs, outputs)
+        model, precision = _mixed(model, self.precision, ctx, inputs, outs)
         notes = {"converter": f"coremltools {ct.__version__} ({value.notes.get('frontend', 'tf')} -> tf.function)",
-                 "minimum_deployment_target": f"iOS{ctx.options.min_ios}", **_precision_notes(self.precision)}
+                 "minimum_deployment_target": f"iOS{ctx.options.min_ios}", **precision}
         return Value(self.produces, path=_save(model, ctx, self.name), notes=notes, inputs=inputs, outputs=outs)
 
 
