@@ -11,9 +11,10 @@ float16 program would (:func:`edgekit.converters.mil.table.run_block`):
 2. else the ops, in program order, are cut into ``GROUPS`` runs of neighbours; each group alone in
    float16 measures how much error it brings to the outputs;
 3. the fewest most harmful groups are kept float32 until the outputs pass the target's tolerance
-   with a margin (halving the error bound), found by doubling then bisection;
-4. each group kept is split in halves while one half alone in float32 still passes (a bounded number
-   of runs), so that as few weights as possible stay float32.
+   with a margin (70 % of the error bound), found by doubling then bisection;
+4. each group kept is split in halves while one half alone in float32 still passes, then each kept op
+   that holds weights, heaviest first, goes back to float16 alone if the outputs still pass (bounded
+   numbers of runs), so that as few weights as possible stay float32.
 
 The chosen ops are then cast to float16 by coremltools' own ``FP16ComputePrecision`` pass, applied to
 the saved fp32 program, so what was measured is what ships; the pipeline then checks parity against
@@ -42,8 +43,9 @@ log = logging.getLogger(__name__)
 GROUPS = 16
 SEARCH_SAMPLES = 8  # samples the search runs on (the parity check after it uses all of them)
 REFINE_RUNS = 12
+RELEASE_RUNS = 16
 MAX_FP32_WEIGHT_SHARE = 0.5
-MARGIN = 0.5  # the search aims at this fraction of the target's error bound
+MARGIN = 0.7  # the search aims at this fraction of the target's error bound
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,11 @@ def choose(function: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorS
             if kept_groups[index] is group:
                 break
     kept = {n for g in kept_groups for n in g}
+    # then each op that holds weights, heaviest first, back to float16 alone if the outputs still pass
+    for name in sorted((n for n in kept if search.weights[n]), key=lambda n: -search.weights[n])[:RELEASE_RUNS]:
+        ok, err = search.measure(everything - (kept - {name}))
+        if ok:
+            kept, error = kept - {name}, err
     return choice(kept, f"measured: {len(kept)} of {len(names)} ops kept float32 after {search.runs} "
                         "interpreter runs", error)
 
