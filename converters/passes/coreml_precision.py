@@ -100,7 +100,6 @@ class _Search:
 
         from edgekit.converters.mil import MilSession
 
-        self._function = function
         self.runs = 0
         self._raw = MilSession(function, 0.0)
         self._inputs = describe_io(self._raw.inputs, {s.name: s for s in inputs})

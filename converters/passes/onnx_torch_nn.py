@@ -335,31 +335,31 @@ def _space_to_depth(a: Args) -> Any:
     return blocks.permute(0, 3, 5, 1, 2, 4).reshape(n, c * b * b, h // b, w // b)
 
 
-def _dequantize(a: Args) -> Any:
-    x, scale = a.t(0), a.t(1)
-    zero = a.t(2)
+def _scale_and_zero(a: Args, x: Any) -> tuple[Any, Any]:
+    """(De)QuantizeLinear's scale and zero point, shaped to broadcast along ``axis`` when per channel."""
+    scale, zero = a.t(1), a.t(2)
     axis = a.get("axis", 1) % max(x.ndim, 1)
     if scale.ndim == 1 and x.ndim > 1:
         shape = [1] * x.ndim
         shape[axis] = -1
         scale = scale.reshape(shape)
         zero = zero.reshape(shape) if zero is not None else None
+    return scale, zero
+
+
+def _dequantize(a: Args) -> Any:
+    x = a.t(0)
+    scale, zero = _scale_and_zero(a, x)
     out = x.float() if zero is None else x.float() - zero.float()
     return out * scale
 
 
 def _quantize(a: Args) -> Any:
     torch = torch_module()
-    x, scale = a.t(0), a.t(1)
-    zero = a.t(2)
+    x = a.t(0)
+    scale, zero = _scale_and_zero(a, x)
     signed = zero is not None and zero.dtype == torch.int8
     low, high = (-128, 127) if signed else (0, 255)
-    axis = a.get("axis", 1) % max(x.ndim, 1)
-    if scale.ndim == 1 and x.ndim > 1:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        scale = scale.reshape(shape)
-        zero = zero.reshape(shape) if zero is not None else None
     q = torch.round(x / scale) + (zero.float() if zero is not None else 0.0)
     return q.clamp(low, high).to(torch.int8 if signed else torch.uint8)
 
