@@ -297,21 +297,23 @@ def _pad(a: Args) -> Any:
     torch_pads = _torch_pad(begin[first:], end[first:])
     if mode == "constant":
         return F.pad(x, torch_pads, value=value)
-    # reflect, edge and wrap as a gather of static indices per axis: any rank (F.pad's modes take the last 1-3
-    # axes of a batched tensor, and converters lower them through layout changes that fail on other ranks)
+    # reflect, edge and wrap as gathers of the padding's static indices, concatenated around x, per axis: any
+    # rank (F.pad's modes take the last 1-3 axes of a batched tensor, and converters lower them through layout
+    # changes that fail on other ranks); only the pads are gathered, so no index constant is as long as the axis
     torch = torch_module()
     for axis in range(x.ndim):
         b, e, size = begin[axis], end[axis], x.shape[axis]
         if not b and not e:
             continue
-        inner = list(range(size))
         if mode == "reflect":
-            picks = [abs(i) for i in range(-b, 0)] + inner + [size - 2 - i for i in range(e)]
+            before, after = [abs(i) for i in range(-b, 0)], [size - 2 - i for i in range(e)]
         elif mode == "edge":
-            picks = [0] * b + inner + [size - 1] * e
+            before, after = [0] * b, [size - 1] * e
         else:
-            picks = [i % size for i in range(-b, size + e)]
-        x = x.index_select(axis, torch.tensor(picks, dtype=torch.int64))
+            before, after = [i % size for i in range(-b, 0)], [i % size for i in range(size, size + e)]
+        pads = [x.index_select(axis, torch.tensor(picks, dtype=torch.int64)) if picks else None
+                for picks in (before, after)]
+        x = torch.cat([p for p in (pads[0], x, pads[1]) if p is not None], dim=axis)
     return x
 
 

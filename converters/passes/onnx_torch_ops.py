@@ -231,7 +231,6 @@ def _split(a: Args) -> Any:
 
 
 def _slice(a: Args) -> Any:
-    torch = torch_module()
     x = a.t(0)
     if a.opset < 10:
         starts, ends = list(a.get("starts")), list(a.get("ends"))
@@ -250,9 +249,10 @@ def _slice(a: Args) -> Any:
         if step > 0:
             index = [slice(None)] * axis + [slice(begin, stop, step)]
             x = x[tuple(index)]
-        else:
-            picks = list(range(begin, stop, step))
-            x = x.index_select(axis, torch.tensor(picks, dtype=torch.int64))
+        else:  # reversed, then a forward slice (an index list would be a constant as long as the axis)
+            last = size - 1
+            index = [slice(None)] * axis + [slice(last - begin, last - stop, -step)]
+            x = x.flip(axis)[tuple(index)]
     return x
 
 
