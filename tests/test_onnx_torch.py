@@ -188,3 +188,31 @@ def test_recurrent_model_reaches_tflite_and_coreml_through_pytorch(tmp_path: Pat
     got = session.run(feed)
     np.testing.assert_allclose(got["prob"], want[0], atol=1e-4)
     np.testing.assert_allclose(got["state_out"], want[1], atol=1e-4)
+
+
+@pytest.mark.tensorflow
+def test_pads_and_reversals_along_a_long_axis_stay_small(tmp_path: Path) -> None:
+    """A reflect pad and a reversed slice on a 4096-sample axis: gathered as index lists they would add
+    16 KB constants each; only the pads are gathered and the reversal is a flip."""
+    pytest.importorskip("litert_torch")
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (
+        ("pads", [0, 3, 0, 4]), ("start", [-1]), ("end", [-(2**62)]), ("axis", [1]), ("step", [-1]))]
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads"], ["xp"], mode="reflect"),
+         helper.make_node("Slice", ["xp", "start", "end", "axis", "step"], ["y"])],
+        "long", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4096])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4103])], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "long.onnx"))
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).standard_normal((1, 4096)).astype(np.float32))
+    out = tmp_path / "b"
+    result = run_cli("convert", tmp_path / "long.onnx", "--calibration", tmp_path / "cal.npz", "-t", "tflite",
+                     "--via", "onnx-torch", "--out", out)
+    assert result.exit_code == 0, result.output
+    art = read_bundle(out).manifest.artifact("tflite")
+    assert art.parity is not None and art.parity.passed and art.parity.max_abs_error == 0.0
+    assert art.size_bytes < 8000, art.size_bytes  # an index list as long as the axis alone is 16 KB
