@@ -150,7 +150,17 @@ def _hard_swish(a: Args) -> Any:
 
 
 def _where(a: Args) -> Any:
-    return torch_module().where(a.t(0).to(torch_module().bool), a.t(1), a.t(2))
+    torch = torch_module()
+    cond = a.t(0).to(torch.bool)
+    # A constant branch of one value (Where(x == 0, 0.0, x)) as masked_fill: coremltools broadcasts both branches
+    # of a where to the output's shape and folds the constant into a tensor that large
+    for const, other, mask in ((1, 2, cond), (2, 1, ~cond)):
+        value = a.values[const]
+        if isinstance(value, np.ndarray) and value.size and (value == value.flat[0]).all():
+            x = a.t(other)
+            if tuple(torch.broadcast_shapes(cond.shape, value.shape, x.shape)) == tuple(x.shape):
+                return x.masked_fill(mask, value.flat[0].item())
+    return torch.where(cond, a.t(1), a.t(2))
 
 
 def _cast(a: Args) -> Any:
