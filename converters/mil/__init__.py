@@ -56,10 +56,10 @@ def _spec(var: Any) -> TensorSpec:
 class MilSession(TimedSession):
     """Runs a Core ML ML Program in numpy (the provider is ``mil-reference``)."""
 
-    def __init__(self, function: Any, load_seconds: float, half: frozenset[str] = frozenset()):
+    def __init__(self, function: Any, load_seconds: float):
         super().__init__()
         self._function = function
-        self.half = half  # ops computed as float16 although declared float32 (see run_block)
+        self.half: frozenset[str] = frozenset()  # ops computed as float16 although declared fp32 (see run_block)
         self.provider = "mil-reference"
         self.attempts = (Attempt(self.provider, True),)
         self.load_seconds = load_seconds

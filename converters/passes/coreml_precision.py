@@ -102,8 +102,9 @@ class _Search:
 
         self.runs = 0
         self._raw = MilSession(function, 0.0)
-        self._inputs = describe_io(self._raw.inputs, {s.name: s for s in inputs})
-        self._outputs = describe_io(self._raw.outputs, {s.name: s for s in outputs})
+        self._session = adapt(self._raw, describe_io(self._raw.inputs, {s.name: s for s in inputs}),
+                              describe_io(self._raw.outputs, {s.name: s for s in outputs}))
+        self.output_specs = self._session.outputs  # the source's names and layout
         self._like = like
         if reference is not None:  # the fp32 program first, on every sample: is this route's graph right?
             self._samples = dict(samples)
@@ -128,11 +129,9 @@ class _Search:
         self.reference = self._run(frozenset())
 
     def _run(self, half: frozenset[str]) -> dict[str, np.ndarray]:
-        self._raw.half = half
-        session = adapt(self._raw, self._inputs, self._outputs)
+        self._raw.half = half  # the adapted session runs the same raw session
         self.runs += 1
-        self.output_specs = session.outputs
-        return run_batched(session.run, self._samples, session.inputs, self._like)
+        return run_batched(self._session.run, self._samples, self._session.inputs, self._like)
 
     def measure(self, half: frozenset[str]) -> tuple[bool, float]:
         """Whether the outputs pass the search's tolerance, and the worst relative error (inf on overflow)."""
