@@ -39,7 +39,7 @@ from edgekit.errors import (
     UserError,
     WrongGraphError,
 )
-from edgekit.parity import Tolerance, compare, describe_failure, run_batched
+from edgekit.parity import Tolerance, attention_mask, compare, describe_failure, run_batched
 from edgekit.runtimes.adapt import adapt, describe_io
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,8 @@ def held_to(target: TargetInfo, *, quantized_source: bool) -> TargetInfo:
     tolerance = Tolerance(
         max_rel_error=max(target.tolerance.max_rel_error, int8.max_rel_error),
         min_top1_agreement=min(t for t in (target.tolerance.min_top1_agreement, int8.min_top1_agreement)
-                               if t is not None))
+                               if t is not None),
+        min_cosine=min(t for t in (target.tolerance.min_cosine, int8.min_cosine) if t is not None))
     return replace(target, tolerance=tolerance)
 
 
@@ -316,7 +317,8 @@ def _finish(
         passed_over = [f"{a.provider}: {a.reason}" for a in raw.attempts if not a.ok]
         actual, raw = _run_with_fallback(fmt, dst, raw, inputs, outputs, samples, passed_over, source.inputs)
         notes = {**notes, "validated_on": raw.provider, **({"passed_over": passed_over} if passed_over else {})}
-        parity, accuracy = compare(reference, actual, source.outputs, target.tolerance, samples.labels)
+        parity, accuracy = compare(reference, actual, source.outputs, target.tolerance, samples.labels,
+                                   mask=attention_mask(samples.inputs, source.inputs))
         parity = replace(parity, runtime=_runtime_label(fmt, raw.provider), host=describe_cpu())
         if not parity.passed:
             if not accept_parity_failure:
@@ -429,6 +431,7 @@ def _coreml_on_this_mac(path: Path, inputs: Any, outputs: Any, source: Source, s
         actual = run_batched(session.run, samples.inputs, session.inputs, source.inputs)
     except Exception as exc:  # Core ML's own failure is worth recording, not fatal: the interpreter passed
         return {"macos_parity": {"error": f"{type(exc).__name__}: {exc}"}}
-    parity, _ = compare(reference, actual, source.outputs, target.tolerance)
+    parity, _ = compare(reference, actual, source.outputs, target.tolerance,
+                        mask=attention_mask(samples.inputs, source.inputs))
     return {"macos_parity": {"max_abs_error": parity.max_abs_error, "top1_agreement": parity.top1_agreement,
                              "passed": parity.passed, "provider": session.provider}}

@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -112,6 +112,7 @@ class Job:
     has_calibration: bool
     single: bool
     stacked: bool = False
+    output_kinds: dict[str, str] = field(default_factory=dict)  # how parity judges each output, by name
 
 
 def step_timeout() -> float:
@@ -266,7 +267,7 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
     from edgekit.converters.calibration import Samples
     from edgekit.converters.passes import Options, PassContext
     from edgekit.converters.planner import ordered_routes, plan, resolve_targets, usable_passes
-    from edgekit.converters.sources import load_source, with_computed_outputs
+    from edgekit.converters.sources import load_source, with_computed_outputs, with_output_kinds
 
     job = Job(**json.loads((run_dir / "job.json").read_text(encoding="utf-8")))
     with np.load(job_dir / "samples.npz") as data:
@@ -288,6 +289,7 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
     with captured_output():
         source = load_source(job.model, None)
     source = with_computed_outputs(source, reference, single=job.single, stacked=job.stacked)
+    source = with_output_kinds(source, reference, job.output_kinds)
     passes = usable_passes(tuple(job.via))
     infos = {t.id: t for t in resolve_targets(job.targets)}
     ctx = PassContext(run_dir / "scratch", source.inputs, source.outputs, samples.inputs,

@@ -166,7 +166,7 @@ def check(path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec,
     Raises:
         ConversionError: onnxruntime-web could not load or run the artifact.
     """
-    from edgekit.parity import chunk_size, compare, is_stacked
+    from edgekit.parity import attention_mask, chunk_size, compare, is_stacked
     from edgekit.runtimes.adapt import from_artifact, to_artifact
 
     try:
@@ -190,7 +190,8 @@ def check(path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec,
     actual = {(specs[name].source_name or name) if name in specs else name:
               each(from_artifact, value, specs[name]) if name in specs else value
               for name, value in result.outputs.items()}
-    parity, _ = compare(reference, actual, source_outputs, tolerance, labels)
+    parity, _ = compare(reference, actual, source_outputs, tolerance, labels,
+                        mask=attention_mask(samples, source_inputs or inputs))
     parity = replace(parity, runtime=result.runtime, host=result.host)
     latency = round(float(np.median(result.latency_ms)), 4) if result.latency_ms else None
     return RuntimeCheck(runtime=result.runtime, parity=parity, latency_p50_ms=latency,

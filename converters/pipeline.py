@@ -32,7 +32,7 @@ from edgekit.converters.isolation import Outcome, contains_tempfiles
 from edgekit.converters.passes import Options, PassContext
 from edgekit.converters.planner import ordered_routes, plan, resolve_targets, usable_passes
 from edgekit.converters.registry import TARGETS, TargetInfo
-from edgekit.converters.sources import Source, load_source, with_computed_outputs
+from edgekit.converters.sources import Source, load_source, with_computed_outputs, with_output_kinds
 from edgekit.errors import (
     ConversionError,
     PartialConversionError,
@@ -79,6 +79,7 @@ def convert(
     progress: Progress | None = None,
     isolate: bool | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    output_kinds: dict[str, str] | None = None,
 ) -> ConversionResult:
     """Convert ``model`` to each target, validate every artifact and write one bundle to ``out``.
 
@@ -104,6 +105,9 @@ def convert(
         progress: Called with a short message at each step.
         input_shapes: Fixed shapes for inputs with dynamic dimensions, by input name, for converters that
             need static shapes (onnx2tf); recorded in the artifacts' inputs.
+        output_kinds: How parity judges an output, by name: ``embedding`` (cosine similarity),
+            ``scores`` (top-1 agreement), ``map`` (error bound) or ``exact``; the others are inferred
+            (see :data:`edgekit.parity.OUTPUT_KINDS`). Recorded in the manifest's outputs.
         isolate: Convert each target family in a worker process, so that a converter's crash fails only
             its target (default: for model files; objects are converted in this process).
 
@@ -135,6 +139,7 @@ def convert(
     say(f"running the source model on {samples.count} samples")
     reference = run_batched(source.run, samples.inputs, source.inputs)
     source = with_computed_outputs(source, reference, single=samples.single, stacked=samples.stacked)
+    source = with_output_kinds(source, reference, output_kinds)
 
     with tempfile.TemporaryDirectory(prefix="edgekit-") as tmp, BundleWriter(out, overwrite=overwrite) as writer:
         options = Options(int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios,
@@ -144,7 +149,7 @@ def convert(
         if isolate is None:
             isolate = isinstance(model, (str, Path))
         outcomes = (_build_isolated(model, infos, via, options, accept, measure, Path(tmp), writer.staging, samples,
-                                    reference, say) if isolate else
+                                    reference, say, {o.name: o.kind for o in source.outputs if o.kind}) if isolate else
                     _build_in_process(infos, routes, options, accept, measure, Path(tmp), writer.staging, source,
                                       samples, reference, say))
         artifacts: list[Artifact] = []
@@ -253,7 +258,7 @@ def _default_name(model: Any, source: Source) -> str:
 
 def _build_isolated(model: Any, infos: list[TargetInfo], via: Sequence[str], options: Options, accept: set[str],
                     measure: set[str], tmp: Path, staging: Path, samples: Samples, reference: dict[str, np.ndarray],
-                    say: Progress) -> list[Outcome]:
+                    say: Progress, kinds: dict[str, str]) -> list[Outcome]:
     """Each target family in worker processes (converters/isolation.py): a crash fails one target."""
     from edgekit.converters.isolation import Job, run_family
 
@@ -265,7 +270,7 @@ def _build_isolated(model: Any, infos: list[TargetInfo], via: Sequence[str], opt
         job = Job(model=str(Path(model).resolve()), targets=_fp32_first(ids), via=list(via), options=dataclasses.asdict(options),
                   accept_parity_failure=sorted(accept & set(ids)), measure_latency=sorted(measure & set(ids)),
                   staging=str(staging), has_calibration=samples.info is not None, single=samples.single,
-                  stacked=samples.stacked)
+                  stacked=samples.stacked, output_kinds=kinds)
         for outcome in run_family(job, tmp / f"worker-{family}", samples.inputs, samples.labels, reference, say):
             outcomes[outcome.target] = outcome
     return [outcomes[t.id] for t in infos]

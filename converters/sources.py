@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from edgekit._deps import require
 from edgekit.bundle import Dim, SourceInfo, TensorSpec, hash_path
 from edgekit.converters.passes import Value
 from edgekit.converters.registry import Kind
-from edgekit.errors import InvalidModelError, UnsupportedModelError
+from edgekit.errors import InvalidInputError, InvalidModelError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,34 @@ def with_computed_outputs(source: Source, reference: dict[str, np.ndarray], *, s
         log.info("output %s: declared shape %s, computed %s; using the computed one", spec.name, list(declared), shape)
         fixed.append(replace(spec, shape=tuple(shape), extra={**spec.extra, "declared_shape": list(declared)}))
     return replace(source, outputs=tuple(fixed))
+
+
+def with_output_kinds(source: Source, reference: dict[str, np.ndarray],
+                      kinds: Mapping[str, str] | None = None) -> Source:
+    """``source`` with each output's parity kind: the one given in ``kinds`` (by output name), else the
+    one :func:`edgekit.parity.infer_kind` sees in the source's outputs on the samples.
+
+    Raises:
+        InvalidInputError: ``kinds`` names an output the model does not have, or a kind that is not one
+            of :data:`edgekit.parity.OUTPUT_KINDS`.
+    """
+    from edgekit.parity import OUTPUT_KINDS, has_token_inputs, infer_kind
+
+    kinds = dict(kinds or {})
+    names = [s.name for s in source.outputs]
+    for name, kind in kinds.items():
+        if name not in names:
+            raise InvalidInputError(f"--output-kind names {name!r}, which is not an output of the model; its "
+                                    f"outputs are {', '.join(names)}")
+        if kind not in OUTPUT_KINDS:
+            raise InvalidInputError(f"--output-kind {name}={kind}: the kind must be one of {', '.join(OUTPUT_KINDS)}")
+    tokens = has_token_inputs(source.inputs)
+    outputs = tuple(
+        replace(spec, kind=kinds.get(spec.name) or infer_kind(spec, np.asarray(reference[spec.name]),
+                                                              len(source.outputs), tokens))
+        if spec.name in reference else spec
+        for spec in source.outputs)
+    return replace(source, outputs=outputs)
 
 
 def load_source(model: Any, example_inputs: tuple[Any, ...] | None = None) -> Source:

@@ -97,6 +97,9 @@ class TensorSpec(_Record):
     ``artifact_tensor = numpy.transpose(source_tensor, source_transpose)`` (an NCHW source input fed
     to an NHWC artifact has ``[0, 2, 3, 1]``). A runtime applies both, so callers feed and read
     tensors in the source model's layout and dtype whichever artifact runs.
+
+    ``kind`` (outputs of the manifest) is how parity judges the output: ``exact``, ``scores``,
+    ``embedding`` or ``map`` (see :data:`edgekit.parity.OUTPUT_KINDS`), inferred or set by the user.
     """
 
     name: str
@@ -106,6 +109,7 @@ class TensorSpec(_Record):
     quantization: dict[str, Any] | None = None
     source_name: str | None = None
     source_transpose: tuple[int, ...] | None = None
+    kind: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -158,6 +158,8 @@ def convert(
     via: Annotated[list[str] | None, typer.Option(help="Prefer an alternative route where it applies: litert-torch")] = None,
     input_shape: Annotated[list[str] | None, typer.Option(
         help="Fix an input's dynamic dimensions for converters that need static shapes: NAME:D0,D1,...")] = None,
+    output_kind: Annotated[list[str] | None, typer.Option(
+        help="How parity judges an output: NAME=embedding|scores|map|exact (default: inferred)")] = None,
     write_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the bundle")] = True,
     isolate: Annotated[bool, typer.Option(
         "--isolate/--no-isolate", help="Convert each target family in a worker process (a converter crash fails "
@@ -184,7 +186,7 @@ def convert(
                 overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
                 int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios, via=tuple(via or ()), budget=budget,
                 report=write_report, input_shapes=_input_shapes(input_shape or []), isolate=isolate,
-                progress=lambda msg: _err(f"  - {msg}"),
+                output_kinds=_output_kinds(output_kind or []), progress=lambda msg: _err(f"  - {msg}"),
             )
         except PartialConversionError as partial:
             written: Any = partial.result
@@ -210,6 +212,19 @@ def _input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
             raise UserError(f"--input-shape {spec!r}: write NAME:D0,D1,... with positive sizes, e.g. input_ids:1,128")
         shapes[name] = values
     return shapes
+
+
+def _output_kinds(specs: list[str]) -> dict[str, str]:
+    """Parse ``--output-kind NAME=KIND`` flags (the kinds are checked against the model later)."""
+    from edgekit.errors import UserError
+
+    kinds: dict[str, str] = {}
+    for spec in specs:
+        name, sep, kind = spec.rpartition("=")
+        if not sep or not name or not kind:
+            raise UserError(f"--output-kind {spec!r}: write NAME=KIND, e.g. sentence_embedding=embedding")
+        kinds[name] = kind
+    return kinds
 
 
 def _explain(manifest: Any) -> None:

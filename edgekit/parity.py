@@ -20,18 +20,104 @@ class Tolerance:
     """When an artifact's outputs count as matching the source's.
 
     ``max_rel_error`` bounds each output's max abs error divided by the largest magnitude of the
-    source output. For outputs that look like class scores, ``min_top1_agreement`` (when set)
-    replaces the error bound: quantized models move logits but must keep the decisions.
+    source output. For outputs that are class scores, ``min_top1_agreement`` (when set) replaces the
+    error bound: quantized models move logits but must keep the decisions. For embeddings,
+    ``min_cosine`` (when set) does: the least cosine similarity of any vector to the source's (see
+    :data:`OUTPUT_KINDS`).
     """
 
     max_rel_error: float
     min_top1_agreement: float | None = None
+    min_cosine: float | None = None
 
     def to_dict(self) -> dict[str, float]:
         out = {"max_rel_error": self.max_rel_error}
         if self.min_top1_agreement is not None:
             out["min_top1_agreement"] = self.min_top1_agreement
+        if self.min_cosine is not None:
+            out["min_cosine"] = self.min_cosine
         return out
+
+
+# How an output is judged. ``exact``: integers, shapes, indices and masks must equal the source's (the
+# target's agreement floor, where it has one, bounds how many may differ) and stay out of the error
+# statistics. ``scores``: class scores, judged by top-1 agreement along the last axis where the target
+# sets a floor. ``embedding``: vectors along the last axis, judged by cosine similarity where the target
+# sets a floor (token vectors outside an attention mask are not judged). ``map``: everything else
+# (detection and segmentation maps, regressions, signals), held to the relative error bound.
+OUTPUT_KINDS = ("exact", "scores", "embedding", "map")
+EMBEDDING_WORDS = ("embed", "pool", "sentence", "hidden_state", "last_hidden", "encod", "feature")
+MIN_EMBEDDING_WIDTH = 16
+TOKEN_MODEL_MIN_WIDTH = 64
+
+
+def infer_kind(spec: TensorSpec, ref: np.ndarray, n_outputs: int, token_inputs: bool = False) -> str:
+    """The output kind :func:`compare` judges ``spec`` as when none was set (see :data:`OUTPUT_KINDS`).
+
+    Non-float outputs are ``exact``. A float output of vectors (last axis at least 16 wide) is an
+    ``embedding`` when its name says so (embedding, pooled, sentence, hidden state, encoding, features),
+    or when the model takes token ids (an integer input of rank 2) and the vectors are at least 64
+    wide: a sentence encoder's pooled output is (samples, 384), which would otherwise read as 384
+    class scores. Class scores as :func:`is_class_scores` sees them are ``scores``; the rest ``map``.
+    """
+    if spec.kind:
+        return spec.kind
+    if not np.issubdtype(ref.dtype, np.floating):
+        return "exact"
+    width = ref.shape[-1] if ref.ndim >= 2 else 0
+    name = spec.name.lower()
+    if width >= MIN_EMBEDDING_WIDTH and any(w in name for w in EMBEDDING_WORDS):
+        return "embedding"
+    if token_inputs and width >= TOKEN_MODEL_MIN_WIDTH:
+        return "embedding"
+    if is_class_scores(ref, only_output=n_outputs == 1) or _probability_rows(ref):
+        return "scores"
+    return "map"
+
+
+def _probability_rows(ref: np.ndarray) -> bool:
+    """A float output of rank 3 or more whose last axis holds probabilities: per-position class scores
+    (an OCR recognizer's (samples, steps, characters) softmax, decoded by arg-max per step)."""
+    if ref.ndim < 3 or ref.shape[-1] < 2 or not ref.size:
+        return False
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.all(ref >= 0) and np.allclose(ref.sum(axis=-1), 1.0, atol=1e-3))
+
+
+def has_token_inputs(inputs: tuple[TensorSpec, ...]) -> bool:
+    """True when the model takes token ids: an integer input of rank 2 (samples, tokens)."""
+    return any(len(s.shape) == 2 and s.dtype.startswith(("int", "uint")) for s in inputs)
+
+
+def attention_mask(samples: Mapping[str, Any], inputs: tuple[TensorSpec, ...]) -> np.ndarray | None:
+    """The samples' attention mask: an integer or boolean input of rank 2 whose name has "mask"."""
+    for spec in inputs:
+        if "mask" in spec.name.lower() and len(spec.shape) == 2 and spec.name in samples:
+            value = np.asarray(samples[spec.name])
+            if value.ndim == 2 and (value.dtype == bool or np.issubdtype(value.dtype, np.integer)):
+                return value
+    return None
+
+
+def min_cosine(ref: np.ndarray, act: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """The least cosine similarity between matching vectors (along the last axis) of ``act`` and ``ref``.
+
+    With ``mask`` of ``ref``'s leading shape, vectors where it is 0 (padding tokens) are skipped. Two
+    zero vectors count as similar (1), a zero vector against another as 0.
+    """
+    a = ref.astype(np.float64).reshape(-1, ref.shape[-1] if ref.ndim else 1)
+    b = act.astype(np.float64).reshape(a.shape)
+    if mask is not None and ref.ndim >= 2 and mask.shape == ref.shape[:-1]:
+        keep = mask.reshape(-1) != 0
+        a, b = a[keep], b[keep]
+    if not a.size:
+        return 1.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        cos = np.einsum("ij,ij->i", a, b) / (na * nb)
+    cos = np.where((na == 0) & (nb == 0), 1.0, np.where((na == 0) | (nb == 0), 0.0, cos))
+    cos = np.where(np.isfinite(cos), cos, -1.0)  # inf or NaN vectors never match
+    return float(cos.min())
 
 
 RunFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
@@ -143,11 +229,15 @@ def compare(
     outputs: tuple[TensorSpec, ...],
     tolerance: Tolerance,
     labels: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    token_inputs: bool = False,
 ) -> tuple[Parity, Accuracy | None]:
-    """Measure per-output error and top-1 agreement of ``actual`` against ``reference``.
+    """Measure each output's error against ``reference``, judged by its kind (:data:`OUTPUT_KINDS`).
 
-    Outputs are matched by name, or by position when a converter renamed them. The parity passes when every
-    output is within ``tolerance``; see :class:`Tolerance`.
+    Outputs are matched by name, or by position when a converter renamed them. An output's kind is its
+    spec's ``kind``, else :func:`infer_kind`'s (``token_inputs`` says whether the model takes token ids);
+    ``mask`` is the samples' attention mask for token embeddings. The parity passes when every output
+    is within ``tolerance``; see :class:`Tolerance`.
     """
     ref_values = [np.asarray(reference[o.name]) for o in outputs]
     by_name = all(o.name in actual for o in outputs)
@@ -159,17 +249,20 @@ def compare(
     n = int(ref_values[0].shape[0]) if ref_values[0].ndim else 1
     for spec, ref, act in zip(outputs, ref_values, act_values, strict=True):
         act = np.asarray(act)
+        kind = infer_kind(spec, ref, len(outputs), token_inputs)
         if act.shape != ref.shape:
-            per_output.append({"name": spec.name, "error": f"shape {list(act.shape)} != source {list(ref.shape)}"})
+            per_output.append({"name": spec.name, "kind": kind,
+                               "error": f"shape {list(act.shape)} != source {list(ref.shape)}"})
             passed = False
             continue
-        if not np.issubdtype(ref.dtype, np.floating):
+        if kind == "exact":
             # Integer and boolean outputs (shapes, indices, masks) are compared exactly and kept out of the
             # error statistics: a shape off by one is not "error 1.0". Reduced precision may flip an
             # index as it flips a top-1 decision, so the agreement floor applies where the target has one.
             same = float(np.mean(act == ref)) if ref.size else 1.0
             floor = tolerance.min_top1_agreement if tolerance.min_top1_agreement is not None else 1.0
-            per_output.append({"name": spec.name, "exact": True, "agreement": same, "passed": same >= floor})
+            per_output.append({"name": spec.name, "kind": kind, "exact": True, "agreement": same,
+                               "passed": same >= floor})
             passed = passed and same >= floor
             continue
         with np.errstate(invalid="ignore", over="ignore"):
@@ -183,6 +276,7 @@ def compare(
         rel = max_abs / scale if scale > 0 else max_abs
         entry: dict[str, Any] = {
             "name": spec.name,
+            "kind": kind,
             "max_abs_error": max_abs,
             "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
             "max_rel_error": rel,
@@ -190,18 +284,23 @@ def compare(
         ok = rel <= tolerance.max_rel_error
         if bad.any():
             entry["non_finite_values"] = int(bad.sum())
-        if is_class_scores(ref, only_output=len(outputs) == 1):
-            agreement = float(np.mean(ref.argmax(axis=1) == act.argmax(axis=1)))
+        if kind == "scores" and ref.ndim >= 1 and ref.shape[-1] >= 2:
+            agreement = float(np.mean(ref.argmax(axis=-1) == act.argmax(axis=-1)))
             entry["top1_agreement"] = agreement
             top1_all.append(agreement)
             if tolerance.min_top1_agreement is not None:
                 ok = agreement >= tolerance.min_top1_agreement
-            if labels is not None and accuracy is None:
+            if labels is not None and accuracy is None and ref.ndim == 2:
                 accuracy = Accuracy(
                     top1=float(np.mean(act.argmax(axis=1) == labels)),
                     source_top1=float(np.mean(ref.argmax(axis=1) == labels)),
                     n_samples=int(labels.shape[0]),
                 )
+        if kind == "embedding":
+            cosine = min_cosine(ref, act, mask)
+            entry["min_cosine"] = cosine
+            if tolerance.min_cosine is not None:
+                ok = cosine >= tolerance.min_cosine
         entry["passed"] = ok and not bad.any()
         passed = passed and bool(entry["passed"])
         per_output.append(entry)
@@ -234,6 +333,8 @@ def describe_failure(target: str, parity: Parity) -> str:
             text += f", {entry['non_finite_values']} values overflow to inf/NaN"
         if "top1_agreement" in entry:
             text += f", top-1 agreement {entry['top1_agreement']:.4f}"
+        if "min_cosine" in entry:
+            text += f", least cosine similarity {entry['min_cosine']:.4f}"
         parts.append(text + ("" if entry["passed"] else " FAILED"))
     tol = ", ".join(f"{k} {v}" for k, v in (parity.tolerance or {}).items())
     return (

@@ -35,7 +35,7 @@ def test_integer_outputs_are_compared_exactly_and_kept_out_of_error_statistics()
     same = {"embedding": ref["embedding"] + 1e-3, "shape": np.array([3, 4], np.int64)}
     parity = compare(ref, same, outs, Tolerance(0.25))[0]
     assert parity.passed and parity.max_abs_error == pytest.approx(1e-3, rel=1e-3)  # the shape output adds no "error"
-    assert parity.per_output[1] == {"name": "shape", "exact": True, "agreement": 1.0, "passed": True}
+    assert parity.per_output[1] == {"name": "shape", "kind": "exact", "exact": True, "agreement": 1.0, "passed": True}
     off = {"embedding": ref["embedding"], "shape": np.array([3, 5], np.int64)}
     failed = compare(ref, off, outs, Tolerance(0.25))[0]
     assert not failed.passed and failed.max_abs_error == 0.0
@@ -101,3 +101,93 @@ def test_partial_results_and_accepted_parity(tmp_path: Path, overflowing_model: 
     assert result.exit_code == 0, result.output
     parity = json.loads((accepted / "bundle.json").read_text())["artifacts"][0]["parity"]
     assert parity["passed"] is False and parity["accepted"] is True
+
+
+def test_embeddings_are_judged_by_cosine_similarity_outside_the_attention_mask() -> None:
+    from edgekit.parity import attention_mask
+
+    rng = np.random.default_rng(0)
+    outs = (TensorSpec("last_hidden_state", ("batch", 5, 32), "float32"),)
+    ref = rng.standard_normal((4, 5, 32)).astype(np.float32)
+    drift = ref + 0.08 * rng.standard_normal(ref.shape).astype(np.float32)  # cosine ~0.997, max error ~0.3 of 3
+    int8 = Tolerance(0.05, min_top1_agreement=0.95, min_cosine=0.98)
+    parity = compare({"last_hidden_state": ref}, {"last_hidden_state": drift}, outs, int8)[0]
+    entry = parity.per_output[0]
+    assert entry["kind"] == "embedding" and entry["max_rel_error"] > 0.05
+    assert parity.passed and 0.98 < entry["min_cosine"] < 0.9999
+    padded = drift.copy()
+    padded[:, 4] = -ref[:, 4]  # the last token of every sample points the other way...
+    failed = compare({"last_hidden_state": ref}, {"last_hidden_state": padded}, outs, int8)[0]
+    assert not failed.passed and failed.per_output[0]["min_cosine"] == pytest.approx(-1.0, abs=0.05)
+    assert "least cosine similarity -1" in describe_failure("t", failed)
+    specs = (TensorSpec("input_ids", ("batch", 5), "int64"), TensorSpec("attention_mask", ("batch", 5), "int64"))
+    mask = attention_mask({"input_ids": np.ones((4, 5), np.int64), "attention_mask": np.array([[1, 1, 1, 1, 0]] * 4)},
+                          specs)
+    assert mask is not None and mask.shape == (4, 5)
+    masked = compare({"last_hidden_state": ref}, {"last_hidden_state": padded}, outs, int8, mask=mask)[0]
+    assert masked.passed  # ...but it is padding, which the model's consumers never read
+    fp32 = compare({"last_hidden_state": ref}, {"last_hidden_state": drift}, outs, Tolerance(1e-3))[0]
+    assert not fp32.passed  # without a cosine floor the error bound holds
+
+
+def test_output_kinds_are_inferred_and_can_be_set() -> None:
+    from edgekit.parity import infer_kind
+
+    rng = np.random.default_rng(0)
+    pooled = rng.standard_normal((3, 384)).astype(np.float32)
+    spec = TensorSpec("output", ("batch", 384), "float32")
+    assert infer_kind(spec, pooled, 1, token_inputs=True) == "embedding"  # a sentence encoder's pooled output
+    assert infer_kind(spec, pooled, 1) == "scores"  # the only (samples, k) output of an image model
+    assert infer_kind(TensorSpec("sentence_embedding", ("batch", 384), "float32"), pooled, 2) == "embedding"
+    probs = rng.random((3, 7, 10))
+    assert infer_kind(TensorSpec("softmax_0", ("b", 7, 10), "float32"), probs / probs.sum(-1, keepdims=True), 1) == "scores"
+    assert infer_kind(TensorSpec("map", ("b", 1, 8, 8), "float32"), rng.random((3, 1, 8, 8)), 1) == "map"
+    assert infer_kind(TensorSpec("idx", ("b",), "int64"), np.arange(3), 1) == "exact"
+    assert infer_kind(TensorSpec("output", ("batch", 384), "float32", kind="map"), pooled, 1, True) == "map"
+    # set by the user: a float output compared exactly, the scores of a recognizer per time step
+    steps = rng.standard_normal((3, 7, 10)).astype(np.float32)
+    moved = steps * 1.5  # logits scaled: every arg-max stays, the error is large
+    by_step = (TensorSpec("logits", ("b", 7, 10), "float32", kind="scores"),)
+    held = compare({"logits": steps}, {"logits": moved}, by_step, Tolerance(0.25, min_top1_agreement=0.95))[0]
+    assert held.passed and held.top1_agreement == 1.0 and held.per_output[0]["max_rel_error"] > 0.25
+    exact = (TensorSpec("logits", ("b", 7, 10), "float32", kind="exact"),)
+    assert not compare({"logits": steps}, {"logits": steps + 1e-6}, exact, Tolerance(0.25))[0].passed
+
+
+def _token_encoder(path: Path) -> Path:
+    """input_ids (batch, 6) -> embedding lookup -> mean over tokens: pooled (batch, 64) and the ids' shape."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(0).standard_normal((10, 64)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["tokens"]),
+             helper.make_node("ReduceMean", ["tokens"], ["pooled"], axes=[1], keepdims=0),
+             helper.make_node("Shape", ["input_ids"], ["ids_shape"])]
+    graph = helper.make_graph(
+        nodes, "enc", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", 6])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 64]),
+         helper.make_tensor_value_info("ids_shape", TensorProto.INT64, [2])],
+        [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_the_manifest_records_each_outputs_kind_and_the_cli_sets_them(tmp_path: Path) -> None:
+    model = _token_encoder(tmp_path / "enc.onnx")
+    result = run_cli("convert", model, "-t", "onnx-web", "-o", tmp_path / "b", "--no-report")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert {o["name"]: o["kind"] for o in manifest["outputs"]} == {"pooled": "embedding", "ids_shape": "exact"}
+    cosine = manifest["artifacts"][0]["parity"]["per_output"][0]
+    assert cosine["kind"] == "embedding" and cosine["min_cosine"] > 0.9999
+    set_kind = run_cli("convert", model, "-t", "onnx-web", "-o", tmp_path / "c", "--no-report",
+                       "--output-kind", "pooled=map")
+    assert set_kind.exit_code == 0, set_kind.output
+    assert json.loads((tmp_path / "c" / "bundle.json").read_text())["outputs"][0]["kind"] == "map"
+    for bad, says in (("nope=map", "not an output of the model"), ("pooled=vector", "must be one of"),
+                      ("pooled", "write NAME=KIND")):
+        refused = run_cli("convert", model, "-t", "onnx-web", "-o", tmp_path / "d", "--output-kind", bad)
+        assert refused.exit_code != 0 and says in refused.output and "Traceback" not in refused.output
+        assert not (tmp_path / "d").exists()

@@ -104,7 +104,8 @@ class _Search:
         self._raw = MilSession(function, 0.0)
         self._session = adapt(self._raw, describe_io(self._raw.inputs, {s.name: s for s in inputs}),
                               describe_io(self._raw.outputs, {s.name: s for s in outputs}))
-        self.output_specs = self._session.outputs  # the source's names and layout
+        kinds = {s.name: s.kind for s in outputs}  # the source's names and layout, judged as the source's
+        self.output_specs = tuple(replace(s, kind=kinds.get(s.name)) for s in self._session.outputs)
         self._like = like
         if reference is not None:  # the fp32 program first, on every sample: is this route's graph right?
             self._samples = dict(samples)
@@ -120,7 +121,8 @@ class _Search:
                     "can pass on it: the route's graph is wrong, not float16")
         first = like[0].shape[0] if like and like[0].shape else None
         self._samples = _subset(samples, like, max(SEARCH_SAMPLES, first if isinstance(first, int) else 0))
-        self._margin = replace(tolerance, max_rel_error=tolerance.max_rel_error * MARGIN)
+        self._margin = replace(tolerance, max_rel_error=tolerance.max_rel_error * MARGIN, min_cosine=(
+            None if tolerance.min_cosine is None else 1 - (1 - tolerance.min_cosine) * MARGIN))
         valid = FP16ComputePrecision()
         self.ops = [op for op in function.operations
                     if op.op_type != "const" and op.outputs and valid.is_valid_op(op)
