@@ -55,13 +55,16 @@ VALIDATION_PROVIDERS = {"onnx": ("CPUExecutionProvider",), "ort": ("CPUExecution
 WEB_FORMATS = ("onnx", "ort")
 
 
-def _open(fmt: str, path: Path) -> Any:
+def _open(fmt: str, path: Path, precision: str = "") -> Any:
+    from edgekit.runtimes import precision_option
+
     module, _, cls = RUNTIME_OF_FORMAT[fmt].partition(":")
-    return getattr(importlib.import_module(module), cls)().open(path, providers=VALIDATION_PROVIDERS.get(fmt))
+    return getattr(importlib.import_module(module), cls)().open(path, providers=VALIDATION_PROVIDERS.get(fmt),
+                                                                **precision_option(fmt, precision))
 
 
-def _load_seconds(fmt: str, path: Path) -> float:
-    return float(statistics.median(_open(fmt, path).load_seconds for _ in range(LOAD_TIMING_REPEATS)))
+def _load_seconds(fmt: str, path: Path, precision: str = "") -> float:
+    return float(statistics.median(_open(fmt, path, precision).load_seconds for _ in range(LOAD_TIMING_REPEATS)))
 
 
 class RouteCache:
@@ -270,8 +273,8 @@ def _variant_pays_off(base: Artifact, variant: Artifact, staging: Path) -> str:
     reasons = []
     if variant.size_bytes < base.size_bytes:
         reasons.append(f"{variant.size_bytes / base.size_bytes:.2f}x the size")
-    base_load = _load_seconds(base.format, staging / base.file)
-    variant_load = _load_seconds(variant.format, staging / variant.file)
+    base_load = _load_seconds(base.format, staging / base.file, base.precision)
+    variant_load = _load_seconds(variant.format, staging / variant.file, variant.precision)
     if variant_load < base_load:
         reasons.append(f"loads in {variant_load * 1e3:.1f} ms vs {base_load * 1e3:.1f} ms")
     return "; ".join(reasons)
@@ -305,7 +308,7 @@ def _finish(
     else:
         try:
             with captured_output():  # LiteRT announces its delegate on stderr
-                raw = _open(fmt, dst)
+                raw = _open(fmt, dst, target.precision)
         except NotVerifiableError as exc:
             unverified = str(exc)
     inputs = describe_io(raw.inputs, {s.name: s for s in value.inputs or ()}) if raw else value.inputs
@@ -416,7 +419,7 @@ def with_latency(artifacts: list[Artifact], staging: Path) -> list[Artifact]:
             figure = None
         else:
             session, _ = bench_session(
-                lambda art=art: adapt(_open(art.format, staging / art.file), art.inputs, art.outputs),
+                lambda art=art: adapt(_open(art.format, staging / art.file, art.precision), art.inputs, art.outputs),
                 runs=auto.LATENCY_RUNS, warmup=5, batch=1)
             figure = {"p50_ms": round(session.stats().p50_ms, 4),
                       "runtime": f"{_runtime_label(art.format, session.provider)} ({describe_cpu()})"}

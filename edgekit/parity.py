@@ -68,17 +68,17 @@ def infer_kind(spec: TensorSpec, ref: np.ndarray, n_outputs: int, token_inputs: 
     name = spec.name.lower()
     if width >= MIN_EMBEDDING_WIDTH and any(w in name for w in EMBEDDING_WORDS):
         return "embedding"
-    if token_inputs and width >= TOKEN_MODEL_MIN_WIDTH:
-        return "embedding"
+    if token_inputs and width >= TOKEN_MODEL_MIN_WIDTH and not _probability_rows(ref, min_rank=2):
+        return "embedding"  # (a classifier of token or byte sequences ends in probabilities: scores)
     if is_class_scores(ref, only_output=n_outputs == 1) or _probability_rows(ref):
         return "scores"
     return "map"
 
 
-def _probability_rows(ref: np.ndarray) -> bool:
-    """A float output of rank 3 or more whose last axis holds probabilities: per-position class scores
-    (an OCR recognizer's (samples, steps, characters) softmax, decoded by arg-max per step)."""
-    if ref.ndim < 3 or ref.shape[-1] < 2 or not ref.size:
+def _probability_rows(ref: np.ndarray, min_rank: int = 3) -> bool:
+    """A float output of rank 3 (``min_rank``) or more whose last axis holds probabilities: per-position class
+    scores (an OCR recognizer's (samples, steps, characters) softmax, decoded by arg-max per step)."""
+    if ref.ndim < min_rank or ref.shape[-1] < 2 or not ref.size:
         return False
     with np.errstate(invalid="ignore", over="ignore"):
         return bool(np.all(ref >= 0) and np.allclose(ref.sum(axis=-1), 1.0, atol=1e-3))

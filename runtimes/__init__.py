@@ -42,6 +42,12 @@ _ACCEL_PRECISIONS = ("fp16", "fp32", "int8", "int16x8", "dynamic-int8")  # GPUs 
 _FORMAT_ORDER = ("mlpackage", "onnx", "ort", "tflite")
 
 
+def precision_option(fmt: str, precision: str) -> dict[str, Any]:
+    """The ``precision`` argument of ``open`` where the runtime takes one (onnxruntime: see
+    :data:`edgekit.runtimes.onnxruntime.FP16_DISABLED_OPTIMIZERS`)."""
+    return {"precision": precision} if fmt in ("onnx", "ort") else {}
+
+
 def runtime_for(fmt: str) -> OrtRuntime | LiteRtRuntime | CoreMlRuntime:
     """The runtime that runs artifacts of format ``fmt``.
 
@@ -149,7 +155,8 @@ def open(  # noqa: A001 - the public name the SDK documents
     for art in candidates if target is None and policy == "fallback" else candidates[:1]:
         verify_artifact(bundle, art)  # IntegrityError: the bytes differ from the manifest, never run
         try:
-            raw = runtime_for(art.format).open(bundle.artifact_path(art), providers=providers, policy=policy)
+            raw = runtime_for(art.format).open(bundle.artifact_path(art), providers=providers, policy=policy,
+                                               **precision_option(art.format, art.precision))
         except EdgekitError as exc:
             if policy == "strict" or target is not None:
                 raise

@@ -42,6 +42,10 @@ SHORT_NAMES = {
 }
 # Provider "options" whose key starts with this are session config entries, applied to that attempt only.
 SESSION_KEY = "session."
+# onnxruntime's NCHWc layout transformer (ORT_ENABLE_ALL, CPU) crashes the process with SIGSEGV on some
+# float16 graphs (a ViT of the corpus, onnxruntime 1.2x); on CPU float16 ops run in float32 anyway, so the
+# blocked layout brings little there. Float16 artifacts are opened without it.
+FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 
 ProviderSpec = str | tuple[str, Mapping[str, Any]]
 
@@ -157,7 +161,7 @@ class OrtRuntime:
         return True
 
     def open(self, path: Path, *, providers: str | Sequence[ProviderSpec] | None = None, policy: str = "fallback",
-             optimization: str = "all") -> OrtSession:
+             optimization: str = "all", precision: str | None = None) -> OrtSession:
         """Open ``path`` on the first provider of the chain that loads and runs it.
 
         Args:
@@ -171,6 +175,8 @@ class OrtRuntime:
                 some nodes on CPU.
             optimization: ONNX Runtime graph optimization level: ``none``, ``basic``, ``extended``
                 or ``all``.
+            precision: The artifact's precision from its manifest. ``fp16`` graphs are opened without
+                the optimizers in :data:`FP16_DISABLED_OPTIMIZERS`.
 
         Raises:
             ProviderError: No provider could load and run the model, or ``strict`` met a failure
@@ -196,7 +202,8 @@ class OrtRuntime:
             else:
                 start = time.perf_counter()
                 try:
-                    session = self._try(ort, path, provider, options, levels[optimization], policy)
+                    session = self._try(ort, path, provider, options, levels[optimization], policy,
+                                        FP16_DISABLED_OPTIMIZERS if precision == "fp16" else ())
                 except _Refused as refused:
                     reason = str(refused)
                 else:
@@ -211,7 +218,7 @@ class OrtRuntime:
         raise ProviderError(f"onnxruntime could not load {path}: {tried}")
 
     def _try(self, ort: Any, path: Path, provider: str, options: dict[str, Any], level: Any,
-             policy: str) -> OrtSession:
+             policy: str, disabled: Sequence[str] = ()) -> OrtSession:
         accelerator = provider != CPU
         so = ort.SessionOptions()
         so.graph_optimization_level = level
@@ -227,7 +234,8 @@ class OrtRuntime:
                 so.enable_profiling = True
                 so.profile_file_prefix = os.path.join(tmp, "probe")
             try:
-                session = ort.InferenceSession(str(path), sess_options=so, providers=[(provider, provider_options)])
+                session = ort.InferenceSession(str(path), sess_options=so, providers=[(provider, provider_options)],
+                                               **({"disabled_optimizers": list(disabled)} if disabled else {}))
             except Exception as exc:
                 raise _Refused(f"session creation failed: {type(exc).__name__}: {_first_line(exc)}") from None
             actual = session.get_providers()[0]

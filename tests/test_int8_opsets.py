@@ -54,5 +54,57 @@ def test_a_quantized_source_stays_quantized_and_is_judged_as_given(tmp_path: Pat
     assert "DequantizeLinear" in manifest.source.extra["quantized"]
     for art in manifest.artifacts:
         assert art.parity is not None and art.parity.passed, art.target
-        assert art.parity.tolerance == {"max_rel_error": 0.25, "min_top1_agreement": 0.95}
+        assert art.parity.tolerance == {"max_rel_error": 0.25, "min_top1_agreement": 0.95, "min_cosine": 0.98}
         assert art.size_bytes <= source.stat().st_size, (art.target, art.format, art.size_bytes)
+
+
+def _tiny_encoder(path: Path) -> Path:
+    """A one-block attention encoder in ONNX: token embedding, LayerNorm, single-head attention with a
+    residual, an output projection and mean pooling to (batch, 64)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = {n: rng.standard_normal((64, 64)).astype(np.float32) / 8 for n in ("wq", "wk", "wv", "wo")}
+    inits = [numpy_helper.from_array(rng.standard_normal((32, 64)).astype(np.float32), "table"),
+             numpy_helper.from_array(np.ones(64, np.float32), "gamma"),
+             numpy_helper.from_array(np.zeros(64, np.float32), "beta"),
+             numpy_helper.from_array(np.array(0.125, np.float32), "scale"),
+             *(numpy_helper.from_array(v, k) for k, v in w.items())]
+    mk = helper.make_node
+    nodes = [mk("Gather", ["table", "input_ids"], ["x"]),
+             mk("LayerNormalization", ["x", "gamma", "beta"], ["h"], axis=-1),
+             mk("MatMul", ["h", "wq"], ["q"]), mk("MatMul", ["h", "wk"], ["k"]), mk("MatMul", ["h", "wv"], ["v"]),
+             mk("Transpose", ["k"], ["kt"], perm=[0, 2, 1]), mk("MatMul", ["q", "kt"], ["s"]),
+             mk("Mul", ["s", "scale"], ["s2"]), mk("Softmax", ["s2"], ["a"], axis=-1),
+             mk("MatMul", ["a", "v"], ["c"]), mk("Add", ["c", "x"], ["r"]), mk("MatMul", ["r", "wo"], ["o"]),
+             mk("ReduceMean", ["o"], ["pooled"], axes=[1], keepdims=0)]
+    graph = helper.make_graph(nodes, "enc", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["n", 8])],
+                              [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["n", 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_transformer_gets_the_matmul_only_recipe_and_keeps_its_embeddings_float(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto
+
+    from edgekit.converters.passes.onnx_web import model_family
+
+    model = _tiny_encoder(tmp_path / "enc.onnx")
+    assert model_family(onnx.load(str(model))) == "transformer"
+    np.savez(tmp_path / "cal.npz", input_ids=np.random.default_rng(1).integers(0, 32, (64, 8)))
+    result = convert(model, ["onnx-web-int8"], out=tmp_path / "b", calibration=tmp_path / "cal.npz", report=False)
+    art = result.bundle.manifest.artifacts[0]
+    notes = art.extra["conversion"]
+    assert notes["family"] == "transformer" and notes["recipe"]["op_types"] == ["MatMul", "Gemm"]
+    assert result.bundle.manifest.outputs[0].kind == "embedding"  # judged by cosine similarity
+    entry = art.parity.per_output[0]
+    assert art.parity.passed and entry["min_cosine"] >= 0.98
+    written = onnx.load(str(result.bundle.path / art.file))
+    embedding = [i for i in written.graph.initializer if list(i.dims) == [32, 64]]
+    assert len(embedding) == 1 and embedding[0].data_type == TensorProto.FLOAT  # the table is not quantized
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= {n.op_type for n in written.graph.node}
+    assert "QuantizeLinear" not in {n.op_type for n in written.graph.node}  # no static QDQ on activations

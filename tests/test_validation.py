@@ -172,6 +172,8 @@ def test_output_kinds_are_inferred_and_can_be_set() -> None:
     spec = TensorSpec("output", ("batch", 384), "float32")
     assert infer_kind(spec, pooled, 1, token_inputs=True) == "embedding"  # a sentence encoder's pooled output
     assert infer_kind(spec, pooled, 1) == "scores"  # the only (samples, k) output of an image model
+    probabilities = np.exp(pooled) / np.exp(pooled).sum(-1, keepdims=True)
+    assert infer_kind(spec, probabilities, 1, token_inputs=True) == "scores"  # a classifier of byte sequences
     assert infer_kind(TensorSpec("sentence_embedding", ("batch", 384), "float32"), pooled, 2) == "embedding"
     probs = rng.random((3, 7, 10))
     assert infer_kind(TensorSpec("softmax_0", ("b", 7, 10), "float32"), probs / probs.sum(-1, keepdims=True), 1) == "scores"

@@ -463,17 +463,28 @@ DYNAMIC_RECIPE = {"weight_type": "QUInt8", "reduce_range": False}
 DYNAMIC_METHOD = "dynamic (no calibration data): uint8 weights, activations quantized at run time"
 
 
+# The transformer recipe (optimum's and onnxruntime's for BERT-like encoders): only the weights of matrix
+# products are quantized, dynamically; embeddings (Gather), normalizations, softmax and the rest stay
+# float. uint8 weights, as in DYNAMIC_RECIPE, so that no CPU saturates.
+MATMUL_RECIPE: dict[str, Any] = {"dynamic": True, "op_types": ["MatMul", "Gemm"], "weight_type": "QUInt8", "per_channel": True,
+                 "reduce_range": False}
+MATMUL_METHOD = ("dynamic, MatMul and Gemm weights only (uint8 per channel), activations quantized at run time; "
+                 "embeddings, normalizations and softmax stay float")
+
+
 class Int8(Pass):
-    """Quantize to int8: static QDQ (per-channel 7-bit weights) with calibration data, else dynamic."""
+    """Quantize to int8 with the recipe of the model's family (:func:`model_family`): for transformers, the
+    MatMul/Gemm weights only, dynamically (:data:`MATMUL_RECIPE`); for the rest, static QDQ (per-channel
+    7-bit weights) with calibration data, else dynamic. The recipe and family go in the notes."""
 
     name = "onnx-int8"
     consumes = Kind.ONNX_WEB
     produces = Kind.ONNX_WEB_INT8
     modules = ("onnx", "onnxruntime")
+    other_recipe = False  # the fallback pass quantizes with the other family's recipe
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         import onnx
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         upgraded, per_channel_ok, opset_note = _opset_for_qdq(value.file, ctx)
@@ -485,6 +496,31 @@ class Int8(Pass):
             source = upgraded
         out = ctx.scratch("web-int8.onnx")
         start = time.perf_counter()
+        family = model_family(onnx.load(str(value.file)))
+        transformer = (family == "transformer") != self.other_recipe
+        method, recipe = (self._matmul_only if transformer else self._quantize)(source, out, ctx, per_channel_ok)
+        log.info("int8 quantization took %.2fs", time.perf_counter() - start)
+        save_for_web(onnx.load(str(out)), out)
+        notes: dict[str, Any] = {"method": method, "recipe": dict(recipe), "family": family}
+        if opset_note:
+            notes["opset"] = opset_note
+        return Value(Kind.ONNX_WEB_INT8, path=out, notes=notes)
+
+    def _matmul_only(self, source: Path, out: Path, ctx: PassContext,
+                     per_channel_ok: bool) -> tuple[str, dict[str, Any]]:
+        """The transformer recipe (:data:`MATMUL_RECIPE`)."""
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(source), str(out), op_types_to_quantize=list(MATMUL_RECIPE["op_types"]),
+                         weight_type=getattr(QuantType, str(MATMUL_RECIPE["weight_type"])),
+                         per_channel=bool(MATMUL_RECIPE["per_channel"]) and per_channel_ok,
+                         reduce_range=bool(MATMUL_RECIPE["reduce_range"]), extra_options={"MatMulConstBOnly": True})
+        return MATMUL_METHOD, dict(MATMUL_RECIPE)
+
+    def _quantize(self, source: Path, out: Path, ctx: PassContext, per_channel_ok: bool) -> tuple[str, dict[str, Any]]:
+        """The CNN recipe: static QDQ with calibration data, else dynamic; the method in words and the recipe."""
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
         if ctx.has_calibration:
             first = ctx.inputs[0].shape[0] if ctx.inputs[0].shape else None
             chunk = first if isinstance(first, int) and first > 0 else CALIBRATION_CHUNK
@@ -499,18 +535,39 @@ class Int8(Pass):
             method = f"{STATIC_METHOD}, MinMax on {count} samples"
             if not per_channel_ok:
                 method = method.replace("per-channel", "per-tensor")
-            recipe = r
-        else:
-            quantize_dynamic(str(source), str(out), weight_type=getattr(QuantType, str(DYNAMIC_RECIPE["weight_type"])),
-                             reduce_range=bool(DYNAMIC_RECIPE["reduce_range"]))
-            method = DYNAMIC_METHOD
-            recipe = {"dynamic": True, **DYNAMIC_RECIPE}
-        log.info("int8 quantization took %.2fs", time.perf_counter() - start)
-        save_for_web(onnx.load(str(out)), out)
-        notes: dict[str, Any] = {"method": method, "recipe": dict(recipe)}
-        if opset_note:
-            notes["opset"] = opset_note
-        return Value(Kind.ONNX_WEB_INT8, path=out, notes=notes)
+            return method, dict(r)
+        quantize_dynamic(str(source), str(out), weight_type=getattr(QuantType, str(DYNAMIC_RECIPE["weight_type"])),
+                         reduce_range=bool(DYNAMIC_RECIPE["reduce_range"]))
+        return DYNAMIC_METHOD, {"dynamic": True, **DYNAMIC_RECIPE}
+
+
+class Int8OtherRecipe(Int8):
+    """int8 with the other family's recipe: the next route when the family's own recipe fails parity or
+    cannot be loaded (a CNN-like graph with attention in it, an encoder whose activations quantize well)."""
+
+    name = "onnx-int8-other"
+    other_recipe = True
+
+
+def model_family(model: Any) -> str:
+    """``transformer`` when the graph has attention's parts: a Softmax, a normalization over the last axis
+    (LayerNormalization, or the ReduceMean a decomposed one starts with), and matrix products holding at
+    least half of the weights outside embedding tables; else ``cnn`` when convolutions hold most of the
+    weights; else ``other``."""
+    graph = model.graph
+    sizes = {i.name: int(np.prod(i.dims)) if i.dims else 1 for i in graph.initializer}
+    types = {n.op_type for n in graph.node}
+    held: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm", "Conv", "ConvTranspose"):
+            group = "conv" if node.op_type.startswith("Conv") else "matmul"
+            held[group] = held.get(group, 0) + sum(sizes.get(x, 0) for x in node.input[1:2])
+    total = sum(held.values())
+    if not total:
+        return "other"
+    if "Softmax" in types and types & {"LayerNormalization", "ReduceMean"} and held.get("matmul", 0) * 2 >= total:
+        return "transformer"
+    return "cnn" if held.get("conv", 0) * 2 > total else "other"
 
 
 QDQ_PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis attribute (per-channel) came with opset 13
