@@ -117,3 +117,38 @@ def test_float16_that_fails_parity_falls_back_to_mixed_precision(tmp_path: Path)
     assert "ParityError" in art.extra["routes_tried"][0]["error"]  # plain float16 was tried first and drifted
     assert {"Add", "Sub"} <= set(art.extra["conversion"]["kept_float32_ops"])
     assert "mixed precision" in art.extra["conversion"]["method"]
+
+
+def test_mixed_float16_measures_which_nodes_stay_float32_beyond_the_fixed_list(tmp_path: Path) -> None:
+    """(x + 1000) @ w1 - 1000 * colsum(w1), then @ w2: keeping the sum and difference float32 (the fixed list)
+    is not enough, because the matrix product's float16 input rounds x + 1000 to halves; the search finds
+    that the first MatMul must stay float32 and keeps the second, four times larger, in float16."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.converters import convert
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 64)).astype(np.float32)
+    inits = [numpy_helper.from_array(np.array(1000.0, np.float32), "up"), numpy_helper.from_array(w1, "w1"),
+             numpy_helper.from_array((1000.0 * w1.sum(0)).astype(np.float32), "shift"),
+             numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32) / 8, "w2")]
+    nodes = [helper.make_node("Add", ["x", "up"], ["a"]), helper.make_node("MatMul", ["a", "w1"], ["b"]),
+             helper.make_node("Sub", ["b", "shift"], ["d"]), helper.make_node("MatMul", ["d", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "offset", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "offset.onnx"))
+    np.savez(tmp_path / "cal.npz", x=rng.standard_normal((32, 16)).astype(np.float32))
+    result = convert(tmp_path / "offset.onnx", ["onnx-web-fp16"], out=tmp_path / "b", calibration=tmp_path / "cal.npz",
+                     report=False)
+    art = result.bundle.manifest.artifacts[0]
+    notes = art.extra["conversion"]
+    assert art.route == ("onnx-web-optimize", "onnx-fp16-mixed") and art.parity is not None and art.parity.passed
+    assert "measured" in notes["method"] and "MatMul" in notes["kept_float32_ops"]
+    assert 0.1 < notes["float32_weight_share"] < 0.4  # of the bytes: w1 (1024 values) float32, w2 (4096) float16
+    assert notes["float16_emulated"]["passed"] is True
+    written = onnx.load(str(result.bundle.path / art.file))
+    assert sorted(i.data_type for i in written.graph.initializer if len(i.dims) == 2) == [TensorProto.FLOAT,
+                                                                                          TensorProto.FLOAT16]

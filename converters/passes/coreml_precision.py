@@ -1,20 +1,8 @@
 """Mixed float16 precision for Core ML, chosen by measurement on the calibration samples.
 
-A float16 program that fails parity usually fails because of a few places: a variance computed as
-mean(x²) - mean(x)², which cancels; integer-valued convolutions whose sums pass 65504; a deep stack
-whose rounding piles up before a sigmoid. A fixed list of sensitive op types (``MIXED_FP32_MIL_OPS``)
-rescues the first kind only when the ops that feed it are on the list too. So the fp32 program is
-converted once and searched with edgekit's MIL interpreter, which can compute any set of ops as a
-float16 program would (:func:`edgekit.converters.mil.table.run_block`):
-
-1. the fixed list is tried first (one run);
-2. else the ops, in program order, are cut into ``GROUPS`` runs of neighbours; each group alone in
-   float16 measures how much error it brings to the outputs;
-3. the fewest most harmful groups are kept float32 until the outputs pass the target's tolerance
-   with a margin (70 % of the error bound), found by doubling then bisection;
-4. each group kept is split in halves while one half alone in float32 still passes, then each kept op
-   that holds weights, heaviest first, goes back to float16 alone if the outputs still pass (bounded
-   numbers of runs), so that as few weights as possible stay float32.
+The fp32 program is converted once and searched (:func:`edgekit.converters.passes.mixed_search.search`)
+with edgekit's MIL interpreter, which can compute any set of ops as a float16 program would
+(:func:`edgekit.converters.mil.table.run_block`).
 
 The chosen ops are then cast to float16 by coremltools' own ``FP16ComputePrecision`` pass, applied to
 the saved fp32 program, so what was measured is what ships; the pipeline then checks parity against
@@ -25,52 +13,26 @@ under a float16 name.
 
 from __future__ import annotations
 
-import logging
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from edgekit.bundle import TensorSpec
-from edgekit.errors import ParityError
-from edgekit.parity import Tolerance, compare, is_single_feed, run_batched
+from edgekit.converters.passes.mixed_search import (
+    MAX_FP32_WEIGHT_SHARE,
+    SEARCH_SAMPLES,
+    Choice,
+    search,
+    subset,
+    verdict,
+    with_margin,
+)
+from edgekit.parity import Tolerance, compare, run_batched
 from edgekit.runtimes.adapt import adapt, describe_io
 
-log = logging.getLogger(__name__)
-
-GROUPS = 16
-SEARCH_SAMPLES = 8  # samples the search runs on (the parity check after it uses all of them)
-REFINE_RUNS = 12
-RELEASE_RUNS = 16
-MAX_FP32_WEIGHT_SHARE = 0.5
-MARGIN = 0.7  # the search aims at this fraction of the target's error bound
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The ops computed in float16 and what stays float32."""
-
-    half: frozenset[str]  # ops (by first output name) cast to float16
-    method: str
-    fp32_op_types: dict[str, int]
-    fp32_weight_share: float
-    search_error: float  # the worst output's relative error the search measured
-    runs: int
-
-    def notes(self) -> dict[str, Any]:
-        return {"compute_precision": "fp16, mixed", "mixed_method": self.method,
-                "fp32_ops": dict(sorted(self.fp32_op_types.items())),
-                "fp32_weight_share": round(self.fp32_weight_share, 4),
-                "search_max_rel_error": float(f"{self.search_error:.3g}"), "search_runs": self.runs,
-                "why": "the float16 program failed parity; these ops keep float32 compute"}
-
-
-def _subset(samples: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...], n: int) -> dict[str, np.ndarray]:
-    if is_single_feed(samples, inputs):
-        return dict(samples)
-    return {k: v[:n] if np.ndim(v) else v for k, v in samples.items()}
+__all__ = ["MAX_FP32_WEIGHT_SHARE", "Choice", "choose", "to_mixed_fp16"]
 
 
 def _weights(op: Any) -> int:
@@ -120,9 +82,8 @@ class _Search:
                     f"({worst['name']}: max relative error {worst['max_rel_error']:.3g}), so no choice of precision "
                     "can pass on it: the route's graph is wrong, not float16")
         first = like[0].shape[0] if like and like[0].shape else None
-        self._samples = _subset(samples, like, max(SEARCH_SAMPLES, first if isinstance(first, int) else 0))
-        self._margin = replace(tolerance, max_rel_error=tolerance.max_rel_error * MARGIN, min_cosine=(
-            None if tolerance.min_cosine is None else 1 - (1 - tolerance.min_cosine) * MARGIN))
+        self._samples = subset(samples, like, max(SEARCH_SAMPLES, first if isinstance(first, int) else 0))
+        self._margin = with_margin(tolerance)
         valid = FP16ComputePrecision()
         self.ops = [op for op in function.operations
                     if op.op_type != "const" and op.outputs and valid.is_valid_op(op)
@@ -139,103 +100,23 @@ class _Search:
         """Whether the outputs pass the search's tolerance, and the worst relative error (inf on overflow)."""
         with np.errstate(all="ignore"):
             actual = self._run(half)
-        parity, _ = compare(self.reference, actual, self.output_specs, self._margin)
-        worst = 0.0
-        for entry in parity.per_output or ():
-            if entry.get("non_finite_values"):
-                return False, float("inf")
-            worst = max(worst, float(entry.get("max_rel_error", 0.0)))
-            if "top1_agreement" in entry:
-                worst = max(worst, 1.0 - float(entry["top1_agreement"]))
-        return parity.passed, worst
+        return verdict(compare(self.reference, actual, self.output_specs, self._margin)[0], self._margin)
 
 
 def choose(function: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
            samples: Mapping[str, np.ndarray], like: tuple[TensorSpec, ...], tolerance: Tolerance,
            fixed_fp32_types: frozenset[str], reference: Mapping[str, np.ndarray] | None = None) -> Choice:
-    """Which ops of the fp32 ``function`` to compute in float16; see the module docstring.
+    """Which ops of the fp32 ``function`` to compute in float16 (:func:`mixed_search.search`).
 
     Raises:
         WrongGraphError: The fp32 program itself fails the tolerance against ``reference``.
         ParityError: More than ``MAX_FP32_WEIGHT_SHARE`` of the weights must stay float32.
     """
-    search = _Search(function, inputs, outputs, samples, like, tolerance, reference)
-    names = [op.outputs[0].name for op in search.ops]
-    types = {op.outputs[0].name: op.op_type for op in search.ops}
-    everything = frozenset(names)
-
-    def choice(kept: set[str], method: str, error: float) -> Choice:
-        total = sum(search.weights.values()) or 1
-        share = sum(search.weights[n] for n in kept) / total
-        if share > MAX_FP32_WEIGHT_SHARE:
-            raise ParityError(
-                f"float16 cannot hold this model: to stay within the coreml-fp16 tolerance, ops holding "
-                f"{share:.0%} of the weights must compute in float32 ({', '.join(sorted(set(types[n] for n in kept)))}); "
-                "use the coreml (fp32) target, or coreml-int8 for smaller weights")
-        return Choice(half=everything - kept, method=method, fp32_op_types=dict(Counter(types[n] for n in kept)),
-                      fp32_weight_share=share, search_error=error, runs=search.runs)
-
-    fixed = {n for n in names if types[n] in fixed_fp32_types}
-    ok, error = search.measure(everything - fixed)
-    if ok:
-        return choice(fixed, "the fixed list of range-sensitive op types", error)
-
-    size = max(1, -(-len(names) // GROUPS))
-    groups = [names[i:i + size] for i in range(0, len(names), size)]
-    harm = [search.measure(frozenset(g))[1] for g in groups]
-    order = sorted(range(len(groups)), key=lambda i: -harm[i])
-    log.info("mixed precision: %d ops in %d groups; error of each group alone in float16: %s", len(names),
-             len(groups), ", ".join(f"{h:.3g}" for h in harm))
-
-    def kept_by(k: int) -> set[str]:
-        return {n for i in order[:k] for n in groups[i]}
-
-    results: dict[int, float] = {}
-
-    def passes(k: int) -> bool:
-        ok, err = search.measure(everything - kept_by(k))
-        if ok:
-            results[k] = err
-        return ok
-
-    lo, hi = 0, 1  # lo fails (the fixed list did no better than nothing), hi is tried next
-    while hi < len(groups) and not passes(hi):
-        lo, hi = hi, min(2 * hi, len(groups))
-    if hi == len(groups) and hi not in results:
-        results[hi] = 0.0  # every group float32: the fp32 program itself
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if passes(mid) else (mid, hi)
-    kept_groups = [list(groups[i]) for i in order[:hi]]
-    error = results[hi]
-
-    # shrink each kept group while half of it in float32 is enough (least harmful groups first)
-    budget = REFINE_RUNS
-    for index in reversed(range(len(kept_groups))):
-        while len(kept_groups[index]) > 1 and budget > 0:
-            group = kept_groups[index]
-            others = {n for j, g in enumerate(kept_groups) if j != index for n in g}
-            halves = (group[len(group) // 2:], group[:len(group) // 2])
-            for part in halves:
-                if budget <= 0:
-                    break
-                budget -= 1
-                ok, err = search.measure(everything - others - set(part))
-                if ok:
-                    kept_groups[index], error = part, err
-                    break
-            else:
-                break
-            if kept_groups[index] is group:
-                break
-    kept = {n for g in kept_groups for n in g}
-    # then each op that holds weights, heaviest first, back to float16 alone if the outputs still pass
-    for name in sorted((n for n in kept if search.weights[n]), key=lambda n: -search.weights[n])[:RELEASE_RUNS]:
-        ok, err = search.measure(everything - (kept - {name}))
-        if ok:
-            kept, error = kept - {name}, err
-    return choice(kept, f"measured: {len(kept)} of {len(names)} ops kept float32 after {search.runs} "
-                        "interpreter runs", error)
+    found = _Search(function, inputs, outputs, samples, like, tolerance, reference)
+    names = [op.outputs[0].name for op in found.ops]
+    types = {op.outputs[0].name: op.op_type for op in found.ops}
+    return search(found.measure, names, types, found.weights, fixed_fp32_types, lambda: found.runs,
+                  "coreml-fp16", "use the coreml (fp32) target, or coreml-int8 for smaller weights")
 
 
 def to_mixed_fp16(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgekit.bundle import TensorSpec
 from edgekit.converters.passes import Pass, PassContext, Value
-from edgekit.converters.passes.coreml_precision import MAX_FP32_WEIGHT_SHARE
+from edgekit.converters.passes.mixed_search import MAX_FP32_WEIGHT_SHARE
 from edgekit.converters.passes.onnx_rewrites import clear_wrong_output_shapes
 from edgekit.converters.registry import Kind
 from edgekit.errors import ParityError
@@ -164,11 +164,23 @@ class Float16(Pass):
         _name_nodes(source)
         overflowing, range_note = overflowing_nodes(source, ctx)
         kept = sorted({n.op_type for n in source.graph.node if n.op_type in self.keep_fp32})
+        blocked_nodes = set(overflowing)
+        choice = None
+        if self.keep_fp32 and ctx.reference is not None:  # mixed: which nodes stay float32, by measurement
+            from edgekit.converters.artifacts import held_to
+            from edgekit.converters.passes.onnx_precision import choose
+            from edgekit.converters.registry import TARGETS
+
+            tolerance = held_to(TARGETS["onnx-web-fp16"], quantized_source=ctx.quantized_source).tolerance
+            choice = choose(source, ctx, tolerance, frozenset(self.keep_fp32), overflowing)
+            blocked_nodes = {n.name for n in source.graph.node if n.name not in choice.half}
+            kept = sorted(choice.fp32_op_types)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = float16.convert_float_to_float16(
-                source, keep_io_types=True, op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + kept,
-                node_block_list=sorted(overflowing))
+                source, keep_io_types=True,
+                op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + ([] if choice else kept),
+                node_block_list=sorted(blocked_nodes))
         dropped = drop_cast_round_trips(model)
         emulated = _emulated_parity(model, ctx)
         truncated = sum("truncated" in str(w.message) for w in caught)
@@ -191,16 +203,20 @@ class Float16(Pass):
             ops = sorted({n.op_type for n in source.graph.node if n.name in overflowing})
             notes["float32_for_range"] = f"{len(overflowing)} nodes ({', '.join(ops)})"
         if self.keep_fp32:
-            notes["method"] += "; mixed precision"
+            notes["method"] += "; mixed precision" + (f" ({choice.method})" if choice else " (the fixed list)")
             notes["kept_float32_ops"] = kept
+            if choice:
+                notes["search_runs"] = choice.runs
+                notes["search_max_rel_error"] = float(f"{choice.search_error:.3g}")
         notes["float32_weight_share"] = round(share, 4)
         notes["float16_emulated"] = emulated
         return Value(Kind.ONNX_WEB_FP16, path=out, notes=notes)
 
 
 class Float16Mixed(Float16):
-    """float16 with the ops that lose range or precision kept in float32: the fallback when plain float16
-    fails to load or fails parity."""
+    """float16 with the nodes that lose range or precision kept in float32, chosen by measurement
+    (:mod:`edgekit.converters.passes.onnx_precision`; the fixed list of op types first): the fallback
+    when plain float16 fails to load or fails parity."""
 
     name = "onnx-fp16-mixed"
     keep_fp32 = MIXED_FP32_OPS
