@@ -175,12 +175,12 @@ class Float16(Pass):
             choice = choose(source, ctx, tolerance, frozenset(self.keep_fp32), overflowing)
             blocked_nodes = {n.name for n in source.graph.node if n.name not in choice.half}
             kept = sorted(choice.fp32_op_types)
+        block_types = list(float16.DEFAULT_OP_BLOCK_LIST) + ([] if choice else kept)
+        copied = separate_shared_weights(source, blocked_nodes, set(block_types))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = float16.convert_float_to_float16(
-                source, keep_io_types=True,
-                op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + ([] if choice else kept),
-                node_block_list=sorted(blocked_nodes))
+            model = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=block_types,
+                                                     node_block_list=sorted(blocked_nodes))
         dropped = drop_cast_round_trips(model)
         emulated = _emulated_parity(model, ctx)
         truncated = sum("truncated" in str(w.message) for w in caught)
@@ -188,7 +188,7 @@ class Float16(Pass):
             log.info("float16: %d weights outside the float16 range were clamped", truncated)
         out = ctx.scratch("web-fp16.onnx")
         share = float32_weight_share(model)
-        if share > MAX_FP32_WEIGHT_SHARE:
+        if share > MAX_FP32_WEIGHT_SHARE and choice is None:  # (a search refuses on its own, copies aside)
             ops = sorted({n.op_type for n in source.graph.node if n.name in overflowing or n.op_type in kept})
             raise ParityError(
                 f"float16 cannot hold this model: nodes holding {share:.0%} of the weights must compute in float32 "
@@ -199,6 +199,8 @@ class Float16(Pass):
                                  "activation_range": range_note}
         if dropped:
             notes["cast_round_trips_removed"] = dropped
+        if copied:
+            notes["weights_stored_twice"] = f"{copied} (read by float32 and by float16 nodes)"
         if overflowing:
             ops = sorted({n.op_type for n in source.graph.node if n.name in overflowing})
             notes["float32_for_range"] = f"{len(overflowing)} nodes ({', '.join(ops)})"
@@ -208,7 +210,9 @@ class Float16(Pass):
             if choice:
                 notes["search_runs"] = choice.runs
                 notes["search_max_rel_error"] = float(f"{choice.search_error:.3g}")
-        notes["float32_weight_share"] = round(share, 4)
+        notes["float32_weight_share"] = round(choice.fp32_weight_share if choice else share, 4)
+        if copied:
+            notes["float32_bytes_share"] = round(share, 4)  # the file's, with the copies
         notes["float16_emulated"] = emulated
         return Value(Kind.ONNX_WEB_FP16, path=out, notes=notes)
 
@@ -220,6 +224,41 @@ class Float16Mixed(Float16):
 
     name = "onnx-fp16-mixed"
     keep_fp32 = MIXED_FP32_OPS
+
+
+def separate_shared_weights(model: Any, blocked_nodes: set[str], blocked_types: set[str]) -> int:
+    """Give float32 nodes their own copy of float weights they share with float16 nodes; returns how many
+    weights were copied.
+
+    The converter casts a shared weight to float16 once, so a node kept float32 for precision would
+    read it rounded all the same (basic-pitch's CQT kernels feed 32 convolutions). The copy costs the
+    weight's float32 size, which the size ratio shows.
+    """
+    from onnx import TensorProto
+
+    graph = model.graph
+    floats = {i.name: i for i in graph.initializer if i.data_type == TensorProto.FLOAT}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in set(node.input):
+            if name in floats:
+                readers.setdefault(name, []).append(node)
+
+    def blocked(node: Any) -> bool:
+        return node.name in blocked_nodes or node.op_type in blocked_types
+
+    copied = 0
+    for name, nodes in readers.items():
+        kept = [n for n in nodes if blocked(n)]
+        if not kept or len(kept) == len(nodes):
+            continue
+        twin = graph.initializer.add()
+        twin.CopyFrom(floats[name])
+        twin.name = f"{name}__fp32"
+        for node in kept:
+            node.input[:] = [twin.name if x == name else x for x in node.input]
+        copied += 1
+    return copied
 
 
 def drop_cast_round_trips(model: Any) -> int:
