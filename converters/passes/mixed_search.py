@@ -99,11 +99,14 @@ def verdict(parity: Parity, tolerance: Tolerance) -> tuple[bool, float]:
 
 
 def search(measure: Measure, names: list[str], types: Mapping[str, str], weights: Mapping[str, int],
-           fixed_fp32_types: frozenset[str], runs: Callable[[], int], target: str, instead: str) -> Choice:
+           fixed_fp32_types: frozenset[str], runs: Callable[[], int], target: str, instead: str,
+           total_weights: int | None = None) -> Choice:
     """Which of the ops ``names`` (in graph order) to compute in float16; see the module docstring.
 
     ``measure`` runs the graph with a set of ops in float16 and says whether the outputs pass and the
     worst error; ``runs`` counts the runs so far; ``target`` and ``instead`` word the refusal.
+    ``total_weights`` (default: the ops' float weights) is what the float32 share is a share of: an
+    already quantized model's integer weights count too.
 
     Raises:
         ParityError: More than ``MAX_FP32_WEIGHT_SHARE`` of the weights must stay float32.
@@ -111,7 +114,7 @@ def search(measure: Measure, names: list[str], types: Mapping[str, str], weights
     everything = frozenset(names)
 
     def choice(kept: set[str], method: str, error: float) -> Choice:
-        total = sum(weights.values()) or 1
+        total = total_weights or sum(weights.values()) or 1
         share = sum(weights[n] for n in kept) / total
         if share > MAX_FP32_WEIGHT_SHARE:
             raise ParityError(

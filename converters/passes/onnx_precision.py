@@ -37,7 +37,9 @@ class _Search:
                        if v.type.tensor_type.elem_type == TensorProto.FLOAT}
         self.inits = {i.name: i for i in graph.initializer}
         self.floats |= {name for name, i in self.inits.items() if i.data_type == TensorProto.FLOAT}
-        blocked = set(DEFAULT_OP_BLOCK_LIST)
+        from edgekit.converters.passes.onnx_web import QUANTIZED_OPS
+
+        blocked = set(DEFAULT_OP_BLOCK_LIST) | set(QUANTIZED_OPS)
         self.nodes = [n for n in graph.node if n.op_type not in blocked and n.name not in exclude
                       and any(o in self.floats for o in n.output)]
         self.weights = {n.name: sum(int(np.prod(self.inits[x].dims)) for x in n.input
@@ -115,5 +117,6 @@ def choose(model: Any, ctx: PassContext, tolerance: Tolerance, fixed_fp32_types:
     found = _Search(model, ctx, tolerance, exclude)
     names = [n.name for n in found.nodes]
     types = {n.name: n.op_type for n in found.nodes}
+    total = sum(int(np.prod(i.dims)) for i in model.graph.initializer)  # integer weights of a quantized model too
     return search(found.measure, names, types, found.weights, fixed_fp32_types, lambda: found.runs,
-                  "onnx-web-fp16", "use the onnx-web (fp32) target, or onnx-web-int8 for smaller weights")
+                  "onnx-web-fp16", "use the onnx-web (fp32) target, or onnx-web-int8 for smaller weights", total)

@@ -131,6 +131,11 @@ MIXED_FP32_OPS = (
 
 
 FP16_MAX = 65504.0
+# The float side of quantized ops stays float32 (DynamicQuantizeLinear takes float32 only; the others take
+# float16 only from opset 19): an already quantized source keeps its integer weights and kernels, and
+# only its float ops become float16.
+QUANTIZED_OPS = ("DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
+                 "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention")
 # Activations beyond this magnitude on the samples keep their producers and consumers in float32: half of
 # float16's range, since the samples do not hold every input a device will see.
 FP16_RANGE_LIMIT = FP16_MAX / 2
@@ -175,7 +180,7 @@ class Float16(Pass):
             choice = choose(source, ctx, tolerance, frozenset(self.keep_fp32), overflowing)
             blocked_nodes = {n.name for n in source.graph.node if n.name not in choice.half}
             kept = sorted(choice.fp32_op_types)
-        block_types = list(float16.DEFAULT_OP_BLOCK_LIST) + ([] if choice else kept)
+        block_types = list(float16.DEFAULT_OP_BLOCK_LIST) + list(QUANTIZED_OPS) + ([] if choice else kept)
         copied = separate_shared_weights(source, blocked_nodes, set(block_types))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -481,16 +486,17 @@ _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
 
 
 def float32_weight_share(model: Any) -> float:
-    """The share of the model's float weight bytes stored as float32 (the size cost of mixed precision)."""
-    from onnx import TensorProto
+    """The share of the model's weight bytes stored as float32 (the size cost of mixed precision); the
+    integer weights of an already quantized model count in the whole."""
+    from onnx import helper
 
     def nbytes(init: Any) -> int:
         count = int(np.prod(init.dims)) if init.dims else 1
-        return count * (4 if init.data_type == TensorProto.FLOAT else 2)
+        return count * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
 
-    floats = [i for i in model.graph.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
-    total = sum(nbytes(i) for i in floats)
-    fp32 = sum(nbytes(i) for i in floats if i.data_type == TensorProto.FLOAT)
+    sizes = [(i.data_type, nbytes(i)) for i in model.graph.initializer]
+    total = sum(n for _, n in sizes)
+    fp32 = sum(n for t, n in sizes if t == 1)  # TensorProto.FLOAT
     return fp32 / total if total else 0.0
 
 
