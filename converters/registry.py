@@ -83,8 +83,10 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.ONNX_WEB, Kind.ONNX_WEB_FP16, ("onnx", "onnxruntime"), fallback_of="onnx-fp16"),
     PassInfo("onnx-int8", "edgekit.converters.passes.onnx_web:Int8",
              Kind.ONNX_WEB, Kind.ONNX_WEB_INT8, ("onnx", "onnxruntime")),
-    # The other family's int8 recipe when the model family's own fails parity or to load
-    PassInfo("onnx-int8-other", "edgekit.converters.passes.onnx_web:Int8OtherRecipe",
+    # The family's next int8 recipes when the first fails parity or to load (onnx_web.RECIPE_ORDER)
+    PassInfo("onnx-int8-second", "edgekit.converters.passes.onnx_web:Int8Second",
+             Kind.ONNX_WEB, Kind.ONNX_WEB_INT8, ("onnx", "onnxruntime"), fallback_of="onnx-int8"),
+    PassInfo("onnx-int8-third", "edgekit.converters.passes.onnx_web:Int8Third",
              Kind.ONNX_WEB, Kind.ONNX_WEB_INT8, ("onnx", "onnxruntime"), fallback_of="onnx-int8"),
     PassInfo("keras-tf", "edgekit.converters.passes.tflite:KerasToTf",
              Kind.KERAS, Kind.TF, ("tensorflow",)),

@@ -15,12 +15,14 @@ import pytest
 
 pytestmark = [pytest.mark.corpus, pytest.mark.slow, pytest.mark.tensorflow, pytest.mark.torch]
 
-TARGETS = ("onnx-web", "tflite", "coreml-fp16")
+TARGETS = ("onnx-web", "tflite", "coreml-fp16", "onnx-web-fp16")
 # What each must give: "passed" (parity measured and within tolerance) or the start of the failure.
 EXPECTED: dict[str, dict[str, str]] = {
-    "ppocr-cls": {"onnx-web": "passed", "tflite": "passed", "coreml-fp16": "passed"},
-    "silero-vad": {"onnx-web": "passed", "tflite": "passed", "coreml-fp16": "passed"},  # through onnx-torch
-    "vit-digits": {"onnx-web": "passed", "tflite": "passed", "coreml-fp16": "passed"},
+    "ppocr-cls": {"onnx-web": "passed", "tflite": "passed", "coreml-fp16": "passed", "onnx-web-fp16": "passed"},
+    # tflite and coreml-fp16 through onnx-torch; onnx-web-fp16 with a recurrent state kept in range
+    "silero-vad": {"onnx-web": "passed", "tflite": "passed", "coreml-fp16": "passed", "onnx-web-fp16": "passed"},
+    # onnx-web-fp16: onnxruntime's NCHWc transformer, which crashed on it, is left out for float16
+    "vit-digits": {"onnx-web": "passed", "tflite": "passed", "coreml-fp16": "passed", "onnx-web-fp16": "passed"},
 }
 
 

@@ -99,7 +99,8 @@ def test_a_transformer_gets_the_matmul_only_recipe_and_keeps_its_embeddings_floa
     result = convert(model, ["onnx-web-int8"], out=tmp_path / "b", calibration=tmp_path / "cal.npz", report=False)
     art = result.bundle.manifest.artifacts[0]
     notes = art.extra["conversion"]
-    assert notes["family"] == "transformer" and notes["recipe"]["op_types"] == ["MatMul", "Gemm"]
+    assert notes["family"] == "transformer" and notes["recipe"]["name"] == "matmul"
+    assert notes["recipe"]["op_types"] == ["MatMul", "Gemm"] and notes["quantized_weight_share"] > 0.8
     assert result.bundle.manifest.outputs[0].kind == "embedding"  # judged by cosine similarity
     entry = art.parity.per_output[0]
     assert art.parity.passed and entry["min_cosine"] >= 0.98

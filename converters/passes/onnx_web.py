@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from edgekit.converters.passes import Pass, PassContext, Value
 from edgekit.converters.passes.mixed_search import MAX_FP32_WEIGHT_SHARE
 from edgekit.converters.passes.onnx_rewrites import clear_wrong_output_shapes
 from edgekit.converters.registry import Kind
-from edgekit.errors import ParityError
+from edgekit.errors import ConversionError, ParityError
 from edgekit.parity import iter_feeds, sample_count
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,12 @@ class Float16(Pass):
         save_for_web(model, out)
         notes: dict[str, Any] = {"method": "onnxruntime float16 converter, fp32 I/O",
                                  "activation_range": range_note}
+        if ctx.quantized_source and out.stat().st_size >= value.file.stat().st_size:
+            # the integer weights stay integer either way; float16 of the small float rest did not pay
+            shutil.copyfile(value.file, out)
+            return Value(Kind.ONNX_WEB_FP16, path=out, notes={
+                "method": "the quantized source's graph as it is: its weights stay 8-bit, and float16 of its few "
+                          "float tensors made the file larger (casts around the quantized ops)"})
         if dropped:
             notes["cast_round_trips_removed"] = dropped
         if copied:
@@ -534,20 +541,30 @@ MATMUL_METHOD = ("dynamic, MatMul and Gemm weights only (uint8 per channel), act
 
 
 class Int8(Pass):
-    """Quantize to int8 with the recipe of the model's family (:func:`model_family`): for transformers, the
-    MatMul/Gemm weights only, dynamically (:data:`MATMUL_RECIPE`); for the rest, static QDQ (per-channel
-    7-bit weights) with calibration data, else dynamic. The recipe and family go in the notes."""
+    """Quantize to int8 with the recipes of the model's family (:func:`model_family`), in order: for
+    transformers, MatMul/Gemm weights only, dynamically (:data:`MATMUL_RECIPE`), then static QDQ, then
+    every weight dynamically; for the rest, static QDQ (per-channel 7-bit weights, with calibration
+    data), then every weight dynamically (:data:`DYNAMIC_RECIPE`), then MatMul/Gemm only. This pass
+    uses the first; its fallbacks the next ones, when one fails parity or cannot be loaded. A recipe
+    that leaves most of the weights in float is refused. The recipe and family go in the notes."""
 
     name = "onnx-int8"
     consumes = Kind.ONNX_WEB
     produces = Kind.ONNX_WEB_INT8
     modules = ("onnx", "onnxruntime")
-    other_recipe = False  # the fallback pass quantizes with the other family's recipe
+    rank = 0  # which of the family's recipes this pass uses
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
+        family = model_family(onnx.load(str(value.file)))
+        order = RECIPE_ORDER["transformer" if family == "transformer" else "cnn"]
+        order = tuple(r for r in order if r != "static" or ctx.has_calibration)
+        if self.rank >= len(order):
+            raise ConversionError(f"no further int8 recipe for this model (a {family} graph"
+                                  f"{'' if ctx.has_calibration else ', no calibration data'}: {', '.join(order)})")
+        recipe_name = order[self.rank]
         upgraded, per_channel_ok, opset_note = _opset_for_qdq(value.file, ctx)
         source = ctx.scratch("int8-pre.onnx")
         try:
@@ -557,12 +574,18 @@ class Int8(Pass):
             source = upgraded
         out = ctx.scratch("web-int8.onnx")
         start = time.perf_counter()
-        family = model_family(onnx.load(str(value.file)))
-        transformer = (family == "transformer") != self.other_recipe
-        method, recipe = (self._matmul_only if transformer else self._quantize)(source, out, ctx, per_channel_ok)
+        recipe_fn = {"matmul": self._matmul_only, "static": self._static, "dynamic": self._dynamic}[recipe_name]
+        method, recipe = recipe_fn(source, out, ctx, per_channel_ok)
         log.info("int8 quantization took %.2fs", time.perf_counter() - start)
-        save_for_web(onnx.load(str(out)), out)
-        notes: dict[str, Any] = {"method": method, "recipe": dict(recipe), "family": family}
+        model = onnx.load(str(out))
+        share = quantized_weight_share(model)
+        if share < MIN_QUANTIZED_SHARE:
+            raise ConversionError(f"the int8 recipe '{recipe_name}' quantized only {share:.0%} of this model's weights "
+                                  "(its matrix products or convolutions hold few of them); an int8 target must hold "
+                                  "most weights in 8 bits")
+        save_for_web(model, out)
+        notes: dict[str, Any] = {"method": method, "recipe": {"name": recipe_name, **recipe}, "family": family,
+                                 "quantized_weight_share": round(share, 4)}
         if opset_note:
             notes["opset"] = opset_note
         return Value(Kind.ONNX_WEB_INT8, path=out, notes=notes)
@@ -578,36 +601,61 @@ class Int8(Pass):
                          reduce_range=bool(MATMUL_RECIPE["reduce_range"]), extra_options={"MatMulConstBOnly": True})
         return MATMUL_METHOD, dict(MATMUL_RECIPE)
 
-    def _quantize(self, source: Path, out: Path, ctx: PassContext, per_channel_ok: bool) -> tuple[str, dict[str, Any]]:
-        """The CNN recipe: static QDQ with calibration data, else dynamic; the method in words and the recipe."""
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    def _static(self, source: Path, out: Path, ctx: PassContext, per_channel_ok: bool) -> tuple[str, dict[str, Any]]:
+        """Static QDQ from the calibration data (:data:`STATIC_RECIPE`)."""
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-        if ctx.has_calibration:
-            first = ctx.inputs[0].shape[0] if ctx.inputs[0].shape else None
-            chunk = first if isinstance(first, int) and first > 0 else CALIBRATION_CHUNK
-            r = STATIC_RECIPE if per_channel_ok else {**STATIC_RECIPE, "per_channel": False}
-            quantize_static(
-                str(source), str(out), _Reader(ctx.samples, ctx.inputs, chunk),
-                quant_format=getattr(QuantFormat, str(r["quant_format"])), per_channel=bool(r["per_channel"]),
-                activation_type=getattr(QuantType, str(r["activation_type"])),
-                weight_type=getattr(QuantType, str(r["weight_type"])), reduce_range=bool(r["reduce_range"]),
-            )
-            count = sample_count(ctx.samples, ctx.inputs)
-            method = f"{STATIC_METHOD}, MinMax on {count} samples"
-            if not per_channel_ok:
-                method = method.replace("per-channel", "per-tensor")
-            return method, dict(r)
+        first = ctx.inputs[0].shape[0] if ctx.inputs[0].shape else None
+        chunk = first if isinstance(first, int) and first > 0 else CALIBRATION_CHUNK
+        r = STATIC_RECIPE if per_channel_ok else {**STATIC_RECIPE, "per_channel": False}
+        quantize_static(
+            str(source), str(out), _Reader(ctx.samples, ctx.inputs, chunk),
+            quant_format=getattr(QuantFormat, str(r["quant_format"])), per_channel=bool(r["per_channel"]),
+            activation_type=getattr(QuantType, str(r["activation_type"])),
+            weight_type=getattr(QuantType, str(r["weight_type"])), reduce_range=bool(r["reduce_range"]),
+        )
+        count = sample_count(ctx.samples, ctx.inputs)
+        method = f"{STATIC_METHOD}, MinMax on {count} samples"
+        if not per_channel_ok:
+            method = method.replace("per-channel", "per-tensor")
+        return method, dict(r)
+
+    def _dynamic(self, source: Path, out: Path, ctx: PassContext, per_channel_ok: bool) -> tuple[str, dict[str, Any]]:
+        """Every weight dynamically (:data:`DYNAMIC_RECIPE`): activation ranges measured per run."""
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
         quantize_dynamic(str(source), str(out), weight_type=getattr(QuantType, str(DYNAMIC_RECIPE["weight_type"])),
                          reduce_range=bool(DYNAMIC_RECIPE["reduce_range"]))
         return DYNAMIC_METHOD, {"dynamic": True, **DYNAMIC_RECIPE}
 
 
-class Int8OtherRecipe(Int8):
-    """int8 with the other family's recipe: the next route when the family's own recipe fails parity or
-    cannot be loaded (a CNN-like graph with attention in it, an encoder whose activations quantize well)."""
+class Int8Second(Int8):
+    """int8 with the family's second recipe (see :class:`Int8`)."""
 
-    name = "onnx-int8-other"
-    other_recipe = True
+    name = "onnx-int8-second"
+    rank = 1
+
+
+class Int8Third(Int8):
+    """int8 with the family's third recipe (see :class:`Int8`)."""
+
+    name = "onnx-int8-third"
+    rank = 2
+
+
+# The recipes tried in order, by family; "static" needs calibration data and is skipped without it.
+RECIPE_ORDER = {"transformer": ("matmul", "static", "dynamic"), "cnn": ("static", "dynamic", "matmul")}
+MIN_QUANTIZED_SHARE = 0.5  # an int8 artifact holds at least this share of its weights in 8 bits
+
+
+def quantized_weight_share(model: Any) -> float:
+    """The share of the model's weight elements stored in 8 bits."""
+    from onnx import TensorProto
+
+    counts = [(i.data_type, int(np.prod(i.dims)) if i.dims else 1) for i in model.graph.initializer]
+    total = sum(n for _, n in counts)
+    eight = sum(n for t, n in counts if t in (TensorProto.INT8, TensorProto.UINT8))
+    return eight / total if total else 0.0
 
 
 def model_family(model: Any) -> str:
