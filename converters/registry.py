@@ -109,6 +109,11 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.TF, Kind.TFLITE_INT8, ("tensorflow", "ai_edge_litert")),
     PassInfo("tflite-int16x8", "edgekit.converters.passes.tflite:TfliteInt16x8",
              Kind.TF, Kind.TFLITE_INT16X8, ("tensorflow", "ai_edge_litert")),
+    # Reduced precision from a finished fp32 .tflite (routes that reach TFLite without TensorFlow: litert-torch)
+    PassInfo("tflite-aeq-fp16", "edgekit.converters.passes.tflite_quantize:TfliteFloat16Weights",
+             Kind.TFLITE, Kind.TFLITE_FP16, ("ai_edge_quantizer",)),
+    PassInfo("tflite-aeq-dynamic-int8", "edgekit.converters.passes.tflite_quantize:TfliteDynamicInt8Weights",
+             Kind.TFLITE, Kind.TFLITE_DYNAMIC_INT8, ("ai_edge_quantizer",)),
     PassInfo("torch-coreml-fp32", "edgekit.converters.passes.coreml:TorchModuleToCoremlFp32",
              Kind.TORCH_MODULE, Kind.COREML_FP32, ("torch", "coremltools")),
     PassInfo("torch-coreml-fp16", "edgekit.converters.passes.coreml:TorchModuleToCoremlFp16",

@@ -23,6 +23,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "tf_keras": ("tf-keras", "tflite"),
     "onnx_graphsurgeon": ("onnx-graphsurgeon", "tflite"),
     "litert_torch": ("litert-torch", "litert-torch"),
+    "ai_edge_quantizer": ("ai-edge-quantizer", "litert-torch"),
     "coremltools": ("coremltools", "coreml"),
     "onnxruntime": ("onnxruntime", "(base install)"),
 }

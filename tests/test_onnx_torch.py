@@ -168,7 +168,7 @@ def test_recurrent_model_reaches_tflite_and_coreml_through_pytorch(tmp_path: Pat
     np.savez(tmp_path / "cal.npz", x=x, state=state, sr=np.array(16000, np.int64))
     out = tmp_path / "b"
     result = run_cli("convert", model, "--calibration", tmp_path / "cal.npz", "-t", "tflite", "-t", "coreml",
-                     "--via", "onnx-torch", "--out", out)
+                     "-t", "tflite-fp16", "-t", "tflite-dynamic-int8", "--via", "onnx-torch", "--out", out)
     assert result.exit_code == 0, result.output
     manifest = read_bundle(out).manifest
     coreml = manifest.artifact("coreml")  # the scalar input given to Core ML as shape [1]
@@ -179,6 +179,13 @@ def test_recurrent_model_reaches_tflite_and_coreml_through_pytorch(tmp_path: Pat
     assert art.route == ("onnx-torch", "litert-torch-program")
     assert art.parity is not None and art.parity.passed and art.parity.max_abs_error < 1e-4
     assert art.extra["conversion"]["fixed_shapes"] == {"x": [1, 64], "state": [2, 1, 16]}
+    # reduced precision from that fp32 .tflite, by ai-edge-quantizer (no TensorFlow graph to quantize)
+    for target, step in (("tflite-fp16", "tflite-aeq-fp16"), ("tflite-dynamic-int8", "tflite-aeq-dynamic-int8")):
+        small = manifest.artifact(target)
+        assert small.route == ("onnx-torch", "litert-torch-program", step)
+        assert small.parity is not None and small.parity.passed, (target, small.parity)
+        assert small.size_bytes < art.size_bytes and "ai-edge-quantizer" in small.extra["conversion"]["quantizer"]
+        assert small.extra["conversion"]["fixed_shapes"] == {"x": [1, 64], "state": [2, 1, 16]}
     # the If was computed both ways and selected by the input: the other sample rate takes the other head
     import edgekit.runtimes
 

@@ -644,7 +644,8 @@ class Int8Third(Int8):
 
 
 # The recipes tried in order, by family; "static" needs calibration data and is skipped without it.
-RECIPE_ORDER = {"transformer": ("matmul", "static", "dynamic"), "cnn": ("static", "dynamic", "matmul")}
+RECIPE_ORDER: dict[str, tuple[str, ...]] = {"transformer": ("matmul", "static", "dynamic"),
+                                             "cnn": ("static", "dynamic", "matmul")}
 MIN_QUANTIZED_SHARE = 0.5  # an int8 artifact holds at least this share of its weights in 8 bits
 
 
