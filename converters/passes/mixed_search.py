@@ -100,13 +100,13 @@ def verdict(parity: Parity, tolerance: Tolerance) -> tuple[bool, float]:
 
 def search(measure: Measure, names: list[str], types: Mapping[str, str], weights: Mapping[str, int],
            fixed_fp32_types: frozenset[str], runs: Callable[[], int], target: str, instead: str,
-           total_weights: int | None = None) -> Choice:
+           share_of: Callable[[set[str]], float] | None = None) -> Choice:
     """Which of the ops ``names`` (in graph order) to compute in float16; see the module docstring.
 
     ``measure`` runs the graph with a set of ops in float16 and says whether the outputs pass and the
     worst error; ``runs`` counts the runs so far; ``target`` and ``instead`` word the refusal.
-    ``total_weights`` (default: the ops' float weights) is what the float32 share is a share of: an
-    already quantized model's integer weights count too.
+    ``share_of`` gives the share of the model's weights the kept ops hold (default: their ``weights``
+    over all ops'; a graph whose ops share weights, or whose integer weights count too, says its own).
 
     Raises:
         ParityError: More than ``MAX_FP32_WEIGHT_SHARE`` of the weights must stay float32.
@@ -114,8 +114,7 @@ def search(measure: Measure, names: list[str], types: Mapping[str, str], weights
     everything = frozenset(names)
 
     def choice(kept: set[str], method: str, error: float) -> Choice:
-        total = total_weights or sum(weights.values()) or 1
-        share = sum(weights[n] for n in kept) / total
+        share = share_of(kept) if share_of else sum(weights[n] for n in kept) / (sum(weights.values()) or 1)
         if share > MAX_FP32_WEIGHT_SHARE:
             raise ParityError(
                 f"float16 cannot hold this model: to stay within the {target} tolerance, ops holding "

@@ -117,6 +117,18 @@ def choose(model: Any, ctx: PassContext, tolerance: Tolerance, fixed_fp32_types:
     found = _Search(model, ctx, tolerance, exclude)
     names = [n.name for n in found.nodes]
     types = {n.name: n.op_type for n in found.nodes}
-    total = sum(int(np.prod(i.dims)) for i in model.graph.initializer)  # integer weights of a quantized model too
+    from onnx import TensorProto
+
+    # A weight read by k nodes counts 1/k for each (as the per-node sums do), over every node's float weights
+    # plus the integer weights of an already quantized model.
+    inits = {i.name: i for i in model.graph.initializer}
+    floats = sum(int(np.prod(inits[x].dims)) for n in model.graph.node for x in n.input
+                 if x in inits and inits[x].data_type == TensorProto.FLOAT)
+    integers = sum(int(np.prod(i.dims)) for i in inits.values() if i.data_type in (TensorProto.INT8, TensorProto.UINT8))
+    total = (floats + integers) or 1
+
+    def share_of(kept: set[str]) -> float:
+        return sum(found.weights[n] for n in kept) / total
+
     return search(found.measure, names, types, found.weights, fixed_fp32_types, lambda: found.runs,
-                  "onnx-web-fp16", "use the onnx-web (fp32) target, or onnx-web-int8 for smaller weights", total)
+                  "onnx-web-fp16", "use the onnx-web (fp32) target, or onnx-web-int8 for smaller weights", share_of)
