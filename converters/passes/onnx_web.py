@@ -581,8 +581,8 @@ class Int8(Pass):
         share = quantized_weight_share(model)
         if share < MIN_QUANTIZED_SHARE:
             raise ConversionError(f"the int8 recipe '{recipe_name}' quantized only {share:.0%} of this model's weights "
-                                  "(its matrix products or convolutions hold few of them); an int8 target must hold "
-                                  "most weights in 8 bits")
+                                  "outside embedding tables (its matrix products or convolutions hold few of them); an "
+                                  "int8 target must hold most weights in 8 bits")
         save_for_web(model, out)
         notes: dict[str, Any] = {"method": method, "recipe": {"name": recipe_name, **recipe}, "family": family,
                                  "quantized_weight_share": round(share, 4)}
@@ -650,10 +650,13 @@ MIN_QUANTIZED_SHARE = 0.5  # an int8 artifact holds at least this share of its w
 
 
 def quantized_weight_share(model: Any) -> float:
-    """The share of the model's weight elements stored in 8 bits."""
+    """The share of the model's weight elements stored in 8 bits, embedding tables left aside (the transformer
+    recipe keeps them float by design: a lookup loses more in 8 bits than it saves in compute)."""
     from onnx import TensorProto
 
-    counts = [(i.data_type, int(np.prod(i.dims)) if i.dims else 1) for i in model.graph.initializer]
+    tables = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input}
+    counts = [(i.data_type, int(np.prod(i.dims)) if i.dims else 1) for i in model.graph.initializer
+              if not (i.name in tables and i.data_type == TensorProto.FLOAT)]
     total = sum(n for _, n in counts)
     eight = sum(n for t, n in counts if t in (TensorProto.INT8, TensorProto.UINT8))
     return eight / total if total else 0.0
