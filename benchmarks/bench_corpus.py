@@ -11,6 +11,7 @@ wrapped tools alone, as a user would call them:
   coremltools ``ct.convert`` on the PyTorch and TensorFlow sources (it has no ONNX frontend), run by
               edgekit's MIL interpreter (Core ML itself needs macOS)
   ort-quant   onnxruntime's ``quantize_static`` with its defaults, run by onnxruntime on the samples
+  fp16-converter  onnxconverter-common's ``convert_float_to_float16`` (float32 I/O), run by onnxruntime
 
 Each result is kept in WORK/results.json; a second run redoes only what is missing (``--redo`` redoes
 all). ``--table`` prints the markdown tables for benchmarks/RESULTS.md.
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 FP32 = ("onnx-web", "tflite", "coreml-fp16")
 REDUCED = ("onnx-web-fp16", "onnx-web-int8", "tflite-fp16", "tflite-int8")
-TOOLS = ("edgekit", "onnx2tf", "coremltools", "ort-quant")
+TOOLS = ("edgekit", "onnx2tf", "coremltools", "ort-quant", "fp16-converter")
 TIMEOUT = 1800
 
 

@@ -42,7 +42,8 @@ def tables(results: dict[str, Any]) -> str:
     for key, value in results.items():
         if key.endswith("/edgekit"):
             targets += [t for t in value["targets"] if t not in targets]
-    order = ["onnx-web", "tflite", "coreml-fp16", "onnx-web-fp16", "tflite-fp16", "onnx-web-int8", "tflite-int8"]
+    order = ["onnx-web", "tflite", "coreml-fp16", "onnx-web-fp16", "tflite-fp16", "onnx-web-int8",
+             "tflite-dynamic-int8", "tflite-int8"]
     targets.sort(key=lambda t: order.index(t) if t in order else len(order))
     lines = ["| model | " + " | ".join(targets) + " | exit | s | left behind |",
              "|---" * (len(targets) + 4) + "|"]
@@ -59,7 +60,7 @@ def tables(results: dict[str, Any]) -> str:
         left = ", ".join(r["leftovers"]) or "-"
         lines.append(f"| {mid} | " + " | ".join(cells) + f" | {r['rc']} | {r['seconds']:.0f} | {left} |")
     lines.append("| **passed** | " + " | ".join(f"**{passed[t]}/{counted}**" for t in targets) + " | | | |")
-    tools = ("onnx2tf", "coremltools", "ort-quant")
+    tools = ("onnx2tf", "coremltools", "ort-quant", "fp16-converter")
     lines += ["", "| model | " + " | ".join(f"{t} alone" for t in tools) + " |", "|---" * (len(tools) + 1) + "|"]
     alone = {t: [0, 0] for t in tools}
     for mid in ids:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-TOLERANCE = {"onnx2tf": 1e-3, "coremltools": 5e-2, "ort-quant": 0.25}
+TOLERANCE = {"onnx2tf": 1e-3, "coremltools": 5e-2, "ort-quant": 0.25, "fp16-converter": 5e-2}
 TIMEOUT = 1800
 
 
@@ -217,11 +217,29 @@ def ort_quant_alone(entry: dict[str, Any], out: Path) -> dict[str, Any]:
     return _verdict(refs, acts, TOLERANCE["ort-quant"])
 
 
+def fp16_converter_alone(entry: dict[str, Any], out: Path) -> dict[str, Any]:
+    """onnxconverter-common's ``convert_float_to_float16`` with float32 I/O, as its README shows, run by
+    onnxruntime (whose CPU provider computes most float16 ops in float32, so this is its best case)."""
+    if not entry["source"].endswith(".onnx"):
+        return {"status": "n/a", "error": "onnxconverter-common takes ONNX only"}
+    import onnx
+    import onnxruntime as ort
+    from onnxconverter_common import float16
+
+    feeds, refs = _onnx_reference(entry["source"], entry["calibration"])
+    model = float16.convert_float_to_float16(onnx.load(entry["source"]), keep_io_types=True)
+    onnx.save(model, str(out / "fp16.onnx"))
+    session = ort.InferenceSession(str(out / "fp16.onnx"), providers=["CPUExecutionProvider"])
+    acts = [session.run(None, f) for f in feeds]
+    return _verdict(refs, acts, TOLERANCE["fp16-converter"])
+
+
 def main() -> None:
     tool, entry_file, result_file = sys.argv[1:4]
     entry = json.loads(Path(entry_file).read_text())
     out = Path(result_file).parent
-    fn = {"onnx2tf": onnx2tf_alone, "coremltools": coremltools_alone, "ort-quant": ort_quant_alone}[tool]
+    fn = {"onnx2tf": onnx2tf_alone, "coremltools": coremltools_alone, "ort-quant": ort_quant_alone,
+          "fp16-converter": fp16_converter_alone}[tool]
     try:
         result = fn(entry, out)
     except Exception as exc:  # noqa: BLE001 - any failure of the wrapped tool is its verdict
