@@ -120,11 +120,11 @@ def probe_family(model: Path, family: str, min_ios: int = 16) -> tuple[bool, str
             failure = result.failures[0]
             return False, f"{target}: failed to convert (see above)", [f"probe conversion to {target}: {failure.error}"]
         art = result.bundle.manifest.artifacts[0]
-        if art.unverified:  # converted, but its parity cannot be measured here (an op the MIL interpreter lacks)
+        flex = art.extra.get("conversion", {}).get("flex_ops") or []
+        if art.unverified and not flex:  # converted, but its parity cannot be measured here (an op the MIL interpreter lacks)
             return True, f"{target}: converted, not verifiable here", [
                 f"{target} converts, but its parity cannot be measured on this host: {art.unverified}; the "
                 "artifact would be kept as unverified"]
-        flex = art.extra.get("conversion", {}).get("flex_ops") or []
         if flex:
             return True, f"{target}: converted; it needs Flex ops {', '.join(flex)}", [
                 f"needs TensorFlow Select (Flex) ops {', '.join(flex)}: the app must link the Flex delegate "
