@@ -187,6 +187,8 @@ class Float16(Pass):
             warnings.simplefilter("always")
             model = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=block_types,
                                                      node_block_list=sorted(blocked_nodes))
+        if copied:
+            join_weight_copies(model)
         dropped = drop_cast_round_trips(model)
         emulated = _emulated_parity(model, ctx)
         truncated = sum("truncated" in str(w.message) for w in caught)
@@ -212,7 +214,7 @@ class Float16(Pass):
         if dropped:
             notes["cast_round_trips_removed"] = dropped
         if copied:
-            notes["weights_stored_twice"] = f"{copied} (read by float32 and by float16 nodes)"
+            notes["float32_shared_weights"] = f"{copied} (read by float32 and float16 nodes: stored once in float32)"
         if overflowing:
             ops = sorted({n.op_type for n in source.graph.node if n.name in overflowing})
             notes["float32_for_range"] = f"{len(overflowing)} nodes ({', '.join(ops)})"
@@ -243,8 +245,8 @@ def separate_shared_weights(model: Any, blocked_nodes: set[str], blocked_types: 
     weights were copied.
 
     The converter casts a shared weight to float16 once, so a node kept float32 for precision would
-    read it rounded all the same (basic-pitch's CQT kernels feed 32 convolutions). The copy costs the
-    weight's float32 size, which the size ratio shows.
+    read it rounded all the same (basic-pitch's CQT kernels feed 32 convolutions). After conversion
+    :func:`join_weight_copies` keeps the float32 copy only.
     """
     from onnx import TensorProto
 
@@ -271,6 +273,25 @@ def separate_shared_weights(model: Any, blocked_nodes: set[str], blocked_types: 
             node.input[:] = [twin.name if x == name else x for x in node.input]
         copied += 1
     return copied
+
+
+def join_weight_copies(model: Any) -> None:
+    """Store each weight :func:`separate_shared_weights` copied once, in float32: its float16 readers get it
+    through a Cast node (folded when the session loads), so the file holds 4 bytes per value, not 4 + 2."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    casts = []
+    for name in [n for n in inits if n.endswith("__fp32")]:
+        half = inits.get(name.removesuffix("__fp32"))
+        if half is None or half.data_type != TensorProto.FLOAT16:
+            continue
+        graph.initializer.remove(half)
+        casts.append(helper.make_node("Cast", [name], [half.name], to=TensorProto.FLOAT16, name=f"{half.name}_cast"))
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def drop_cast_round_trips(model: Any) -> int:
