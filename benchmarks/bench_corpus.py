@@ -73,23 +73,30 @@ def run_edgekit(entry: Any, targets: tuple[str, ...], work: Path) -> dict[str, A
     if not manifest_path.is_file():
         result["error"] = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {rc}, no bundle"
         return result
-    manifest = json.loads(manifest_path.read_text())
+    result["targets"] = verdicts(json.loads(manifest_path.read_text()))
+    for t in targets:
+        result["targets"].setdefault(t, {"status": "missing", "error": stderr.strip()[-400:]})
+    return result
+
+
+def verdicts(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Per target: its main artifact's verdict (a format variant, such as ORT, aside), or its failure."""
+    out: dict[str, Any] = {}
     source_size = manifest["source"]["size_bytes"]
     for art in manifest.get("artifacts", []):
+        if art["target"] in out:  # the target's own artifact comes first; variants follow
+            continue
         parity = art.get("parity") or {}
-        result["targets"][art["target"]] = {
+        out[art["target"]] = {
             "status": "passed" if parity.get("passed") else ("unverified" if art.get("unverified") else "accepted"),
             "route": art.get("route"), "size_ratio": round(art["size_bytes"] / source_size, 3) if source_size else None,
             "max_abs_error": parity.get("max_abs_error"), "top1": parity.get("top1_agreement"),
             "unverified": art.get("unverified"), "routes_tried": art.get("routes_tried"),
         }
     for fail in manifest.get("failures") or []:
-        result["targets"][fail["target"]] = {"status": "failed", "error": fail["error"][:400], "kind": fail.get("kind"),
-                                             "route": fail.get("route"),
-                                             "routes_tried": fail.get("routes_tried")}
-    for t in targets:
-        result["targets"].setdefault(t, {"status": "missing", "error": stderr.strip()[-400:]})
-    return result
+        out[fail["target"]] = {"status": "failed", "error": fail["error"][:400], "kind": fail.get("kind"),
+                               "route": fail.get("route"), "routes_tried": fail.get("routes_tried")}
+    return out
 
 
 def main() -> None:

@@ -22,6 +22,14 @@ def _short(error: str) -> str:
     return error[:80]
 
 
+def _fallback_step(route: list[str]) -> str:
+    """The step that made a fallback route differ from the planned one (a fallback or alternative pass)."""
+    from edgekit.converters.registry import PASSES
+
+    other = {p.name for p in PASSES if p.fallback_of or p.alternative}
+    return next((step for step in route if step in other), route[0])
+
+
 def _cell(t: dict[str, Any] | None) -> str:
     if not t:
         return " "
@@ -29,7 +37,7 @@ def _cell(t: dict[str, Any] | None) -> str:
         err = t.get("max_abs_error")
         ratio = t.get("size_ratio")
         tried = t.get("routes_tried") or []
-        via = f" via {t['route'][0]}" if tried and t.get("route") else ""  # a fallback route made it
+        via = f" via {_fallback_step(t['route'])}" if tried and t.get("route") else ""  # a fallback route made it
         return f"ok {ratio:.2f}x" + (f" e={err:.1g}" if err is not None else "") + via
     if t["status"] in ("failed", "missing"):
         return "FAIL: " + _short(t.get("error") or "")
@@ -60,7 +68,8 @@ def tables(results: dict[str, Any]) -> str:
         left = ", ".join(r["leftovers"]) or "-"
         lines.append(f"| {mid} | " + " | ".join(cells) + f" | {r['rc']} | {r['seconds']:.0f} | {left} |")
     lines.append("| **passed** | " + " | ".join(f"**{passed[t]}/{counted}**" for t in targets) + " | | | |")
-    tools = ("onnx2tf", "coremltools", "ort-quant", "fp16-converter")
+    tools = tuple(t for t in ("onnx2tf", "coremltools", "ort-quant", "fp16-converter")
+                  if any(key.endswith(f"/{t}") for key in results))  # the tools this run has results of
     lines += ["", "| model | " + " | ".join(f"{t} alone" for t in tools) + " |", "|---" * (len(tools) + 1) + "|"]
     alone = {t: [0, 0] for t in tools}
     for mid in ids:
