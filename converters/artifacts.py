@@ -55,6 +55,9 @@ VALIDATION_PROVIDERS = {"onnx": ("CPUExecutionProvider",), "ort": ("CPUExecution
 WEB_FORMATS = ("onnx", "ort")
 
 
+EIGHT_BIT = ("int8", "dynamic-int8")  # precisions an int8 source's artifacts may not grow beyond it in
+
+
 def _open(fmt: str, path: Path, precision: str = "") -> Any:
     from edgekit.runtimes import precision_option
 
@@ -223,6 +226,12 @@ def _build_on_route(
 
     made = [_finish(target, target.format, value.file, staging / f"{target.id}{target.suffix}", steps, seconds,
                     value, source, samples, reference, accept_parity_failure, say)]
+    if (source.info.extra.get("quantized") and target.precision in EIGHT_BIT
+            and made[0].size_bytes > source.info.size_bytes):
+        raise ConversionError(
+            f"this route's {target.id} artifact ({made[0].size_bytes} bytes) is larger than the already quantized "
+            f"source ({source.info.size_bytes} bytes): an 8-bit target keeps the source's size at most; onnx-web-int8 "
+            "keeps its quantized weights as they are")
 
     subset, subset_reference = leading_samples(samples, reference, source, VARIANT_SAMPLES)
     for fmt in target.variants:

@@ -94,11 +94,11 @@ class _Search:
         return out
 
     def _run(self, half: frozenset[str]) -> dict[str, np.ndarray]:
-        from edgekit.converters.passes.onnx_web import _plain_runner
+        from edgekit.converters.passes.onnx_web import plain_runner
 
         self.runs += 1
         with np.errstate(all="ignore"):
-            return run_batched(_plain_runner(self._graph(half)), self.samples, self.inputs)
+            return run_batched(plain_runner(self._graph(half)), self.samples, self.inputs)
 
     def measure(self, half: frozenset[str]) -> tuple[bool, float]:
         """Whether the outputs pass the search's tolerance, and the worst error (inf on overflow)."""

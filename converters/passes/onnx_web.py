@@ -375,7 +375,7 @@ def _emulated_parity(model: Any, ctx: PassContext) -> dict[str, Any]:
         return {"not_emulated": "the graph has subgraphs (If, Loop, Scan)"}
     tolerance = held_to(TARGETS["onnx-web-fp16"], quantized_source=ctx.quantized_source).tolerance
     with np.errstate(all="ignore"):
-        actual = run_batched(_plain_runner(emulated), ctx.samples, ctx.inputs)
+        actual = run_batched(plain_runner(emulated), ctx.samples, ctx.inputs)
     parity, _ = compare(ctx.reference, actual, ctx.outputs, tolerance, mask=attention_mask(ctx.samples, ctx.inputs))
     worst = max((e.get("max_rel_error", 0.0) for e in parity.per_output or ()), default=0.0)
     out: dict[str, Any] = {"passed": parity.passed, "n_samples": parity.n_samples, "max_rel_error": worst}
@@ -420,7 +420,7 @@ def overflowing_nodes(model: Any, ctx: PassContext) -> tuple[set[str], str]:
         declared = {o.name for o in probe.graph.output}
         probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
                                   for n in wanted if n not in declared)
-        run = _plain_runner(probe)
+        run = plain_runner(probe)
         peak: dict[str, float] = {}
         chunk = min(chunk_size(ctx.inputs), RANGE_CHUNK)
         count = 0
@@ -442,7 +442,7 @@ def overflowing_nodes(model: Any, ctx: PassContext) -> tuple[set[str], str]:
     return kept, note
 
 
-def _plain_runner(model: Any) -> Any:
+def plain_runner(model: Any) -> Any:
     """A function running ``model`` on onnxruntime's CPU provider with graph optimizations off: feeds in the
     source's names (or its input order) and dtypes in, every graph output by name out."""
     import onnxruntime as ort
