@@ -91,7 +91,7 @@ def test_a_transformer_gets_the_matmul_only_recipe_and_keeps_its_embeddings_floa
     import onnx
     from onnx import TensorProto
 
-    from edgekit.converters.passes.onnx_web import model_family
+    from edgekit.converters.passes.onnx_int8 import model_family
 
     model = _tiny_encoder(tmp_path / "enc.onnx")
     assert model_family(onnx.load(str(model))) == "transformer"

@@ -5,7 +5,7 @@ float inputs of each chosen node (weights included, clamped to float16's range a
 clamps them) and its float outputs are rounded to float16 by explicit cast pairs, which onnxruntime
 keeps. The nodes the search leaves out are then kept float32 by onnxruntime's float16 converter
 (``node_block_list``), and the converted graph is checked again on every sample by
-:func:`edgekit.converters.passes.onnx_web.float16_emulation` and by onnxruntime itself.
+:func:`edgekit.converters.passes.onnx_fp16.float16_emulation` and by onnxruntime itself.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class _Search:
                        if v.type.tensor_type.elem_type == TensorProto.FLOAT}
         self.inits = {i.name: i for i in graph.initializer}
         self.floats |= {name for name, i in self.inits.items() if i.data_type == TensorProto.FLOAT}
-        from edgekit.converters.passes.onnx_web import QUANTIZED_OPS
+        from edgekit.converters.passes.onnx_fp16 import QUANTIZED_OPS
 
         blocked = set(DEFAULT_OP_BLOCK_LIST) | set(QUANTIZED_OPS)
         self.nodes = [n for n in graph.node if n.op_type not in blocked and n.name not in exclude
@@ -94,7 +94,7 @@ class _Search:
         return out
 
     def _run(self, half: frozenset[str]) -> dict[str, np.ndarray]:
-        from edgekit.converters.passes.onnx_web import plain_runner
+        from edgekit.converters.passes.onnx_fp16 import plain_runner
 
         self.runs += 1
         with np.errstate(all="ignore"):
