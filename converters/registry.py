@@ -112,6 +112,8 @@ PASSES: tuple[PassInfo, ...] = (
     # Reduced precision from a finished fp32 .tflite (routes that reach TFLite without TensorFlow: litert-torch)
     PassInfo("tflite-aeq-fp16", "edgekit.converters.passes.tflite_quantize:TfliteFloat16Weights",
              Kind.TFLITE, Kind.TFLITE_FP16, ("ai_edge_quantizer",)),
+    PassInfo("tflite-aeq-fp16-mixed", "edgekit.converters.passes.tflite_quantize:TfliteFloat16Mixed",
+             Kind.TFLITE, Kind.TFLITE_FP16, ("ai_edge_quantizer",), fallback_of="tflite-aeq-fp16"),
     PassInfo("tflite-aeq-dynamic-int8", "edgekit.converters.passes.tflite_quantize:TfliteDynamicInt8Weights",
              Kind.TFLITE, Kind.TFLITE_DYNAMIC_INT8, ("ai_edge_quantizer",)),
     PassInfo("torch-coreml-fp32", "edgekit.converters.passes.coreml:TorchModuleToCoremlFp32",

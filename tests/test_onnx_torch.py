@@ -223,3 +223,36 @@ def test_pads_and_reversals_along_a_long_axis_stay_small(tmp_path: Path) -> None
     art = read_bundle(out).manifest.artifact("tflite")
     assert art.parity is not None and art.parity.passed and art.parity.max_abs_error == 0.0
     assert art.size_bytes < 8000, art.size_bytes  # an index list as long as the axis alone is 16 KB
+
+
+@pytest.mark.tensorflow
+def test_tflite_float16_keeps_the_weights_it_measures_to_need_float32(tmp_path: Path) -> None:
+    """relu(tanh(x @ w1) * 1e9) @ w2 with w1 at 1e-9, from PyTorch (litert-torch's direct route, then ai-edge-quantizer):
+    float16 flushes w1 to zero, so every weight in float16 fails; the search keeps w1's op in float32 and
+    w2's, four times larger, in float16."""
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_quantizer")
+    import torch
+
+    from edgekit.converters import convert
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            gen = torch.Generator().manual_seed(0)
+            self.w1 = torch.nn.Parameter(torch.randn(16, 32, generator=gen) * 1e-9)
+            self.w2 = torch.nn.Parameter(torch.randn(32, 64, generator=gen) / 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(torch.tanh(x @ self.w1) * 1e9) @ self.w2  # tanh, relu: no scale folded into w1, w2
+
+    x = torch.randn(1, 16, generator=torch.Generator().manual_seed(1))
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32))
+    result = convert(Tiny().eval(), ["tflite-fp16"], example_inputs=(x,), out=tmp_path / "b",
+                     calibration=tmp_path / "cal.npz", report=False)
+    art = result.bundle.manifest.artifact("tflite-fp16")
+    assert art.route == ("litert-torch", "tflite-aeq-fp16-mixed")
+    assert "ParityError" in art.extra["routes_tried"][0]["error"]  # every weight in float16 was tried first
+    notes = art.extra["conversion"]
+    assert art.parity is not None and art.parity.passed
+    assert 0 < notes["fp32_weight_share"] < 0.3 and "measured" in notes["mixed_method"]

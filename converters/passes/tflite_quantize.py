@@ -10,11 +10,16 @@ tensors and signature, so the fp32 artifact's I/O record carries over.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgekit._console import captured_output
 from edgekit.converters.passes import Pass, PassContext, Value, carried_notes
 from edgekit.converters.registry import Kind
+from edgekit.errors import ConversionError
 
 
 class _Quantize(Pass):
@@ -74,3 +79,119 @@ class TfliteDynamicInt8Weights(_Quantize):
         from ai_edge_quantizer import recipe
 
         q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+
+
+class TfliteFloat16Mixed(TfliteFloat16Weights):
+    """float16 weights except on the ops measured to need float32 ones: the fallback when every weight in
+    float16 fails parity (a detector's deep stack, an audio model's CQT kernels).
+
+    On CPU LiteRT dequantizes float16 weights at load and computes in float32, so what drifts is the
+    weights' rounding; the shared search (:mod:`edgekit.converters.passes.mixed_search`) measures which
+    ops' weights must stay float32 with LiteRT itself, on the quantized file each choice gives.
+    """
+
+    name = "tflite-aeq-fp16-mixed"
+    method = "float16 weights except on the ops measured to need float32 (ai-edge-quantizer), float32 compute and I/O"
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        from edgekit.converters.artifacts import held_to
+        from edgekit.converters.passes.mixed_search import search
+        from edgekit.converters.registry import TARGETS
+
+        ops = _weighted_ops(value.file)
+        if not ops:
+            raise ConversionError("the model has no float weights for float16 to hold")
+        tolerance = held_to(TARGETS["tflite-fp16"], quantized_source=ctx.quantized_source).tolerance
+        measure = _Measure(self, value, ctx, tolerance)
+        names = [name for name, _, _ in ops]
+        types = {name: kind for name, kind, _ in ops}
+        weights = {name: size for name, _, size in ops}
+        choice = search(measure, names, types, weights, frozenset(), lambda: measure.runs, "tflite-fp16",
+                        "use the tflite (fp32) target, or tflite-dynamic-int8 for smaller weights")
+        out = ctx.scratch(f"{self.name}.tflite")
+        out.write_bytes(measure.quantized(choice.half))
+        notes = carried_notes(value.notes, {"method": self.method, "quantizer": _version(), **choice.notes()})
+        return Value(self.produces, path=out, notes=notes, inputs=value.inputs, outputs=value.outputs)
+
+    def quantized(self, path: Path, half: frozenset[str]) -> bytes:
+        """The model at ``path`` with the weights of the ops named in ``half`` (first output names) in float16."""
+        if not half:
+            return path.read_bytes()
+        from ai_edge_quantizer import qtyping, quantizer
+
+        q = quantizer.Quantizer(str(path))
+        q.update_quantization_recipe(
+            regex="^(?:" + "|".join(re.escape(n) for n in sorted(half)) + ");",
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING,
+            op_config=qtyping.OpQuantizationConfig(
+                weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+                compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True))
+        with captured_output():
+            return bytes(q.quantize().quantized_model)
+
+
+def _weighted_ops(path: Path) -> list[tuple[str, str, int]]:
+    """(first output name, op type, float weight elements) of each op that reads float constant tensors."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
+
+    model = tfl.read_model(str(path))
+    out = []
+    for sg_index, sg in enumerate(model.subgraphs):
+        for op_index, op in enumerate(sg.operators):
+            names = [tfl.get_tensor_name(sg.tensors[i]) for i in op.outputs if i != -1]
+            size = 0
+            for i in op.inputs:
+                data = tfl.get_tensor_data(sg.tensors[i], model.buffers) if i != -1 else None
+                if data is not None and data.dtype == np.float32:
+                    size += int(data.size)
+            if names and size:
+                out.append((names[0], tfl.get_op_name_by_index(model, sg_index, op_index), size))
+    return out
+
+
+class _Measure:
+    """Runs a float16 choice's quantized file with LiteRT on the search samples against the fp32 file's outputs."""
+
+    def __init__(self, owner: TfliteFloat16Mixed, value: Value, ctx: PassContext, tolerance: Any):
+        from edgekit.converters.passes.mixed_search import SEARCH_SAMPLES, subset, with_margin
+        from edgekit.parity import attention_mask
+
+        self.owner, self.value, self.ctx = owner, value, ctx
+        self.runs = 0
+        first = ctx.inputs[0].shape[0] if ctx.inputs and ctx.inputs[0].shape else None
+        self.samples = subset(ctx.samples, ctx.inputs, max(SEARCH_SAMPLES, first if isinstance(first, int) else 0))
+        self.mask = attention_mask(self.samples, ctx.inputs)
+        self.margin = with_margin(tolerance)
+        self.kinds = {s.name: s.kind for s in ctx.outputs}
+        self.reference, self.specs = self._run(frozenset())
+
+    def quantized(self, half: frozenset[str]) -> bytes:
+        return self.owner.quantized(self.value.file, half)
+
+    def _run(self, half: frozenset[str]) -> tuple[dict[str, np.ndarray], tuple[Any, ...]]:
+        from dataclasses import replace
+
+        from edgekit.parity import run_batched
+        from edgekit.runtimes.adapt import adapt, describe_io
+        from edgekit.runtimes.litert import LiteRtRuntime
+
+        self.runs += 1
+        path = self.ctx.scratch("fp16-search.tflite")
+        path.write_bytes(self.quantized(half))
+        try:
+            with captured_output():
+                raw = LiteRtRuntime().open(path, providers=("XNNPACK", "CPU"))
+            session = adapt(raw, describe_io(raw.inputs, {s.name: s for s in self.value.inputs or ()}),
+                            describe_io(raw.outputs, {s.name: s for s in self.value.outputs or ()}))
+            with np.errstate(all="ignore"):
+                outputs = run_batched(session.run, self.samples, session.inputs, self.ctx.inputs)
+        finally:
+            path.unlink(missing_ok=True)
+        return outputs, tuple(replace(s, kind=self.kinds.get(s.name)) for s in session.outputs)
+
+    def __call__(self, half: frozenset[str]) -> tuple[bool, float]:
+        from edgekit.converters.passes.mixed_search import verdict
+        from edgekit.parity import compare
+
+        actual, _ = self._run(half)
+        return verdict(compare(self.reference, actual, self.specs, self.margin, mask=self.mask)[0], self.margin)
