@@ -103,9 +103,10 @@ class TfliteFloat16Mixed(TfliteFloat16Weights):
             raise ConversionError("the model has no float weights for float16 to hold")
         tolerance = held_to(TARGETS["tflite-fp16"], quantized_source=ctx.quantized_source).tolerance
         measure = _Measure(self, value, ctx, tolerance)
-        names = [name for name, _, _ in ops]
-        types = {name: kind for name, kind, _ in ops}
-        weights = {name: size for name, _, size in ops}
+        names = [name for name, _, _, _ in ops]
+        types = {name: kind for name, kind, _, _ in ops}
+        weights = {name: size for name, _, size, _ in ops}
+        measure.members = {name: members for name, _, _, members in ops}
         choice = search(measure, names, types, weights, frozenset(), lambda: measure.runs, "tflite-fp16",
                         "use the tflite (fp32) target, or tflite-dynamic-int8 for smaller weights")
         out = ctx.scratch(f"{self.name}.tflite")
@@ -130,22 +131,49 @@ class TfliteFloat16Mixed(TfliteFloat16Weights):
             return bytes(q.quantize().quantized_model)
 
 
-def _weighted_ops(path: Path) -> list[tuple[str, str, int]]:
-    """(first output name, op type, float weight elements) of each op that reads float constant tensors."""
+def _weighted_ops(path: Path) -> list[tuple[str, str, int, tuple[str, ...]]]:
+    """The units the search chooses among: ops that read float constant tensors, those sharing a weight
+    joined into one (ai-edge-quantizer fails on a weight read by a float16 and a float32 op, and both read
+    the same stored copy anyway). Each: (name, op type, float weight elements, the ops' first output names)."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
     model = tfl.read_model(str(path))
-    out = []
+    ops: list[tuple[str, str, set[tuple[int, int]], int]] = []
     for sg_index, sg in enumerate(model.subgraphs):
         for op_index, op in enumerate(sg.operators):
             names = [tfl.get_tensor_name(sg.tensors[i]) for i in op.outputs if i != -1]
+            consts: set[tuple[int, int]] = set()
             size = 0
             for i in op.inputs:
                 data = tfl.get_tensor_data(sg.tensors[i], model.buffers) if i != -1 else None
                 if data is not None and data.dtype == np.float32:
+                    consts.add((sg_index, i))
                     size += int(data.size)
             if names and size:
-                out.append((names[0], tfl.get_op_name_by_index(model, sg_index, op_index), size))
+                ops.append((names[0], tfl.get_op_name_by_index(model, sg_index, op_index), consts, size))
+    parent = list(range(len(ops)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[tuple[int, int], int] = {}
+    for i, (_, _, consts, _) in enumerate(ops):
+        for c in consts:
+            if c in owner:
+                parent[root(i)] = root(owner[c])
+            else:
+                owner[c] = i
+    units: dict[int, list[int]] = {}
+    for i in range(len(ops)):
+        units.setdefault(root(i), []).append(i)
+    out = []
+    for members in units.values():
+        first = ops[members[0]]
+        kinds = sorted({ops[m][1] for m in members})
+        out.append((first[0], "+".join(kinds), sum(ops[m][3] for m in members), tuple(ops[m][0] for m in members)))
     return out
 
 
@@ -158,6 +186,7 @@ class _Measure:
 
         self.owner, self.value, self.ctx = owner, value, ctx
         self.runs = 0
+        self.members: dict[str, tuple[str, ...]] = {}
         first = ctx.inputs[0].shape[0] if ctx.inputs and ctx.inputs[0].shape else None
         self.samples = subset(ctx.samples, ctx.inputs, max(SEARCH_SAMPLES, first if isinstance(first, int) else 0))
         self.mask = attention_mask(self.samples, ctx.inputs)
@@ -166,7 +195,8 @@ class _Measure:
         self.reference, self.specs = self._run(frozenset())
 
     def quantized(self, half: frozenset[str]) -> bytes:
-        return self.owner.quantized(self.value.file, half)
+        """The file with the units in ``half`` (each the ops sharing its weights) in float16."""
+        return self.owner.quantized(self.value.file, frozenset(m for n in half for m in self.members.get(n, (n,))))
 
     def _run(self, half: frozenset[str]) -> tuple[dict[str, np.ndarray], tuple[Any, ...]]:
         from dataclasses import replace
