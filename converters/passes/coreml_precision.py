@@ -21,7 +21,6 @@ import numpy as np
 
 from edgekit.bundle import TensorSpec
 from edgekit.converters.passes.mixed_search import (
-    MAX_FP32_WEIGHT_SHARE,
     SEARCH_SAMPLES,
     Choice,
     search,
@@ -32,7 +31,7 @@ from edgekit.converters.passes.mixed_search import (
 from edgekit.parity import Tolerance, compare, run_batched
 from edgekit.runtimes.adapt import adapt, describe_io
 
-__all__ = ["MAX_FP32_WEIGHT_SHARE", "Choice", "choose", "to_mixed_fp16"]
+__all__ = ["Choice", "choose", "to_mixed_fp16"]
 
 
 def _weights(op: Any) -> int:
