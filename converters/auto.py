@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.bundle import Artifact, Selection
-from edgekit.errors import UnknownTargetError
+from edgekit.errors import UnknownTargetError, UserError, did_you_mean
 
 # Candidates per family, smallest expected size first.
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -43,6 +43,17 @@ class Budget:
     max_error: float | None = None  # max relative output error (regression outputs)
     optimize: str = "balanced"  # "size": skip the latency check
 
+    def __post_init__(self) -> None:
+        """Refuse budgets outside their range before any work (UserError)."""
+        checks = (("--max-accuracy-drop", self.max_accuracy_drop, 0.0, 100.0, "points of top-1 accuracy, 0 to 100"),
+                  ("--min-agreement", self.min_agreement, 0.0, 1.0, "a share of samples, 0 to 1"),
+                  ("--max-error", self.max_error, 0.0, float("inf"), "a relative error above 0"))
+        for flag, value, low, high, meaning in checks:
+            if value is not None and not (low <= value <= high and (flag != "--max-error" or value > 0)):
+                raise UserError(f"{flag} {value:g} is out of range: it is {meaning}")
+        if self.optimize not in ("balanced", "size"):
+            raise UserError(f"--optimize must be balanced or size, not {self.optimize!r}")
+
     def describe(self) -> dict[str, Any]:
         """The budget as recorded in the manifest (only what was set)."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -59,7 +70,8 @@ def expand(targets: Sequence[str]) -> tuple[list[str], list[str]]:
     for tid in targets:
         if tid.endswith("-auto"):
             if tid not in AUTO_TARGETS:
-                raise UnknownTargetError(f"unknown target {tid!r}; automatic ones: {', '.join(AUTO_TARGETS)}")
+                raise UnknownTargetError(f"unknown target {tid!r}{did_you_mean(tid, AUTO_TARGETS)}; automatic ones: "
+                                         f"{', '.join(AUTO_TARGETS)}")
             for family in AUTO_TARGETS[tid]:
                 if family not in families:
                     families.append(family)

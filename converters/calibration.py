@@ -13,6 +13,7 @@ from edgekit.errors import CalibrationError
 from edgekit.parity import is_single_feed, is_stacked
 
 GENERATED_SAMPLES = 8
+MIN_SAMPLES = 2  # a calibration file's least samples, where the model's batch axis lets it hold more
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,11 @@ def load_calibration(path: str | Path, inputs: tuple[TensorSpec, ...], *, labels
     if not file.is_file():
         raise CalibrationError(f"calibration file {file} does not exist; {fix}")
     try:
-        with np.load(file, allow_pickle=False) as data:
+        loaded = np.load(file, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            raise CalibrationError(f"calibration file {file} is a .npy (one unnamed array); edgekit reads a .npz with "
+                                   f"arrays named like the model's inputs: {fix}")
+        with loaded as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise CalibrationError(f"cannot read calibration file {file} as .npz ({exc}); {fix}") from exc
@@ -75,6 +80,12 @@ def load_calibration(path: str | Path, inputs: tuple[TensorSpec, ...], *, labels
     samples = check_samples(feeds, inputs, where=str(file))
     single, stacked = is_single_feed(samples, inputs), is_stacked(samples, inputs)
     count = 1 if single else next((v.shape[0] for v in samples.values() if v.ndim), 1)
+    first = inputs[0].shape[0] if inputs and inputs[0].shape else None
+    if count < MIN_SAMPLES and not (single or stacked) and not (isinstance(first, int) and first == count):
+        raise CalibrationError(
+            f"calibration file {file} holds {count} sample; int8 ranges, parity and accuracy measured on it say "
+            f"nothing of other inputs; give at least {MIN_SAMPLES} (a few hundred representative samples for int8 and "
+            "accuracy), stacked along the first axis")
     if labels is not None and labels.shape[0] != count:
         raise CalibrationError(f"{file} has {count} samples but {labels.shape[0]} labels; they must match")
     digest, _ = hash_path(file)
@@ -113,6 +124,11 @@ def check_samples(feeds: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...], 
             if not same_family:
                 raise CalibrationError(f"{where}: input {spec.name!r} needs {spec.dtype}, got {array.dtype}")
             array = array.astype(want_dtype)
+        if np.issubdtype(array.dtype, np.floating) and array.size:
+            bad = int(np.count_nonzero(~np.isfinite(array)))
+            if bad:
+                raise CalibrationError(f"{where}: input {spec.name!r} holds {bad} NaN or infinite values of "
+                                       f"{array.size}; int8 ranges and parity need finite samples: drop or fix them")
         if array.ndim:  # a scalar input is shared by every sample
             counts.add(array.shape[0])
         out[spec.name] = array

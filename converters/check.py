@@ -70,6 +70,27 @@ def _onnx_ops_and_weights(path: Path) -> tuple[set[str], int, list[str]]:
     return ops, weights, dynamic
 
 
+def source_weights(source: Any) -> int:
+    """How many weight values a loaded Keras, SavedModel or PyTorch source holds: its variables or state, not
+    its file size (a .keras file also holds the optimizer's slots; a SavedModel its graph and checkpoints)."""
+    obj = source.value.obj
+    if source.kind == Kind.KERAS:
+        return sum(_prod(w.shape) for w in obj.weights)
+    if source.kind == Kind.TF_SAVED_MODEL:
+        _, function = obj  # its variables, and the float constants frozen into its graph (basic-pitch's CQT kernels)
+        graph = function.graph.as_graph_def()
+        nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+        floats = (1, 2, 14, 19)  # DT_FLOAT, DT_DOUBLE, DT_BFLOAT16, DT_HALF
+        consts = sum(_prod(d.size for d in n.attr["value"].tensor.tensor_shape.dim) for n in nodes
+                     if n.op == "Const" and n.attr["value"].tensor.dtype in floats)
+        return sum(_prod(v.shape) for v in function.variables) + consts
+    if source.kind in (Kind.TORCH_EXPORT, Kind.TORCH_MODULE):
+        state = obj.state_dict() if source.kind == Kind.TORCH_MODULE else {
+            **obj.state_dict, **dict(getattr(obj, "constants", {}) or {})}
+        return sum(int(t.numel()) for t in state.values() if hasattr(t, "numel") and t.is_floating_point())
+    return source.info.size_bytes // 4  # fp32 weights dominate what is left
+
+
 def _prod(dims: Any) -> int:
     out = 1
     for d in dims:
@@ -160,7 +181,7 @@ def check(model: str | Path, targets: list[str] | None = None, *, probe: bool = 
         kind = source.kind
         dynamic = [f"{s.name}[{i}] ({d})" for s in source.inputs for i, d in enumerate(s.shape)
                    if not isinstance(d, int) or d < 0]
-        weights = source.info.size_bytes // 4  # fp32 weights dominate a saved model's size
+        weights = source_weights(source)
     known_tf = onnx2tf_ops()
     passes = usable_passes()
     results = []

@@ -123,8 +123,7 @@ def convert(
     infos = resolve_targets(plain)
     candidates = {c for f in auto_families for c in auto.CANDIDATES[f]} - {t for t in targets if not t.endswith("-auto")}
     passes = usable_passes(tuple(via))
-    if Path(out).exists() and not overwrite:
-        BundleWriter(out)  # raises OutputExistsError before any work
+    BundleWriter(out, overwrite=overwrite)  # raises OutputExistsError before any work
     say("loading the source model")
     with captured_output():  # frameworks print banners on import; errors still raise
         source = load_source(model, example_inputs)
@@ -136,6 +135,12 @@ def convert(
                     require(module, purpose=f"run the {step.name} conversion pass")
     samples = (load_calibration(calibration, source.inputs, labels_key=labels_key)
                if calibration is not None else generate_samples(source.inputs))
+    if budget is not None and not auto_families:
+        raise UserError("the budget flags (--max-accuracy-drop, --min-agreement, --max-error, --optimize) choose "
+                        "among -auto targets' candidates; add an -auto target, e.g. --target onnx-web-auto")
+    if budget is not None and budget.max_accuracy_drop is not None and samples.labels is None:
+        raise UserError(f"--max-accuracy-drop measures top-1 accuracy against labels, and the calibration data has "
+                        f"none; store integer labels as '{labels_key}' in the .npz, or use --min-agreement instead")
     say(f"running the source model on {samples.count} samples")
     reference = run_batched(source.run, samples.inputs, source.inputs)
     source = with_computed_outputs(source, reference, single=samples.single, stacked=samples.stacked)

@@ -7,7 +7,7 @@ import itertools
 from collections import deque
 
 from edgekit.converters.registry import ALTERNATIVE_NEEDS, ALTERNATIVES, PASSES, TARGETS, Kind, PassInfo, TargetInfo
-from edgekit.errors import NoRouteError, UnknownTargetError
+from edgekit.errors import NoRouteError, UnknownTargetError, did_you_mean
 
 
 def resolve_targets(ids: list[str] | tuple[str, ...]) -> list[TargetInfo]:
@@ -18,11 +18,14 @@ def resolve_targets(ids: list[str] | tuple[str, ...]) -> list[TargetInfo]:
     """
     if not ids:
         raise UnknownTargetError(f"no target given; pass --target with one of: {', '.join(TARGETS)}")
+    from edgekit.converters.auto import AUTO_TARGETS
+
     out: list[TargetInfo] = []
     for tid in ids:
         if tid not in TARGETS:
             raise UnknownTargetError(
-                f"unknown target {tid!r}; known targets: {', '.join(TARGETS)}, and the automatic onnx-web-auto, "
+                f"unknown target {tid!r}{did_you_mean(tid, [*TARGETS, *AUTO_TARGETS])}; known targets: "
+                f"{', '.join(TARGETS)}, and the automatic onnx-web-auto, "
                 "tflite-auto, coreml-auto, all-auto (list them with: edgekit targets)"
             )
         if TARGETS[tid] not in out:

@@ -458,6 +458,9 @@ class BundleWriter:
     def __init__(self, out: str | os.PathLike[str], *, overwrite: bool = False):
         self.out = Path(out)
         self.overwrite = overwrite
+        if self.out.exists() and not self.out.is_dir():
+            raise OutputExistsError(f"{self.out} is a file, not a bundle directory; choose another --out (--overwrite "
+                                    "replaces an earlier bundle, never another file)")
         if self.out.exists() and not overwrite:
             raise OutputExistsError(f"{self.out} already exists; choose another --out or pass --overwrite")
         self.staging: Path = Path()

@@ -55,12 +55,60 @@ def _handled() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+# Set by the options before the command (``edgekit -v ...``, ``edgekit -q ...``): "verbose", "quiet" or "".
+_VERBOSITY = {"level": ""}
+
+
+class _EdgekitLevel(logging.Filter):
+    """Third-party log records (the root logger's included: onnxruntime's quantizer writes there) reach the
+    terminal only at ERROR, unless -v asked for everything; edgekit's own follow the chosen level."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.verbose or record.name.startswith("edgekit") or record.levelno >= logging.ERROR
+
+
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    verbose = verbose or _VERBOSITY["level"] == "verbose"
+    quiet = _VERBOSITY["level"] == "quiet" and not verbose
+    level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "edgekit", False)]:
+        root.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_EdgekitLevel(verbose))
+    handler.edgekit = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner lines on stderr
     for noisy in ("tensorflow", "absl", "tf2onnx", "onnxruntime", "onnx2tf", "litert_torch", "torch"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+
+
+def _quiet() -> bool:
+    return _VERBOSITY["level"] == "quiet"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgekit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step, third-party libraries' too")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print results and errors only: no progress, "
+                                        "no warnings")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print edgekit's version and exit")] = False,
+) -> None:
+    """Convert trained models to verified on-device bundles: ONNX-web, TFLite and Core ML."""
+    _VERBOSITY["level"] = "verbose" if verbose else "quiet" if quiet else ""
 
 
 def _size(n: int) -> str:
@@ -171,10 +219,8 @@ def convert(
     with _handled():
         from edgekit.converters import convert as run_convert
         from edgekit.converters.auto import Budget
-        from edgekit.errors import PartialConversionError, UserError
+        from edgekit.errors import PartialConversionError
 
-        if optimize not in ("balanced", "size"):
-            raise UserError(f"--optimize must be balanced or size, not {optimize!r}")
         budget = None
         if max_accuracy_drop is not None or min_agreement is not None or max_error is not None or optimize != "balanced":
             budget = Budget(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_error=max_error,
@@ -186,7 +232,8 @@ def convert(
                 overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
                 int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios, via=tuple(via or ()), budget=budget,
                 report=write_report, input_shapes=_input_shapes(input_shape or []), isolate=isolate,
-                output_kinds=_output_kinds(output_kind or []), progress=lambda msg: _err(f"  - {msg}"),
+                output_kinds=_output_kinds(output_kind or []),
+                progress=None if _quiet() else lambda msg: _err(f"  - {msg}"),
             )
         except PartialConversionError as partial:
             written: Any = partial.result

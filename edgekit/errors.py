@@ -29,6 +29,16 @@ Anything else is a bug in edgekit and maps to exit code 1.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to a mistyped ``word``, else an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 class EdgekitError(Exception):
     """Root of every error edgekit raises on purpose."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.bundle import MANIFEST_NAME, Artifact, Manifest, read_bundle, verify_artifact
-from edgekit.errors import BundleError, EdgekitError, IntegrityError, ProviderError
+from edgekit.errors import BundleError, EdgekitError, IntegrityError, ProviderError, did_you_mean
 from edgekit.runtimes.adapt import AdaptedSession, adapt
 from edgekit.runtimes.base import POLICIES, Attempt, Runtime, Session, TimedSession
 from edgekit.runtimes.check import smoke_test
@@ -148,7 +148,8 @@ def open(  # noqa: A001 - the public name the SDK documents
     candidates, reason = choose(present, target=target, format=format, providers=providers)
     if not candidates:
         have = ", ".join(f"{a.target} ({a.format})" for a in bundle.manifest.artifacts) or "none"
-        wanted = f"target {target!r}" + (f" in format {format!r}" if format else "") if target else "any artifact"
+        hint = did_you_mean(target, {a.target for a in bundle.manifest.artifacts}) if target else ""
+        wanted = f"target {target!r}{hint}" + (f" in format {format!r}" if format else "") if target else "any artifact"
         raise BundleError(f"bundle {path} has no {wanted} that this host can run ({reason or 'no such target'}); "
                           f"it has: {have}")
     failures: list[str] = []

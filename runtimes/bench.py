@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.bundle import TensorSpec, read_bundle
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, UnknownTargetError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,11 @@ def bench_bundle(path: str | Path, *, targets: list[str] | None = None, runs: in
     from edgekit.runtimes import open as open_artifact
 
     bundle = read_bundle(path)
+    held = [a.target for a in bundle.manifest.artifacts]
+    for wanted in targets or ():
+        if wanted not in held:
+            raise UnknownTargetError(f"bundle {path} has no artifact for target {wanted!r}{did_you_mean(wanted, held)}; "
+                                     f"it holds: {', '.join(dict.fromkeys(held)) or 'none'}")
     results = []
     primed: set[str] = set()
     for art in bundle.manifest.artifacts:

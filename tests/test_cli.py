@@ -202,3 +202,116 @@ def test_every_help_renders() -> None:
         result = run_cli(*path, "--help")
         assert result.exit_code == 0, (path, result.output[-500:])
         assert "Usage" in result.output
+
+
+def test_version_and_global_verbosity_flags() -> None:
+    from edgekit import __version__
+
+    for args in (["--version"], ["-q", "--version"]):
+        result = run_cli(*args)
+        assert result.exit_code == 0 and result.stdout.strip() == f"edgekit {__version__}", result.output
+    quiet = run_cli("-q", "targets")
+    assert quiet.exit_code == 0 and "onnx-web-int8" in quiet.stdout
+
+
+def _digits_calibration(tmp_path: Path, digits_npz: Path, **change: np.ndarray) -> Path:
+    with np.load(digits_npz) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays.update(change)
+    path = tmp_path / "cal.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_calibration_given_as_npy_is_named(tmp_path: Path, digits_onnx: Path) -> None:
+    npy = tmp_path / "cal.npy"
+    np.save(npy, np.zeros((16, 1, 8, 8), np.float32))
+    result, out = _convert(tmp_path, digits_onnx, "--calibration", npy)
+    _assert_user_error(result, out, ".npy", "numpy.savez")
+
+
+def test_calibration_with_nan_is_refused(tmp_path: Path, digits_onnx: Path, digits_npz: Path) -> None:
+    x = np.load(digits_npz)["x"].copy()
+    x[3, 0, 2, 2] = np.nan
+    x[5, 0, 1, 1] = np.inf
+    result, out = _convert(tmp_path, digits_onnx, "--calibration", _digits_calibration(tmp_path, digits_npz, x=x))
+    _assert_user_error(result, out, "2 NaN or infinite values", "'x'")
+    all_nan = np.full((16, 1, 8, 8), np.nan, np.float32)
+    result, out = _convert(tmp_path, digits_onnx, "--calibration", _digits_calibration(tmp_path, digits_npz, x=all_nan,
+                                                                                         y=np.zeros(16, np.int64)))
+    _assert_user_error(result, out, "NaN or infinite")
+
+
+def test_one_sample_calibration_is_refused(tmp_path: Path, digits_onnx: Path, digits_npz: Path) -> None:
+    with np.load(digits_npz) as data:
+        x, y = data["x"][:1], data["y"][:1]
+    result, out = _convert(tmp_path, digits_onnx, "--calibration", _digits_calibration(tmp_path, digits_npz, x=x, y=y))
+    _assert_user_error(result, out, "holds 1 sample", "at least 2")
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--max-accuracy-drop", "-5"], ["--max-accuracy-drop -5 is out of range"]),
+    (["--min-agreement", "1.5"], ["--min-agreement 1.5 is out of range"]),
+    (["--max-error", "0"], ["--max-error 0 is out of range"]),
+    (["--optimize", "fast"], ["--optimize must be balanced or size"]),
+])
+def test_budgets_out_of_range(tmp_path: Path, digits_onnx: Path, flags: list[str], words: list[str]) -> None:
+    out = tmp_path / "out"
+    result = run_cli("convert", digits_onnx, "-t", "onnx-web-auto", "--out", out, *flags)
+    _assert_user_error(result, out, *words)
+
+
+def test_budget_flags_need_what_they_measure(tmp_path: Path, digits_onnx: Path, digits_npz: Path) -> None:
+    out = tmp_path / "out"
+    no_auto = run_cli("convert", digits_onnx, "-t", "onnx-web-int8", "--out", out, "--min-agreement", "0.9")
+    _assert_user_error(no_auto, out, "-auto targets", "onnx-web-auto")
+    with np.load(digits_npz) as data:
+        unlabelled = tmp_path / "x.npz"
+        np.savez(unlabelled, x=data["x"][:32])
+    no_labels = run_cli("convert", digits_onnx, "-t", "onnx-web-auto", "--out", out, "--calibration", unlabelled,
+                        "--max-accuracy-drop", "1")
+    _assert_user_error(no_labels, out, "labels", "--min-agreement")
+
+
+def test_unknown_targets_are_refused_with_a_suggestion(tmp_path: Path, digits_onnx: Path,
+                                                       digits_bundle: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("convert", digits_onnx, "-t", "onnx-web-int9", "--out", out)
+    _assert_user_error(result, out, "did you mean 'onnx-web-int8'?")
+    bench = run_cli("bench", digits_bundle, "-t", "onnx-web-fp61", "--runs", "1")
+    assert bench.exit_code == 2 and "did you mean 'onnx-web-fp16'?" in bench.stderr, bench.output
+    assert "onnx-web-int8" in bench.stderr and bench.stdout == ""
+    check = run_cli("check", digits_onnx, "-t", "no-such-target")
+    assert check.exit_code == 2 and "unknown target 'no-such-target'" in check.stderr, check.output
+
+
+def test_out_that_is_a_file_is_never_replaced(tmp_path: Path, digits_onnx: Path) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    result = run_cli("convert", digits_onnx, "-t", "onnx-web", "--out", out, "--overwrite")
+    assert result.exit_code == 2 and "is a file" in result.stderr, result.output
+    assert out.read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_third_party_log_lines_follow_edgekits_level(capsys: pytest.CaptureFixture[str]) -> None:
+    """onnxruntime's quantizer warns on the root logger ("Please consider pre-processing"): shown with -v only."""
+    import logging
+
+    from edgekit import cli
+
+    try:
+        everything = {"edgekit warning", "root warning", "onnx2tf warning", "edgekit info"}
+        for level, shown in (("", {"edgekit warning"}), ("verbose", everything), ("quiet", set())):
+            cli._VERBOSITY["level"] = level
+            cli._setup_logging(False)
+            logging.getLogger().warning("root warning")
+            logging.getLogger("onnx2tf").warning("onnx2tf warning")
+            logging.getLogger("edgekit.converters").warning("edgekit warning")
+            logging.getLogger("edgekit.converters").info("edgekit info")
+            err = capsys.readouterr().err
+            printed = {t for t in ("root warning", "onnx2tf warning", "edgekit warning", "edgekit info") if t in err}
+            assert printed == shown, (level, err)
+    finally:
+        cli._VERBOSITY["level"] = ""
+        cli._setup_logging(False)

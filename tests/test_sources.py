@@ -87,6 +87,13 @@ def test_keras_file_via_cli(tmp_path: Path, keras_digits) -> None:
     assert doc["artifacts"][0]["route"][0] == "tf2onnx"
     assert doc["inputs"][0]["shape"] == ["batch", 8, 8, 1]
     assert doc["artifacts"][-1]["accuracy"]["top1"] > 0.9
+    # `edgekit check` predicts the size from the weights: the file also holds Adam's two slots per weight
+    checked = run_cli("check", tmp_path / "digits.keras", "-t", "onnx-web", "--json")
+    assert checked.exit_code == 0, checked.output
+    predicted = json.loads(checked.stdout)[0]["expected_bytes"]
+    actual = next(a["size_bytes"] for a in doc["artifacts"] if a["target"] == "onnx-web")
+    assert predicted == 4 * model.count_params() and 0.8 < predicted / actual < 1.25, (predicted, actual)
+    assert (tmp_path / "digits.keras").stat().st_size > 2 * actual  # what dividing the file by 4 predicted
 
 
 @pytest.mark.tensorflow
