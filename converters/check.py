@@ -87,8 +87,8 @@ def source_weights(source: Any) -> int:
     if source.kind in (Kind.TORCH_EXPORT, Kind.TORCH_MODULE):
         state = obj.state_dict() if source.kind == Kind.TORCH_MODULE else {
             **obj.state_dict, **dict(getattr(obj, "constants", {}) or {})}
-        return sum(int(t.numel()) for t in state.values() if hasattr(t, "numel") and t.is_floating_point())
-    return source.info.size_bytes // 4  # fp32 weights dominate what is left
+        return int(sum(int(t.numel()) for t in state.values() if hasattr(t, "numel") and t.is_floating_point()))
+    return int(source.info.size_bytes) // 4  # fp32 weights dominate what is left
 
 
 def _prod(dims: Any) -> int:
