@@ -1,5 +1,5 @@
 """``python -m edgekit``: the CLI."""
 
-from edgekit.cli import main
+from edgekit._entry import main
 
 main()

@@ -66,3 +66,33 @@ def test_the_ota_device_client_loads_no_server_or_heavy_module() -> None:
             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {SERVER_SIDE + HEAVY!r})))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+CLI_STACK = ("typer", "click", "rich", "pygments", "pydantic", "shellingham", "markdown_it")
+
+
+def test_the_base_install_is_the_runtime_without_the_cli_stack() -> None:
+    """docs/adr/0014: `pip install edgekit` is numpy and onnxruntime; the CLI comes with an extra."""
+    from pathlib import Path
+
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert sorted(d.split(">")[0].split("=")[0] for d in project["dependencies"]) == ["numpy", "onnxruntime"]
+    extras = project["optional-dependencies"]
+    assert extras["cli"] == ["typer>=0.12"]
+    for extra in ("onnx", "ota-server", "all"):  # converting or serving brings the command
+        assert any(d.startswith("edgekit[") and "cli" in d for d in extras[extra]), extra
+    statement = "import edgekit, edgekit.runtimes, edgekit.ota.client"
+    code = f"import sys, json\n{statement}\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {CLI_STACK!r})))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_command_without_its_extra_says_how_to_get_it() -> None:
+    code = "import sys; sys.modules['typer'] = None\nfrom edgekit._entry import main\nmain()"
+    out = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "pip install 'edgekit[cli]'" in out.stderr
+    ok = subprocess.run([sys.executable, "-m", "edgekit", "--version"], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("edgekit "), ok.stderr
