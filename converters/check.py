@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.bundle import shown_dim
 from edgekit.converters.planner import plan, resolve_targets, usable_passes
 from edgekit.converters.registry import TARGETS, Kind, TargetInfo
 from edgekit.errors import NoRouteError
@@ -66,7 +67,7 @@ def _onnx_ops_and_weights(path: Path) -> tuple[set[str], int, list[str]]:
             continue
         for i, d in enumerate(value.type.tensor_type.shape.dim):
             if not d.HasField("dim_value"):
-                dynamic.append(f"{value.name}[{i}] ({d.dim_param or '?'})")
+                dynamic.append(f"{value.name}[{i}] ({shown_dim(d.dim_param or None, i)})")
     return ops, weights, dynamic
 
 
@@ -179,7 +180,8 @@ def check(model: str | Path, targets: list[str] | None = None, *, probe: bool = 
     else:
         source = load_source(path)
         kind = source.kind
-        dynamic = [f"{s.name}[{i}] ({d})" for s in source.inputs for i, d in enumerate(s.shape)
+        dynamic = [f"{s.name}[{i}] ({shown_dim(d, i, len(s.shape) == 2 and s.dtype.startswith(('int', 'uint')))})"
+                   for s in source.inputs for i, d in enumerate(s.shape)
                    if not isinstance(d, int) or d < 0]
         weights = source_weights(source)
     known_tf = onnx2tf_ops()

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -122,6 +123,25 @@ class TensorSpec(_Record):
     def is_dynamic(self) -> bool:
         """True when any dimension is not a fixed positive size."""
         return any(not isinstance(d, int) or d < 0 for d in self.shape)
+
+    def shown_shape(self) -> str:
+        """The shape as people read it: sizes, the dimension names a user or exporter chose (``height``),
+        and for names a tool generated (torch.export's ``s52``, tf2onnx's ``unk__1009``, none at all)
+        ``batch`` on the first axis, ``seq`` on the second of a token input, ``?`` elsewhere."""
+        token = len(self.shape) == 2 and self.dtype.startswith(("int", "uint"))
+        return "[" + ", ".join(shown_dim(d, axis, token) for axis, d in enumerate(self.shape)) + "]"
+
+
+GENERATED_DIM = re.compile(r"^(s\d+|unk__\d+|\d*|\?|-1|None|dim_?\d+|DynamicDimension.*)$")
+
+
+def shown_dim(dim: Dim, axis: int, token: bool = False) -> str:
+    """One dimension for :meth:`TensorSpec.shown_shape`."""
+    if isinstance(dim, int) and dim >= 0:
+        return str(dim)
+    if isinstance(dim, str) and not GENERATED_DIM.match(dim):
+        return dim
+    return "batch" if axis == 0 else "seq" if axis == 1 and token else "?"
 
 
 @dataclass(frozen=True)

@@ -314,7 +314,7 @@ def inspect(
         typer.echo(f"{m.name} {m.version}  ({m.schema}, {m.created_by})")
         typer.echo(f"source: {m.source.file} ({m.source.format}, {_size(m.source.size_bytes)})")
         for label, specs in (("inputs", m.inputs), ("outputs", m.outputs)):
-            typer.echo(f"{label}: " + ", ".join(f"{s.name} {list(s.shape)} {s.dtype}" for s in specs))
+            typer.echo(f"{label}: " + ", ".join(f"{s.name} {s.shown_shape()} {s.dtype}" for s in specs))
         if m.calibration:
             typer.echo(f"calibration: {m.calibration.file}, {m.calibration.n_samples} samples"
                        + (", labelled" if m.calibration.has_labels else ""))

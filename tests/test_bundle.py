@@ -142,3 +142,14 @@ def test_not_a_bundle(tmp_path: Path) -> None:
     (tmp_path / "bundle.json").write_text(json.dumps({"schema": "edgekit.bundle/1"}))
     with pytest.raises(BundleError, match="missing required field 'name'"):
         read_bundle(tmp_path)
+
+
+def test_generated_dimension_names_are_shown_as_people_read_them() -> None:
+    from edgekit.bundle import TensorSpec
+
+    tokens = TensorSpec("input_ids", ("s52", "s53"), "int64")
+    assert tokens.shown_shape() == "[batch, seq]"
+    image = TensorSpec("x", ("unk__1009", 3, "height", None), "float32")
+    assert image.shown_shape() == "[batch, 3, height, ?]"
+    assert TensorSpec("y", (-1, "unk__7", 10), "float32").shown_shape() == "[batch, ?, 10]"
+    assert TensorSpec("z", ("batch_size", 4), "float32").shown_shape() == "[batch_size, 4]"  # a chosen name stays
