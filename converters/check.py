@@ -16,6 +16,7 @@ lacks) are reported against every requested target of that family.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,12 +156,12 @@ def probe_family(model: Path, family: str, min_ios: int = 16) -> tuple[bool, str
 
 
 def check(model: str | Path, targets: list[str] | None = None, *, probe: bool = False,
-          min_ios: int = 16) -> list[TargetCheck]:
+          min_ios: int = 16, progress: Callable[[str], None] | None = None) -> list[TargetCheck]:
     """Check ``model`` (a file path) against ``targets`` (default: every target).
 
     With ``probe``, each requested family's float target is also converted (in a temporary
     directory) to find what only a conversion can tell: TFLite Flex ops, Core ML ops newer than
-    ``min_ios``, converter errors.
+    ``min_ios``, converter errors; ``progress`` is told when each probe starts.
 
     Raises:
         InvalidModelError, UnsupportedModelError: The model cannot be read.
@@ -219,6 +220,8 @@ def check(model: str | Path, targets: list[str] | None = None, *, probe: bool = 
             if not item.reachable or family not in PROBE_TARGET:
                 continue
             if family not in found:
+                if progress:
+                    progress(f"probing {family}: converting to {PROBE_TARGET[family]} in a temporary directory")
                 found[family] = probe_family(path, family, min_ios)
             reached, item.probed, problems = found[family]
             item.reachable = item.reachable and reached

@@ -19,14 +19,16 @@ from typing import Annotated, Any
 import typer
 
 from edgekit import __version__
+from edgekit._progress import LiveProgress
 from edgekit.errors import EdgekitError
 
 app = typer.Typer(
     name="edgekit",
     help="Convert trained models to verified on-device bundles: ONNX-web, TFLite and Core ML.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish and PowerShell
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help, wrapped to the terminal: rich's tables cut flag names at 80 columns
 )
 
 
@@ -212,6 +214,7 @@ def convert(
     isolate: Annotated[bool, typer.Option(
         "--isolate/--no-isolate", help="Convert each target family in a worker process (a converter crash fails "
         "only its target)")] = True,
+    json_: Annotated[bool, typer.Option("--json", help="Print the written bundle.json instead of the table")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each pass")] = False,
 ) -> None:
     """Convert MODEL to each --target, validate every artifact against MODEL, and write one bundle."""
@@ -226,22 +229,23 @@ def convert(
             budget = Budget(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_error=max_error,
                             optimize=optimize)
 
+        progress = contextlib.nullcontext(None) if _quiet() else LiveProgress()
         try:
-            result = run_convert(
-                model, target, out=out, calibration=calibration, name=name, version=version, labels_key=labels_key,
-                overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
-                int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios, via=tuple(via or ()), budget=budget,
-                report=write_report, input_shapes=_input_shapes(input_shape or []), isolate=isolate,
-                output_kinds=_output_kinds(output_kind or []),
-                progress=None if _quiet() else lambda msg: _err(f"  - {msg}"),
-            )
+            with progress as say:
+                result = run_convert(
+                    model, target, out=out, calibration=calibration, name=name, version=version, labels_key=labels_key,
+                    overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
+                    int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios, via=tuple(via or ()), budget=budget,
+                    report=write_report, input_shapes=_input_shapes(input_shape or []), isolate=isolate,
+                    output_kinds=_output_kinds(output_kind or []), progress=say,
+                )
         except PartialConversionError as partial:
             written: Any = partial.result
-            _report(written)
+            _report(written, json_)
             _err(f"\nerror: {len(written.failures)} target(s) failed; the bundle holds the others "
                  "(pass --keep-partial to exit 0 in this case)")
             raise typer.Exit(partial.exit_code) from None
-        _report(result)
+        _report(result, json_)
 
 
 def _input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
@@ -284,8 +288,11 @@ def _explain(manifest: Any) -> None:
             typer.echo(f"\n{a.target} ({a.format}): {text}")
 
 
-def _report(result: Any) -> None:
+def _report(result: Any, as_json: bool = False) -> None:
     manifest = result.bundle.manifest
+    if as_json:
+        typer.echo(manifest.to_json(), nl=False)
+        return
     typer.echo(f"\nbundle {manifest.name} {manifest.version} written to {result.bundle.path} "
                f"in {result.seconds:.1f}s\n")
     typer.echo(artifact_table(manifest))
@@ -502,8 +509,8 @@ def check(
         from edgekit._console import captured_output
         from edgekit.converters.check import check as run_check
 
-        with captured_output():
-            results = run_check(model, target, probe=probe, min_ios=min_ios)
+        with contextlib.nullcontext(None) if _quiet() or not probe else LiveProgress() as say, captured_output():
+            results = run_check(model, target, probe=probe, min_ios=min_ios, progress=say)
         if json_:
             typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
         else:
@@ -534,22 +541,34 @@ def check(
 
 
 @app.command()
-def targets() -> None:
+def targets(
+    json_: Annotated[bool, typer.Option("--json", help="Print the targets as JSON")] = False,
+) -> None:
     """List target ids, the extra each needs and whether it is installed here."""
     with _handled():
+        import json
+
         from edgekit._deps import OPTIONAL_MODULES, is_available, minimal_extras
+        from edgekit.converters.auto import AUTO_TARGETS, CANDIDATES
         from edgekit.converters.registry import TARGETS, target_modules
 
         rows = [("target", "precision", "extra", "installed", "description")]
+        listed = []
         for t in TARGETS.values():
             modules = target_modules(t)
             extras = minimal_extras({OPTIONAL_MODULES.get(m, (m, m))[1] for m in modules} - {"(base install)"})
             ok = all(is_available(m) for m in modules)
             rows.append((t.id, t.precision, ",".join(extras) or "-", "yes" if ok else "no", t.description))
+            listed.append({"target": t.id, "format": t.format, "precision": t.precision, "family": t.family,
+                           "extras": sorted(extras), "installed": ok, "description": t.description,
+                           "tolerance": t.tolerance.to_dict()})
+        if json_:
+            automatic = {a: [c for f in families for c in CANDIDATES[f]] for a, families in AUTO_TARGETS.items()}
+            typer.echo(json.dumps({"targets": listed, "automatic": automatic}, indent=2))
+            return
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             typer.echo("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
-        from edgekit.converters.auto import AUTO_TARGETS, CANDIDATES
 
         typer.echo("\nAutomatic (the smallest candidate within --max-accuracy-drop / --min-agreement / --max-error):")
         for auto_id, families in AUTO_TARGETS.items():

@@ -315,3 +315,56 @@ def test_third_party_log_lines_follow_edgekits_level(capsys: pytest.CaptureFixtu
     finally:
         cli._VERBOSITY["level"] = ""
         cli._setup_logging(False)
+
+
+def test_live_progress_draws_stages_on_a_terminal_and_logs_them_everywhere(caplog: pytest.LogCaptureFixture) -> None:
+    import io
+    import logging
+    import time
+
+    from edgekit._progress import LiveProgress
+
+    screen = io.StringIO()
+    with caplog.at_level(logging.INFO, logger="edgekit.progress"), LiveProgress(live=True, stream=screen) as say:
+        say("loading the source model")
+        time.sleep(0.6)  # the live line redraws with the elapsed time meanwhile
+        say("onnx-web: validating the onnx artifact on 360 samples")
+    text = screen.getvalue()
+    finished = [line.split("\x1b[2K")[-1] for line in text.split("\n") if line.strip()]
+    assert finished[0].startswith("  - loading the source model  (") and finished[0].endswith("s)")
+    assert float(finished[0].rsplit("(", 1)[1].rstrip("s)")) >= 0.5
+    assert "  - onnx-web: validating the onnx artifact on 360 samples  (" in finished[1]
+    assert "(total " in text  # the live line
+    assert [r.getMessage() for r in caplog.records] == ["loading the source model",
+                                                       "onnx-web: validating the onnx artifact on 360 samples"]
+    quiet = io.StringIO()
+    with LiveProgress(live=False, stream=quiet) as say:  # not a terminal: nothing drawn
+        say("loading the source model")
+    assert quiet.getvalue() == ""
+
+
+def test_convert_json_and_targets_json(tmp_path: Path, digits_onnx: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("convert", digits_onnx, "-t", "onnx-web", "--out", out, "--json", "--no-report")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == json.loads((out / "bundle.json").read_text())
+    assert "  - " not in result.stderr  # not a terminal: no progress lines
+    listed = json.loads(run_cli("targets", "--json").stdout)
+    ids = [t["target"] for t in listed["targets"]]
+    assert set(WEB_TARGETS) <= set(ids) and "onnx-web-int8" in listed["automatic"]["onnx-web-auto"]
+
+
+def test_help_at_80_columns_shows_every_flag_in_full() -> None:
+    import typer.main
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    command = typer.main.get_command(app).commands["convert"]  # type: ignore[attr-defined]
+    result = CliRunner().invoke(app, ["convert", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    for param in command.params:
+        for flag in param.opts:
+            if flag.startswith("--"):
+                assert flag in result.stdout, flag
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
