@@ -43,6 +43,7 @@ from edgekit.parity import run_batched
 log = logging.getLogger(__name__)
 # Reference samples kept in the bundle for on-device smoke tests: a few, and small.
 REFERENCE_SAMPLES = 16
+REPORT_RUNS = 20  # timed runs per artifact for the report convert writes (edgekit report takes more)
 REFERENCE_MAX_BYTES = 2 * 1024 * 1024
 REFERENCE_NAME = "reference.npz"
 
@@ -99,7 +100,8 @@ def convert(
         allow_flex: Accept TFLite models that need TensorFlow Select (Flex) ops (listed in the manifest).
         min_ios: Core ML targets' minimum deployment target (iOS 15 to 18; recorded in the manifest).
         via: Alternative routes to prefer where they reach a target, for example ``["litert-torch"]``.
-        report: Write ``report.html`` (the table, the choices and plots; no latency run) into the bundle.
+        report: Write ``report.html`` (the table, the choices and plots, latency from a short run of each
+            artifact on this host) into the bundle once it is written.
         budget: For ``-auto`` targets: what the chosen precision must keep (default: at most 1 point of
             top-1 accuracy with labels, else top-1 agreement 0.99, else relative error 0.05).
         progress: Called with a short message at each step.
@@ -217,12 +219,13 @@ def convert(
             failures=tuple(f for f, _ in failures) or None,
             selections=tuple(selections) or None,
         )
-        if report:
-            from edgekit.report import REPORT_NAME, render
-
-            (writer.staging / REPORT_NAME).write_text(render(manifest), encoding="utf-8")
         say("writing the bundle")
         bundle = writer.commit(manifest)
+    if report:
+        from edgekit.report import write_report
+
+        say("timing each artifact on this host for report.html")
+        write_report(bundle.path, runs=REPORT_RUNS, warmup=3)
     result = ConversionResult(bundle, tuple(f for f, _ in failures), time.perf_counter() - started)
     if failures and not keep_partial:
         done = ", ".join(a.target for a in artifacts)

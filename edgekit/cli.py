@@ -470,23 +470,9 @@ def report(
     """Write one self-contained HTML page: the per-target table, the precision choices, and plots."""
     _setup_logging(False)
     with _handled():
-        import os
-        import platform
+        from edgekit.report import write_report
 
-        from edgekit.bundle import read_bundle
-        from edgekit.report import REPORT_NAME, latency_of, render
-
-        manifest = read_bundle(bundle).manifest
-        latency = {}
-        if bench:
-            from edgekit.runtimes.bench import bench_bundle
-
-            latency = latency_of(bench_bundle(bundle, runs=runs, warmup=5))
-        target = out or bundle / REPORT_NAME
-        text = render(manifest, latency, host=f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        target = write_report(bundle, out, bench=bench, runs=runs)
         typer.echo(f"report written to {target}")
 
 

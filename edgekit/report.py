@@ -2,18 +2,23 @@
 
 It shows the per-target table (size, ratio, parity, accuracy, latency on this host, provider), the
 automatic-precision decisions, failures, and two plots: size against accuracy for every artifact and
-candidate, and latency by target. ``edgekit convert`` writes it into the bundle as ``report.html``;
-``edgekit report`` writes it anywhere and can measure latency first.
+candidate, and latency by target on this host. ``edgekit convert`` writes it into the bundle as
+``report.html`` once the bundle is in place (a short latency run of each artifact first); ``edgekit
+report`` writes it anywhere, with as many timed runs as asked.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from edgekit.bundle import Manifest
+
+log = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
 _COLORS = {"onnx-web": "#2f6db5", "tflite": "#d9822b", "coreml": "#3a9d5d"}
@@ -38,33 +43,98 @@ def _size(n: float | None) -> str:
 
 
 def _points(manifest: Manifest) -> list[dict[str, Any]]:
-    """One point per artifact and per automatic candidate: family, label, size, quality and its name."""
+    """One point per artifact and per automatic candidate: family, label, size, quality, samples and its name.
+
+    When the points were measured on different numbers of samples (ORT-format copies are validated on
+    fewer), each label says its count: figures on 64 samples are not comparable to figures on 360.
+    """
     points: dict[str, dict[str, Any]] = {}
     for a in manifest.artifacts:
         quality = a.accuracy.top1 if a.accuracy else (a.parity.top1_agreement if a.parity else None)
+        samples = a.accuracy.n_samples if a.accuracy else (a.parity.n_samples if a.parity else None)
         key = f"{a.target}/{a.format}"
         points[key] = {"family": a.target.split("-")[0] if not a.target.startswith("onnx-web") else "onnx-web",
-                       "label": f"{a.target} ({a.format})", "size": a.size_bytes, "quality": quality, "chosen": True}
+                       "label": f"{a.target} ({a.format})", "size": a.size_bytes, "quality": quality, "chosen": True,
+                       "samples": samples}
     for selection in manifest.selections or ():
         for c in selection.candidates:
             if c.get("size_bytes") is None or any(p["label"].startswith(f"{c['target']} (") for p in points.values()):
                 continue
             quality = c.get("top1") if c.get("top1") is not None else c.get("top1_agreement")
             points[c["target"]] = {"family": selection.family, "label": c["target"], "size": c["size_bytes"],
-                                   "quality": quality, "chosen": False}
-    return [p for p in points.values() if p["quality"] is not None]
+                                   "quality": quality, "chosen": False, "samples": c.get("n_samples")}
+    kept = [p for p in points.values() if p["quality"] is not None]
+    counts = {p["samples"] for p in kept if p["samples"]}
+    if len(counts) > 1:
+        for p in kept:
+            if p["samples"]:
+                p["label"] += f", {p['samples']} samples"
+    return kept
 
 
-def size_accuracy_svg(manifest: Manifest, width: int = 520, height: int = 340) -> str:
-    """Scatter plot: artifact size (log scale) against top-1 accuracy (or agreement without labels)."""
+CHAR_WIDTH, LINE_HEIGHT = 6.6, 13  # an 11px sans-serif label's width per character (generous) and height
+
+
+def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(anchors: Sequence[tuple[float, float, str]], bounds: tuple[float, float, float, float],
+                 avoid: Sequence[tuple[float, float, float, float]] = ()) -> list[tuple[float, float, str] | None]:
+    """Where each label (text beside a point at x, y) goes so that no two labels' boxes overlap, nor a label
+    and a point in ``avoid``, inside ``bounds`` (x0, y0, x1, y1): the first free spot of eight around its
+    point, else ``None`` (the caller lists it instead). Returns (x, y baseline, text-anchor) per label."""
+    taken: list[tuple[float, float, float, float]] = list(avoid)
+    out: list[tuple[float, float, str] | None] = []
+    for x, y, text in anchors:
+        w, h = len(text) * CHAR_WIDTH, LINE_HEIGHT
+        spots = ((x + 8, y - 6, "start"), (x + 8, y + 14, "start"), (x - 8, y - 6, "end"), (x - 8, y + 14, "end"),
+                 (x, y - 10, "middle"), (x, y + 20, "middle"), (x + 8, y + 4, "start"), (x - 8, y + 4, "end"))
+        chosen = None
+        for sx, sy, anchor in spots:
+            left = sx if anchor == "start" else sx - w if anchor == "end" else sx - w / 2
+            box = (left, sy - h + 3, left + w, sy + 3)
+            inside = box[0] >= bounds[0] and box[2] <= bounds[2] and box[1] >= bounds[1] and box[3] <= bounds[3]
+            if inside and not any(_overlaps(box, other) for other in taken):
+                taken.append(box)
+                chosen = (sx, sy, anchor)
+                break
+        out.append(chosen)
+    return out
+
+
+UNITS = (("B", 1), ("KB", 1024), ("MB", 1024 ** 2), ("GB", 1024 ** 3))
+
+
+def size_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
+    """Round sizes between ``lo`` and ``hi`` bytes with their labels: steps of 1, 2 and 5 of B, KB, MB or
+    GB, finer ones when the range is narrow, so that a range of at least 3x gets three to seven."""
+    finest = tuple(m / 10 for m in range(10, 100, 2))
+    ticks: list[tuple[float, str]] = []
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9), finest):
+        ticks = sorted({(m * 10 ** k * size, f"{m * 10 ** k:g} {name}") for name, size in UNITS for k in range(4)
+                        for m in mantissas if m * 10 ** k < 1024 or name == "GB"
+                        if lo <= m * 10 ** k * size <= hi})
+        if len(ticks) >= 3:
+            break
+    return ticks[::-(-len(ticks) // 7)] if len(ticks) > 7 else ticks
+
+
+def size_accuracy_svg(manifest: Manifest, width: int = 560, height: int = 360) -> str:
+    """Scatter plot: artifact size (log scale, at least three ticks) against top-1 accuracy (or agreement
+    without labels), a legend of the colours, and each point's label beside it where it fits without
+    overlapping another; the labels that do not fit are numbered and listed under the plot."""
     points = _points(manifest)
     has_labels = any(a.accuracy for a in manifest.artifacts)
-    left, right, top, bottom = 60, 20, 20, 50
+    left, right, top, bottom = 60, 20, 34, 50
     plot_w, plot_h = width - left - right, height - top - bottom
     if not points:
         return f'<svg id="size-accuracy" width="{width}" height="60"><text x="10" y="30">no parity data</text></svg>'
     sizes = [math.log10(max(p["size"], 1)) for p in points]
     lo_s, hi_s = min(sizes) - 0.1, max(sizes) + 0.1
+    if hi_s - lo_s < math.log10(3):  # a narrow range still gets round ticks either side
+        middle = (lo_s + hi_s) / 2
+        lo_s, hi_s = middle - math.log10(3) / 2, middle + math.log10(3) / 2
     qualities = [p["quality"] for p in points]
     lo_q, hi_q = min(min(qualities) - 0.02, 0.9), 1.0
     lo_q = max(0.0, lo_q)
@@ -75,59 +145,91 @@ def size_accuracy_svg(manifest: Manifest, width: int = 520, height: int = 340) -
     def y(quality: float) -> float:
         return float(top + (hi_q - quality) / max(hi_q - lo_q, 1e-9) * plot_h)
 
-    parts = [f'<svg id="size-accuracy" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img">',
-             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fbfcfd" stroke="#cfd8e1"/>']
+    parts = [f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fbfcfd" stroke="#cfd8e1"/>']
     for k in range(5):
         q = lo_q + (hi_q - lo_q) * k / 4
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(q):.1f}" y2="{y(q):.1f}" stroke="#e8edf2"/>'
-                     f'<text x="{left - 6}" y="{y(q) + 4:.1f}" text-anchor="end">{q:.3f}</text>')
-    decade = math.floor(lo_s)
-    while decade <= hi_s:
-        if decade >= lo_s:
-            parts.append(f'<text x="{x(10 ** decade):.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
-                         f'{_size(10 ** decade)}</text>')
-        decade += 1
-    for p in sorted(points, key=lambda p: p["chosen"]):
+                     f'<text class="tick" x="{left - 6}" y="{y(q) + 4:.1f}" text-anchor="end">{q:.3f}</text>')
+    for value, label in size_ticks(10 ** lo_s, 10 ** hi_s):
+        parts.append(f'<line x1="{x(value):.1f}" x2="{x(value):.1f}" y1="{top}" y2="{top + plot_h}" stroke="#e8edf2"/>'
+                     f'<text class="tick x-tick" x="{x(value):.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
+                     f'{label}</text>')
+    ordered = sorted(points, key=lambda p: (not p["chosen"], p["size"]))  # artifacts' labels placed first
+    dots = [(x(p["size"]) - 6, y(p["quality"]) - 6, x(p["size"]) + 6, y(p["quality"]) + 6) for p in ordered]
+    places = place_labels([(x(p["size"]), y(p["quality"]), p["label"]) for p in ordered],
+                          (left, top, left + plot_w, top + plot_h), avoid=dots)
+    listed: list[str] = []
+    for p, place in zip(ordered, places, strict=True):
         color = _COLORS.get(p["family"], "#6b7785")
         fill = color if p["chosen"] else "#ffffff"
-        parts.append(f'<circle class="point" cx="{x(p["size"]):.1f}" cy="{y(p["quality"]):.1f}" r="5" fill="{fill}" '
-                     f'stroke="{color}" stroke-width="2"><title>{html.escape(p["label"])}: {_size(p["size"])}, '
-                     f'{p["quality"]:.4f}</title></circle>'
-                     f'<text x="{x(p["size"]) + 7:.1f}" y="{y(p["quality"]) - 6:.1f}">{html.escape(p["label"])}</text>')
+        cx, cy = x(p["size"]), y(p["quality"])
+        parts.append(f'<circle class="point" cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{fill}" stroke="{color}" '
+                     f'stroke-width="2"><title>{html.escape(p["label"])}: {_size(p["size"])}, '
+                     f'{p["quality"]:.4f}</title></circle>')
+        if place is None:
+            listed.append(p["label"])
+            parts.append(f'<text class="label key" x="{cx + 7:.1f}" y="{cy + 4:.1f}">{len(listed)}</text>')
+        else:
+            lx, ly, anchor = place
+            parts.append(f'<text class="label" x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}">'
+                         f'{html.escape(p["label"])}</text>')
+    # the legend: a colour per family shown, filled for artifacts in the bundle, hollow for candidates not kept
+    legend_x = float(left)
+    for family in dict.fromkeys(p["family"] for p in points):
+        color = _COLORS.get(family, "#6b7785")
+        parts.append(f'<circle cx="{legend_x + 5:.1f}" cy="{top - 16}" r="5" fill="{color}"/>'
+                     f'<text class="legend" x="{legend_x + 14:.1f}" y="{top - 12}">{html.escape(family)}</text>')
+        legend_x += 22 + len(family) * CHAR_WIDTH
+    if not all(p["chosen"] for p in points):
+        parts.append(f'<circle cx="{legend_x + 5:.1f}" cy="{top - 16}" r="5" fill="#ffffff" stroke="#6b7785" '
+                     f'stroke-width="2"/><text class="legend" x="{legend_x + 14:.1f}" y="{top - 12}">hollow: a '
+                     'candidate not kept</text>')
     axis = "top-1 accuracy" if has_labels else "top-1 agreement with the source"
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">size (log scale); '
-                 f'filled: in the bundle, hollow: candidates not kept</text>'
+    key_rows = -(-len(listed) // 2)
+    total_h = height + key_rows * (LINE_HEIGHT + 2)
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 12}" text-anchor="middle">size (log scale)</text>'
                  f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" text-anchor="middle">{axis}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    for i, label in enumerate(listed):  # numbered labels that found no free spot, two columns
+        parts.append(f'<text class="label listed" x="{left + (i % 2) * plot_w / 2:.1f}" '
+                     f'y="{height + (i // 2) * (LINE_HEIGHT + 2) + 2}">{i + 1}: {html.escape(label)}</text>')
+    head = (f'<svg id="size-accuracy" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total_h}" '
+            f'viewBox="0 0 {width} {total_h}" role="img">')
+    return head + "".join(parts) + "</svg>"
 
 
-def latency_svg(latency: Mapping[str, Mapping[str, Any]], width: int = 520) -> str:
-    """Horizontal bars of p50 latency by artifact, with a whisker to p99."""
+def latency_svg(latency: Mapping[str, Mapping[str, Any]], width: int = 560) -> str:
+    """Horizontal bars of p50 latency by artifact, with a whisker to p99, each labelled with the provider
+    that ran it."""
     rows = [(k, v) for k, v in latency.items() if v.get("p50_ms") is not None]
     if not rows:
         return (f'<svg id="latency" width="{width}" height="60"><text x="10" y="30">latency not measured on this '
                 f'host (edgekit report BUNDLE measures it)</text></svg>')
-    left, bar_h, gap, top = 190, 16, 8, 10
+    names = [name + (f" · {_provider(v['provider'])}" if v.get("provider") else "") for name, v in rows]
+    left = int(min(max(len(n) for n in names) * CHAR_WIDTH + 12, width / 2))
+    bar_h, gap, top = 16, 8, 10
     height = top + len(rows) * (bar_h + gap) + 30
     worst = max(float(v.get("p99_ms") or v["p50_ms"]) for _, v in rows) or 1.0
-    scale = (width - left - 70) / worst
+    scale = (width - left - 80) / worst
     parts = [f'<svg id="latency" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img">']
-    for i, (name, v) in enumerate(rows):
+    for i, ((name, v), shown) in enumerate(zip(rows, names, strict=True)):
         y0 = top + i * (bar_h + gap)
         p50 = float(v["p50_ms"])
         p99 = float(v.get("p99_ms") or p50)
         color = _COLORS.get("onnx-web" if name.startswith("onnx-web") else name.split("-")[0], "#6b7785")
-        parts.append(f'<text x="{left - 6}" y="{y0 + 12}" text-anchor="end">{html.escape(name)}</text>'
+        parts.append(f'<text class="label" x="{left - 6}" y="{y0 + 12}" text-anchor="end">{html.escape(shown)}</text>'
                      f'<rect class="bar" x="{left}" y="{y0}" width="{max(p50 * scale, 1):.1f}" height="{bar_h}" '
-                     f'fill="{color}"><title>p50 {p50:.3f} ms</title></rect>'
+                     f'fill="{color}"><title>p50 {p50:.3f} ms, p99 {p99:.3f} ms</title></rect>'
                      f'<line x1="{left + p50 * scale:.1f}" x2="{left + p99 * scale:.1f}" y1="{y0 + bar_h / 2}" '
                      f'y2="{y0 + bar_h / 2}" stroke="#1d232a"/>'
-                     f'<text x="{left + p99 * scale + 5:.1f}" y="{y0 + 12}">{p50:.3f} ms</text>')
+                     f'<text class="label" x="{left + p99 * scale + 5:.1f}" y="{y0 + 12}">{p50:.3f} ms</text>')
     parts.append(f'<text x="{left}" y="{height - 8}">p50 bar, whisker to p99, batch 1, this host</text></svg>')
     return "".join(parts)
+
+
+def _provider(name: str) -> str:
+    """onnxruntime's CPUExecutionProvider as "CPU", LiteRT's "XNNPACK" as it is."""
+    return name.removesuffix("ExecutionProvider")
 
 
 def _parity_html(p: Any) -> str:
@@ -148,7 +250,8 @@ def render(manifest: Manifest, latency: Mapping[str, Mapping[str, Any]] | None =
         for c in selection.candidates:
             if c.get("latency_p50_ms") is not None:
                 fmt = next((a.format for a in manifest.artifacts if a.target == c["target"]), c.get("format", ""))
-                latency.setdefault(f"{c['target']} ({fmt})", {"p50_ms": c["latency_p50_ms"]})
+                runtime = str(c.get("latency_runtime") or "").split(" (")[0]  # what ran it, without the host
+                latency.setdefault(f"{c['target']} ({fmt})", {"p50_ms": c["latency_p50_ms"], "provider": runtime})
     e = html.escape
     rows = []
     for a in manifest.artifacts:
@@ -194,6 +297,38 @@ def render(manifest: Manifest, latency: Mapping[str, Mapping[str, Any]] | None =
 {'<h2>Failed targets</h2><ul>' + failures + '</ul>' if failures else ''}
 </body></html>
 """
+
+
+def host_text() -> str:
+    """The host latencies were measured on, as the report names it."""
+    import os
+    import platform
+
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def write_report(bundle: Path, out: Path | None = None, *, bench: bool = True, runs: int = 50, warmup: int = 5) -> Path:
+    """Write the report of ``bundle`` to ``out`` (default: ``BUNDLE/report.html``) through a temporary file,
+    first timing every artifact this host can run (``bench``); a bench that fails leaves the plot empty."""
+    import os
+
+    from edgekit.bundle import read_bundle
+    from edgekit.errors import EdgekitError
+
+    manifest = read_bundle(bundle).manifest
+    latency: dict[str, dict[str, Any]] = {}
+    if bench:
+        from edgekit.runtimes.bench import bench_bundle
+
+        try:
+            latency = latency_of(bench_bundle(bundle, runs=runs, warmup=warmup))
+        except EdgekitError as exc:
+            log.warning("latency for the report not measured: %s", exc)
+    target = out or bundle / REPORT_NAME
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(render(manifest, latency, host=host_text() if latency else ""), encoding="utf-8")
+    os.replace(tmp, target)
+    return target
 
 
 def latency_of(results: Sequence[Any]) -> dict[str, dict[str, Any]]:
