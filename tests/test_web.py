@@ -303,3 +303,116 @@ def test_edgekit_web_refuses_what_it_cannot_serve(tmp_path: Path, digits_bundle:
     refused = run_cli("web", web_less)
     assert refused.exit_code == 2, refused.output
     assert "no onnx-web artifact" in refused.stderr or "onnx-desktop" in refused.stderr
+
+
+def _nhwc_image_model(path: Path) -> Path:
+    """A channels-last image classifier: mean colour per channel -> 4 class scores."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32), "w")
+    axes = numpy_helper.from_array(np.array([1, 2], np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0),
+         helper.make_node("MatMul", ["mean", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"])],
+        "nhwc", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 24, 32, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 4])], [weights, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def _token_model(path: Path) -> Path:
+    """A token-id model: embedding lookup, mean over the sequence, 3 outputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    table = numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32), "table")
+    head = numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "head")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["vectors"]),
+         helper.make_node("ReduceMean", ["vectors", "axes"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "head"], ["scores"])],
+        "tokens", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])], [table, head, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def _shown_outputs(page: Any) -> list[list[str]]:
+    return page.eval_on_selector_all("#outputs tr", "rows => rows.slice(1).map(r => [...r.cells].map(c => c.textContent))")
+
+
+def test_the_demo_takes_a_channels_last_image_bundle(browser: Any, tmp_path: Path) -> None:
+    import onnxruntime as ort
+    from PIL import Image
+
+    from edgekit.web.server import running
+
+    out = tmp_path / "nhwc"
+    model = _nhwc_image_model(tmp_path / "nhwc.onnx")
+    result = run_cli("convert", model, "-t", "onnx-web", "--no-report", "--out", out)
+    assert result.exit_code == 0, result.output
+    picture = tmp_path / "red.png"
+    pixels = np.zeros((60, 80, 3), np.uint8)
+    pixels[..., 0] = 230  # mostly red, a blue band
+    pixels[20:30, :, 2] = 200
+    Image.fromarray(pixels).save(picture)
+    with running(out) as srv:
+        page, described = _open_demo(browser, f"{srv.url}/demo/")
+        assert described is not None and "NHWC 24x32x3" in page.inner_text("#intro")
+        assert page.is_visible("#pad") and not page.is_visible("#form-box")
+        page.set_input_files("#image", str(picture))
+        page.wait_for_function("() => window.edgekitDemo.lastFeeds !== null")
+        page.wait_for_function("() => ['ready', 'error'].includes(document.getElementById('status').textContent) || "
+                               "document.getElementById('status').className === 'error'")
+        assert page.inner_text("#status") == "ready", page.inner_text("#status")
+        feeds = page.evaluate("() => { const f = window.edgekitDemo.lastFeeds.image; return {data: Array.from(f.data), dims: f.dims}; }")
+        assert feeds["dims"] == [1, 24, 32, 3]
+        x = np.asarray(feeds["data"], np.float32).reshape(feeds["dims"])
+        assert abs(float(x[..., 0].mean()) - 230 / 255) < 0.02 and x[..., 1].max() < 0.02  # channels last, resized
+        expected = ort.InferenceSession(str(out / "onnx-web.onnx")).run(None, {"image": x})[0]
+        (row,) = _shown_outputs(page)
+        assert row[0] == "probs" and row[1] == "[1, 4]" and row[3] == str(int(expected.argmax()))
+        shown = np.array([float(v) for v in row[2].split(", ")])
+        assert np.allclose(shown, expected[0], atol=1e-3), (shown, expected)
+        assert page.inner_text("#digit") == str(int(expected.argmax()))
+        page.context.close()
+
+
+def test_the_demo_takes_a_token_input_bundle(browser: Any, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from edgekit.web.server import running
+
+    out = tmp_path / "tokens"
+    model = _token_model(tmp_path / "tokens.onnx")
+    np.savez(tmp_path / "cal.npz", input_ids=np.random.default_rng(2).integers(0, 32, (16, 6)))
+    result = run_cli("convert", model, "-t", "onnx-web", "--calibration", tmp_path / "cal.npz", "--no-report",
+                     "--out", out)
+    assert result.exit_code == 0, result.output
+    with running(out) as srv:
+        page, described = _open_demo(browser, f"{srv.url}/demo/")
+        assert described is not None
+        assert page.is_visible("#form-box") and not page.is_visible("#pad")
+        assert "input_ids [batch, seq] int64" in page.inner_text("#tensor-form")
+        page.fill("#tensor-form textarea[name=input_ids]", "1, 5, 7, 2, 31")
+        page.evaluate("() => { window.edgekitDemo.lastFeeds = null; }")
+        page.click("#run-form")
+        page.wait_for_function("() => window.edgekitDemo.lastFeeds !== null")
+        page.wait_for_function("() => document.getElementById('status').textContent === 'ready'")
+        expected = ort.InferenceSession(str(out / "onnx-web.onnx")).run(
+            None, {"input_ids": np.array([[1, 5, 7, 2, 31]], np.int64)})[0]
+        (row,) = _shown_outputs(page)
+        assert row[0] == "scores" and row[1] == "[1, 3]"
+        assert np.allclose([float(v) for v in row[2].split(", ")], expected[0], atol=1e-3)
+        page.fill("#tensor-form textarea[name=input_ids]", "1, x")
+        page.click("#run-form")
+        page.wait_for_function("() => document.getElementById('status').className === 'error'")
+        assert "not a number" in page.inner_text("#status")
+        page.context.close()

@@ -1,4 +1,6 @@
-// The digits demo: draw on a canvas, classify with the bundle's web artifact, show what ran.
+// The demo for any bundle: an image model takes a drawing, an image file or a camera picture (any
+// layout: NCHW or NHWC, resized to its input); any other model gets a form with one field per input.
+// Outputs are shown as a table, class scores also as bars. The digits drawing is the default example.
 // Query parameters: bundle (URL of a bundle.json, default /bundle/bundle.json), ort (where
 // onnxruntime-web's files are served, default /ort/), target (an artifact id to force),
 // prefer (size or speed), providers (comma-separated, default auto), threads (wasm threads).
@@ -8,7 +10,7 @@ const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 const pad = $("pad");
 const ctx = pad.getContext("2d", { willReadFrequently: true });
-const demo = { session: null, firstResultMs: null, error: null };
+const demo = { session: null, firstResultMs: null, error: null, lastFeeds: null, lastOutputs: null };
 window.edgekitDemo = demo;
 
 function status(text, isError = false) {
@@ -39,13 +41,39 @@ function showSession(session) {
   }));
 }
 
+const DEFAULT_SIDE = 224; // an image input whose height and width are free gets this size
+
+// An image input: one float input of rank 4 with 1 or 3 channels first (NCHW) or last (NHWC; the
+// manifest's layout decides when both could be).
 function imageInput(session) {
   const spec = session.inputs[0];
   const s = spec && spec.shape;
-  if (!spec || session.inputs.length !== 1 || s.length !== 4 || ![1, 3].includes(s[1]) || typeof s[2] !== "number" || typeof s[3] !== "number") {
-    return null;
+  if (!spec || session.inputs.length !== 1 || s.length !== 4 || !String(spec.dtype).startsWith("float")) return null;
+  const first = [1, 3].includes(s[1]);
+  const last = [1, 3].includes(s[3]);
+  if (!first && !last) return null;
+  const nhwc = last && (!first || spec.layout === "NHWC");
+  const side = (d) => (typeof d === "number" && d > 0 ? d : DEFAULT_SIDE);
+  const [h, w] = nhwc ? [s[1], s[2]] : [s[2], s[3]];
+  return { name: spec.name, channels: nhwc ? s[3] : s[1], height: side(h), width: side(w), nhwc, dtype: spec.dtype };
+}
+
+// Values in 0..1 per pixel and channel (rgba: 4 bytes a pixel) into the model's layout and dims.
+function layoutTensor(shape, rgba, gray = false) {
+  const { width: W, height: H, channels: C, nhwc } = shape;
+  const data = new Float32Array(C * H * W);
+  for (let y = 0; y < H; y++) {
+    for (let x = 0; x < W; x++) {
+      const p = (y * W + x) * 4;
+      const rgb = [rgba[p], rgba[p + 1], rgba[p + 2]].map((v) => v / 255);
+      const luma = gray ? rgb[0] : 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2];
+      for (let c = 0; c < C; c++) {
+        const v = C === 1 ? luma : rgb[c];
+        data[nhwc ? (y * W + x) * C + c : c * H * W + y * W + x] = v;
+      }
+    }
   }
-  return { name: spec.name, channels: s[1], height: s[2], width: s[3], dtype: spec.dtype };
+  return { data, dims: nhwc ? [1, H, W, C] : [1, C, H, W] };
 }
 
 // The drawing as the model's input: the ink's bounding box scaled to fit the frame (as the digits
@@ -72,23 +100,69 @@ function toTensor(shape) {
   bctx.imageSmoothingQuality = "high";
   bctx.drawImage(pad, cx - side / 2, cy - side / 2, side, side, 0, 0, big.width, big.height);
   const src = bctx.getImageData(0, 0, big.width, big.height).data;
-  const data = new Float32Array(C * H * W);
   const preview = new ImageData(W, H);
   for (let y = 0; y < H; y++) {
     for (let x = 0; x < W; x++) {
       let sum = 0;
       for (let dy = 0; dy < 4; dy++) for (let dx = 0; dx < 4; dx++) sum += src[((y * 4 + dy) * big.width + x * 4 + dx) * 4];
-      const v = sum / (16 * 255);
-      for (let c = 0; c < C; c++) data[c * H * W + y * W + x] = v;
       const p = (y * W + x) * 4;
-      preview.data[p] = preview.data[p + 1] = preview.data[p + 2] = Math.round(v * 255);
+      preview.data[p] = preview.data[p + 1] = preview.data[p + 2] = Math.round(sum / 16);
       preview.data[p + 3] = 255;
     }
   }
+  showSeen(preview);
+  return layoutTensor(shape, preview.data, true);
+}
+
+function showSeen(image) {
   const seen = $("seen");
-  seen.width = W; seen.height = H;
-  seen.getContext("2d").putImageData(preview, 0, 0);
-  return { data, dims: [1, C, H, W] };
+  seen.width = image.width; seen.height = image.height;
+  seen.getContext("2d").putImageData(image, 0, 0);
+}
+
+// A picture (an image file's bitmap or a camera frame) stretched to the input's size.
+function pictureTensor(source, shape) {
+  const canvas = new OffscreenCanvas(shape.width, shape.height);
+  const c2d = canvas.getContext("2d");
+  c2d.imageSmoothingQuality = "high";
+  c2d.drawImage(source, 0, 0, shape.width, shape.height);
+  const image = c2d.getImageData(0, 0, shape.width, shape.height);
+  showSeen(image);
+  return layoutTensor(shape, image.data);
+}
+
+// Every output as a row: name, dims, the first values, and the arg-max of the first row when it holds scores.
+function showOutputs(out) {
+  const rows = Object.entries(out).map(([name, t]) => {
+    const values = Array.from(t.data.slice(0, 8), (v) => (typeof v === "bigint" ? v.toString() : Number(v).toPrecision(4)));
+    const width = t.dims.length ? t.dims[t.dims.length - 1] : 1;
+    let argmax = "";
+    if (width >= 2) {
+      const first = Array.from(t.data.slice(0, width), Number);
+      argmax = String(first.indexOf(Math.max(...first)));
+    }
+    const tr = document.createElement("tr");
+    for (const text of [name, `[${t.dims.join(", ")}]`, values.join(", ") + (t.data.length > 8 ? ", …" : ""), argmax]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    return tr;
+  });
+  const head = document.createElement("tr");
+  head.innerHTML = "<th>output</th><th>dims</th><th>values</th><th>arg-max</th>";
+  $("outputs").replaceChildren(head, ...rows);
+}
+
+async function runFeeds(feeds) {
+  const session = demo.session;
+  demo.lastFeeds = feeds;
+  const out = await session.run(feeds);
+  demo.lastOutputs = Object.fromEntries(Object.entries(out).map(([k, v]) => [k, { data: Array.from(v.data, Number), dims: v.dims }]));
+  showOutputs(out);
+  const st = session.stats();
+  $("latency").textContent = `${st.last.toFixed(2)} ms (p50 ${st.p50.toFixed(2)} ms over ${st.count} runs)`;
+  return out;
 }
 
 function probabilities(values) {
@@ -119,19 +193,14 @@ async function classify() {
   const session = demo.session;
   if (!session) return null;
   const shape = imageInput(session);
-  if (!shape) {
-    status(`this demo draws images; the bundle's input is ${JSON.stringify(session.inputs.map((i) => i.shape))}: use the library directly`, true);
-    return null;
-  }
-  const input = toTensor(shape);
+  if (!shape) return null;
+  const input = demo.picture ? pictureTensor(demo.picture, shape) : toTensor(shape);
   if (!input) return null;
   try {
-    const out = await session.run({ [shape.name]: input });
+    const out = await runFeeds({ [shape.name]: input });
     const first = out[session.outputs[0]?.name] || Object.values(out)[0];
-    const probs = probabilities(first.data);
-    showResult(probs);
-    const st = session.stats();
-    $("latency").textContent = `${st.last.toFixed(2)} ms (p50 ${st.p50.toFixed(2)} ms over ${st.count} runs)`;
+    const probs = first.dims.length === 2 && first.dims[1] >= 2 ? probabilities(first.data) : null;
+    if (probs) showResult(probs);
     if (demo.firstResultMs === null) demo.firstResultMs = performance.now();
     status("ready");
     return probs;
@@ -170,7 +239,7 @@ function stroke(to) {
     requestAnimationFrame(async () => { pending = false; await classify(); });
   }
 }
-pad.addEventListener("pointerdown", (e) => { drawing = true; last = null; pad.setPointerCapture(e.pointerId); stroke(point(e)); });
+pad.addEventListener("pointerdown", (e) => { drawing = true; last = null; demo.picture = null; pad.setPointerCapture(e.pointerId); stroke(point(e)); });
 pad.addEventListener("pointermove", (e) => { if (drawing) stroke(point(e)); });
 for (const type of ["pointerup", "pointercancel"]) pad.addEventListener(type, () => { drawing = false; last = null; classify(); });
 function clearPad() {
@@ -180,8 +249,111 @@ function clearPad() {
   $("confidence").textContent = "";
   $("bars").replaceChildren();
 }
-$("clear").addEventListener("click", clearPad);
+$("clear").addEventListener("click", () => { demo.picture = null; clearPad(); });
 clearPad();
+
+// An image file, resized to the model's input and fed in its layout.
+$("image").addEventListener("change", async (e) => {
+  const file = (e.target.files || [])[0];
+  if (!file || !demo.session) return;
+  try {
+    demo.picture = await createImageBitmap(file);
+  } catch (err) {
+    status(`${file.name} is not an image the browser can decode: ${err.message}`, true);
+    return;
+  }
+  await classify();
+});
+
+// The camera: a live preview, and a frame taken on request.
+$("camera").addEventListener("click", async () => {
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({ video: true });
+    $("video").srcObject = stream;
+    $("video").hidden = false;
+    $("snap").hidden = false;
+    await $("video").play();
+  } catch (err) {
+    status(`no camera: ${err.message}`, true);
+  }
+});
+$("snap").addEventListener("click", async () => {
+  demo.picture = await createImageBitmap($("video"));
+  await classify();
+});
+
+// The generic form: one field per input, values parsed into the input's dtype and shape.
+const TYPED = { float32: Float32Array, float16: Float32Array, float64: Float64Array, int32: Int32Array, int64: BigInt64Array,
+  int8: Int8Array, uint8: Uint8Array, bool: Uint8Array };
+
+function defaultDims(spec) {
+  return spec.shape.map((d, i) => (typeof d === "number" && d > 0 ? d : i === 0 ? 1 : 4));
+}
+
+function buildForm(session) {
+  const fields = session.inputs.map((spec) => {
+    const label = document.createElement("label");
+    label.textContent = `${spec.name} [${spec.shape.join(", ")}] ${spec.dtype}`;
+    const area = document.createElement("textarea");
+    area.name = spec.name;
+    const size = defaultDims(spec).reduce((a, b) => a * b, 1);
+    area.value = Array.from({ length: Math.min(size, 4096) }, (_, i) => (String(spec.dtype).startsWith("float") ? "0" : String(i % 2))).join(", ");
+    label.append(area);
+    return label;
+  });
+  $("tensor-form").replaceChildren(...fields);
+}
+
+// The dims a field's values give: fixed sizes as declared, the first free one 1 when others are free,
+// and the last free one from the count of values.
+function dimsFor(spec, count) {
+  const dims = spec.shape.map((d) => (typeof d === "number" && d > 0 ? d : null));
+  const free = dims.map((d, i) => (d === null ? i : -1)).filter((i) => i >= 0);
+  free.slice(0, -1).forEach((i) => { dims[i] = 1; });
+  if (free.length) {
+    const known = dims.reduce((a, d) => a * (d || 1), 1);
+    dims[free[free.length - 1]] = count / known;
+  }
+  return dims;
+}
+
+async function runForm() {
+  const session = demo.session;
+  if (!session) return null;
+  try {
+    const feeds = {};
+    for (const spec of session.inputs) {
+      const text = $("tensor-form").querySelector(`textarea[name="${CSS.escape(spec.name)}"]`).value.trim();
+      const values = text ? text.split(/[\s,]+/).filter(Boolean) : [];
+      const Typed = TYPED[spec.dtype] || Float32Array;
+      const bad = values.find((v) => !Number.isFinite(Number(v)));
+      if (bad !== undefined) throw new Error(`input "${spec.name}": "${bad}" is not a number; give numbers separated by commas or spaces`);
+      const data = Typed === BigInt64Array ? BigInt64Array.from(values, (v) => BigInt(Math.trunc(Number(v)))) : Typed.from(values, Number);
+      feeds[spec.name] = { data, dims: dimsFor(spec, values.length) };
+    }
+    const out = await runFeeds(feeds);
+    status("ready");
+    return out;
+  } catch (err) {
+    status(err.message, true);
+    return null;
+  }
+}
+$("run-form").addEventListener("click", runForm);
+
+function showMode(session) {
+  const image = imageInput(session);
+  $("image-box").hidden = !image;
+  $("form-box").hidden = Boolean(image);
+  $("prediction").hidden = !image;
+  $("bars").hidden = !image;
+  const shape = image ? `${image.nhwc ? "NHWC" : "NCHW"} ${image.height}x${image.width}x${image.channels}` : "";
+  $("intro").textContent = image
+    ? `Draw, pick an image or use the camera: it is resized to the model's ${shape} input and run here, on onnxruntime-web; nothing leaves the page.`
+    : "Type the model's inputs and run them here, on onnxruntime-web; nothing leaves the page.";
+  $("seen").title = image ? `what the model sees (${image.width}x${image.height})` : "";
+  if (!image) buildForm(session);
+}
 
 async function load(source, label) {
   status(`loading ${label}…`);
@@ -201,8 +373,10 @@ async function load(source, label) {
     demo.session = session;
     $("bar").style.width = "100%";
     showSession(session);
-    status(imageInput(session) ? "ready: draw a digit" : "loaded; this bundle does not take an image");
-    await classify();
+    showMode(session);
+    demo.picture = null;
+    status(imageInput(session) ? "ready: draw, or pick an image" : "ready: type the inputs and run");
+    if (imageInput(session)) await classify(); else await runForm();
     return session.describe();
   } catch (err) {
     demo.error = { code: err instanceof EdgekitWebError ? err.code : "error", message: err.message };
@@ -235,5 +409,6 @@ demo.run = async (values, dims) => {
   return Object.fromEntries(Object.entries(out).map(([k, v]) => [k, { data: Array.from(v.data, Number), dims: v.dims }]));
 };
 demo.runFeeds = (feeds) => demo.session.run(feeds);
+demo.runForm = runForm;
 demo.load = load;
 demo.ready = load(params.get("bundle") || "/bundle/bundle.json", "the bundle");
