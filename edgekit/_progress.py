@@ -18,7 +18,9 @@ from typing import TextIO
 log = logging.getLogger("edgekit.progress")
 
 SPINNER = "|/-\\"
+QUIET = {"on": False}  # `edgekit -q`: no progress drawn, whatever the stream
 REDRAW_SECONDS = 0.25
+BAR_WIDTH = 24
 
 
 class LiveProgress:
@@ -26,16 +28,17 @@ class LiveProgress:
 
     It writes to its own copy of file descriptor 2, taken when it is created, so converter output that
     edgekit captures meanwhile (``captured_output``) does not swallow it. ``live`` defaults to whether
-    that stream is a terminal.
+    that stream is a terminal (and ``edgekit -q`` was not asked).
     """
 
     def __init__(self, live: bool | None = None, stream: TextIO | None = None):
         self.out: TextIO = stream or os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
         self._own = stream is None
-        self.live = self.out.isatty() if live is None else live
+        self.live = (self.out.isatty() and not QUIET["on"]) if live is None else live
         self.started = self.stage_started = time.monotonic()
         self.stage = ""
         self.stages: list[tuple[str, float]] = []  # finished stages and their seconds
+        self._fraction: tuple[float, str] | None = None  # the current stage's share done and amounts, when known
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._tick = 0
@@ -50,6 +53,19 @@ class LiveProgress:
             self._finish_stage()
             self.stage, self.stage_started = message, time.monotonic()
             self._draw()
+
+    def bar(self, label: str, done: float, total: float, unit: str = "MB") -> None:
+        """A stage whose amount of work is known (a download's bytes): the live line gets a bar, a percentage
+        and the amounts; ``done == total`` finishes it. A new ``label`` starts a new stage."""
+        if label != self.stage:
+            self(label)
+        scale = 1e6 if unit == "MB" else 1.0
+        with self._lock:
+            self._fraction = (done / total if total else 1.0, f"{done / scale:.1f}/{total / scale:.1f} {unit}")
+            self._draw()
+            if total and done >= total:
+                self._finish_stage()
+                self.stage = ""
 
     def close(self) -> None:
         """Print the last stage as finished and stop redrawing."""
@@ -73,15 +89,22 @@ class LiveProgress:
             return
         seconds = time.monotonic() - self.stage_started
         self.stages.append((self.stage, seconds))
+        amounts = f", {self._fraction[1]}" if self._fraction else ""
+        self._fraction = None
         if self.live:
-            self.out.write(f"\r\x1b[2K  - {self.stage}  ({_duration(seconds)})\n")
+            self.out.write(f"\r\x1b[2K  - {self.stage}  ({_duration(seconds)}{amounts})\n")
             self.out.flush()
 
     def _draw(self) -> None:
         if not self.live or not self.stage:
             return
         now = time.monotonic()
-        line = (f"  {SPINNER[self._tick % len(SPINNER)]} {self.stage}  {_duration(now - self.stage_started)}"
+        known = ""
+        if self._fraction:
+            share, amounts = self._fraction
+            filled = round(min(max(share, 0.0), 1.0) * BAR_WIDTH)
+            known = f"  [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {share:4.0%} {amounts}"
+        line = (f"  {SPINNER[self._tick % len(SPINNER)]} {self.stage}{known}  {_duration(now - self.stage_started)}"
                 f"  (total {_duration(now - self.started)})")
         width = shutil.get_terminal_size((100, 20)).columns
         self.out.write("\r\x1b[2K" + (line if len(line) < width else line[:width - 2] + "…"))

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from edgekit import __version__
-from edgekit._progress import LiveProgress
+from edgekit._progress import QUIET, LiveProgress
 from edgekit.errors import EdgekitError
 
 app = typer.Typer(
@@ -91,10 +91,6 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
 
 
-def _quiet() -> bool:
-    return _VERBOSITY["level"] == "quiet"
-
-
 def _show_version(value: bool) -> None:
     if value:
         typer.echo(f"edgekit {__version__}")
@@ -111,6 +107,7 @@ def _options(
 ) -> None:
     """Convert trained models to verified on-device bundles: ONNX-web, TFLite and Core ML."""
     _VERBOSITY["level"] = "verbose" if verbose else "quiet" if quiet else ""
+    QUIET["on"] = _VERBOSITY["level"] == "quiet"
 
 
 def _size(n: int) -> str:
@@ -229,9 +226,8 @@ def convert(
             budget = Budget(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_error=max_error,
                             optimize=optimize)
 
-        progress = contextlib.nullcontext(None) if _quiet() else LiveProgress()
         try:
-            with progress as say:
+            with LiveProgress() as say:  # drawn on a terminal unless -q
                 result = run_convert(
                     model, target, out=out, calibration=calibration, name=name, version=version, labels_key=labels_key,
                     overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
@@ -495,7 +491,7 @@ def check(
         from edgekit._console import captured_output
         from edgekit.converters.check import check as run_check
 
-        with contextlib.nullcontext(None) if _quiet() or not probe else LiveProgress() as say, captured_output():
+        with LiveProgress(live=False if not probe else None) as say, captured_output():
             results = run_check(model, target, probe=probe, min_ios=min_ios, progress=say)
         if json_:
             typer.echo(json.dumps([r.to_dict() for r in results], indent=2))

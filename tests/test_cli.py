@@ -341,6 +341,13 @@ def test_live_progress_draws_stages_on_a_terminal_and_logs_them_everywhere(caplo
     with LiveProgress(live=False, stream=quiet) as say:  # not a terminal: nothing drawn
         say("loading the source model")
     assert quiet.getvalue() == ""
+    download = io.StringIO()
+    with LiveProgress(live=True, stream=download) as live:  # a known amount of work: a bar
+        live.bar("downloading onnx-web.onnx", 500_000, 2_000_000)
+        assert "[######..................]  25% 0.5/2.0 MB" in download.getvalue()
+        live.bar("downloading onnx-web.onnx", 2_000_000, 2_000_000)
+    lines = [line.split("\x1b[2K")[-1] for line in download.getvalue().split("\n") if line.strip()]
+    assert lines[0].startswith("  - downloading onnx-web.onnx  (") and lines[0].endswith(", 2.0/2.0 MB)"), lines
 
 
 def test_convert_json_and_targets_json(tmp_path: Path, digits_onnx: Path) -> None:

@@ -372,7 +372,8 @@ def test_the_demo_takes_a_channels_last_image_bundle(browser: Any, tmp_path: Pat
         page.wait_for_function("() => ['ready', 'error'].includes(document.getElementById('status').textContent) || "
                                "document.getElementById('status').className === 'error'")
         assert page.inner_text("#status") == "ready", page.inner_text("#status")
-        feeds = page.evaluate("() => { const f = window.edgekitDemo.lastFeeds.image; return {data: Array.from(f.data), dims: f.dims}; }")
+        feeds = page.evaluate("() => { const f = window.edgekitDemo.lastFeeds.image; "
+                              "return {data: Array.from(f.data), dims: f.dims}; }")
         assert feeds["dims"] == [1, 24, 32, 3]
         x = np.asarray(feeds["data"], np.float32).reshape(feeds["dims"])
         assert abs(float(x[..., 0].mean()) - 230 / 255) < 0.02 and x[..., 1].max() < 0.02  # channels last, resized

@@ -241,9 +241,12 @@ def pull(
     json_: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Update MODEL on this device: check, download (resumable), verify, install, smoke-test, switch, report."""
+    from edgekit._progress import LiveProgress
     from edgekit.ota.client import Updater
 
-    result = Updater(server, cache, device_id, root).update(model, channel)
+    with LiveProgress() as live:  # a bar per file downloaded, on a terminal
+        result = Updater(server, cache, device_id, root).update(
+            model, channel, progress=lambda name, have, total: live.bar(f"downloading {name}", have, total))
     payload = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
     line = {"installed": f"installed {model} release {result.release} ({result.version}): {result.detail} in {result.path}",
             "up_to_date": f"{model} is up to date (release {result.release})",
