@@ -325,9 +325,11 @@ def _finish(
     if raw is None:
         say(f"{target.id}: not validated: {unverified}")
     else:
-        say(f"{target.id}: validating the {fmt} artifact on {samples.count} samples")
+        stage = f"{target.id}: validating the {fmt} artifact on {samples.count} samples"
+        say(stage)
         passed_over = [f"{a.provider}: {a.reason}" for a in raw.attempts if not a.ok]
-        actual, raw = _run_with_fallback(fmt, dst, raw, inputs, outputs, samples, passed_over, source.inputs)
+        actual, raw = _run_with_fallback(fmt, dst, raw, inputs, outputs, samples, passed_over, source.inputs,
+                                         counting(say, stage, samples))
         notes = {**notes, "validated_on": raw.provider, **({"passed_over": passed_over} if passed_over else {})}
         parity, accuracy = compare(reference, actual, source.outputs, target.tolerance, samples.labels,
                                    mask=attention_mask(samples.inputs, source.inputs))
@@ -355,15 +357,35 @@ def _finish(
     )
 
 
+def counting(say: Callable[[str], None], stage: str, samples: Samples) -> Callable[[Any], Any]:
+    """Wrap a run function so that each chunk it runs says ``STAGE [done/total]`` (samples): the progress
+    protocol a terminal draws as a bar (edgekit._progress)."""
+    done = [0]
+
+    def wrap(run: Any) -> Any:
+        def counted(feeds: dict[str, np.ndarray]) -> Any:
+            out = run(feeds)
+            first = 1 if samples.single or samples.stacked else next(
+                (int(np.shape(v)[0]) for v in feeds.values() if np.ndim(v)), 1)
+            done[0] = min(samples.count, done[0] + first)
+            say(f"{stage} [{done[0]}/{samples.count}]")
+            return out
+        return counted
+
+    return wrap
+
+
 def _run_with_fallback(fmt: str, path: Path, raw: Any, inputs: Any, outputs: Any, samples: Samples,
-                       passed_over: list[str], like: tuple[TensorSpec, ...]) -> tuple[dict[str, np.ndarray], Any]:
-    """Run the samples; when the kernels that loaded fail at run time (XNNPACK failing to prepare a
-    reshaped graph), open the artifact again on the next validation provider and run there."""
+                       passed_over: list[str], like: tuple[TensorSpec, ...],
+                       step: Callable[[Any], Any] | None = None) -> tuple[dict[str, np.ndarray], Any]:
+    """Run the samples (each chunk through ``step``, which counts them); when the kernels that loaded fail
+    at run time (XNNPACK failing to prepare a reshaped graph), open the artifact again on the next
+    validation provider and run there."""
     providers = list(VALIDATION_PROVIDERS.get(fmt, ()))
     while True:
         session = adapt(raw, inputs, outputs)
         try:
-            return run_batched(session.run, samples.inputs, session.inputs, like), raw
+            return run_batched(step(session.run) if step else session.run, samples.inputs, session.inputs, like), raw
         except Exception as exc:
             later = providers[providers.index(raw.provider) + 1:] if raw.provider in providers else []
             if not later:

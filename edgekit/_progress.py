@@ -2,13 +2,16 @@
 for the current one (spinner, elapsed time, total); elsewhere nothing, since logs and pipes want results.
 
 Every stage is also logged (logger ``edgekit.progress``, INFO), so Python callers and ``edgekit -v`` see
-the same events; ``convert(progress=...)`` takes any callable for the messages themselves.
+the same events; ``convert(progress=...)`` takes any callable for the messages themselves. A stage whose
+amount of work is known repeats its message with ``[done/total]`` appended (validation samples), which a
+terminal draws as a bar; downloads call :meth:`LiveProgress.bar` with their bytes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -21,6 +24,7 @@ SPINNER = "|/-\\"
 QUIET = {"on": False}  # `edgekit -q`: no progress drawn, whatever the stream
 REDRAW_SECONDS = 0.25
 BAR_WIDTH = 24
+COUNTED = re.compile(r"^(.*) \[(\d+)/(\d+)\]$")  # a progress message with a known amount: "STAGE [done/total]"
 
 
 class LiveProgress:
@@ -48,6 +52,10 @@ class LiveProgress:
             self._thread.start()
 
     def __call__(self, message: str) -> None:
+        counted = COUNTED.match(message)
+        if counted:  # "STAGE [done/total]": the same stage, further along
+            self.bar(counted[1], int(counted[2]), int(counted[3]), unit="")
+            return
         log.info(message)
         with self._lock:
             self._finish_stage()
@@ -59,9 +67,9 @@ class LiveProgress:
         and the amounts; ``done == total`` finishes it. A new ``label`` starts a new stage."""
         if label != self.stage:
             self(label)
-        scale = 1e6 if unit == "MB" else 1.0
+        amounts = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB" if unit == "MB" else f"{done:g}/{total:g}{unit}"
         with self._lock:
-            self._fraction = (done / total if total else 1.0, f"{done / scale:.1f}/{total / scale:.1f} {unit}")
+            self._fraction = (done / total if total else 1.0, amounts)
             self._draw()
             if total and done >= total:
                 self._finish_stage()

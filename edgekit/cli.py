@@ -91,6 +91,14 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
 
 
+def _native_lines_hidden() -> contextlib.AbstractContextManager[Any]:
+    """Keep runtimes' C++ log lines ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.") off the
+    terminal unless -v asked for everything; what goes wrong still raises with its message."""
+    from edgekit._console import captured_output
+
+    return contextlib.nullcontext() if _VERBOSITY["level"] == "verbose" else captured_output()
+
+
 def _show_version(value: bool) -> None:
     if value:
         typer.echo(f"edgekit {__version__}")
@@ -391,8 +399,9 @@ def run(
 
         import edgekit.runtimes as rt
 
-        session = rt.open(bundle, target=target, providers=providers, policy=policy)
-        outputs = session.run(_load_feeds(input, session.inputs))
+        with _native_lines_hidden():
+            session = rt.open(bundle, target=target, providers=providers, policy=policy)
+            outputs = session.run(_load_feeds(input, session.inputs))
         stats = session.stats()
         if json_:
             typer.echo(json.dumps({
@@ -433,7 +442,8 @@ def bench(
 
         from edgekit.runtimes.bench import bench_bundle
 
-        results = bench_bundle(bundle, targets=target, runs=runs, warmup=warmup, batch=batch, providers=providers)
+        with _native_lines_hidden():
+            results = bench_bundle(bundle, targets=target, runs=runs, warmup=warmup, batch=batch, providers=providers)
         if json_:
             typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
             return

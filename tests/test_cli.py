@@ -348,6 +348,18 @@ def test_live_progress_draws_stages_on_a_terminal_and_logs_them_everywhere(caplo
         live.bar("downloading onnx-web.onnx", 2_000_000, 2_000_000)
     lines = [line.split("\x1b[2K")[-1] for line in download.getvalue().split("\n") if line.strip()]
     assert lines[0].startswith("  - downloading onnx-web.onnx  (") and lines[0].endswith(", 2.0/2.0 MB)"), lines
+    counted = io.StringIO()  # the message protocol validation uses: "STAGE [done/total]", one stage, a bar
+    with caplog.at_level(logging.INFO, logger="edgekit.progress"), LiveProgress(live=True, stream=counted) as say:
+        caplog.clear()
+        say("onnx-web: validating the onnx artifact on 360 samples")
+        say("onnx-web: validating the onnx artifact on 360 samples [64/360]")
+        assert "[####....................]  18% 64/360" in counted.getvalue()
+        say("onnx-web: validating the onnx artifact on 360 samples [360/360]")
+        say("writing the bundle")
+    lines = [line.split("\x1b[2K")[-1] for line in counted.getvalue().split("\n") if line.strip()]
+    assert lines[0].endswith(", 360/360)") and "validating" in lines[0] and "writing the bundle" in lines[1], lines
+    assert [r.getMessage() for r in caplog.records] == ["onnx-web: validating the onnx artifact on 360 samples",
+                                                       "writing the bundle"]  # counts are drawn, not logged
 
 
 def test_convert_json_and_targets_json(tmp_path: Path, digits_onnx: Path) -> None:

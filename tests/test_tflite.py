@@ -229,3 +229,19 @@ def test_litert_tries_the_gpu_delegate_and_falls_back(tflite_bundle: tuple[str, 
     chosen = rt.open(path)  # this CPU host: the full-integer artifact
     assert any(n.startswith("chose tflite-int8 (tflite, int8)") for n in chosen.notes)
     assert chosen.stats().count == 0
+
+
+def test_edgekit_run_keeps_litert_log_lines_off_the_terminal(tflite_bundle: tuple[str, Path], tmp_path: Path) -> None:
+    """LiteRT's C++ "INFO: Created TensorFlow Lite XNNPACK delegate" reaches the terminal with -v only."""
+    import subprocess
+    import sys
+
+    _, path = tflite_bundle
+    x = tmp_path / "x.npy"
+    np.save(x, np.load(DIGITS / "digits.npz")["x"][:1])
+    for flags, shown in (([], False), (["-v"], True)):
+        done = subprocess.run([sys.executable, "-m", "edgekit", *flags, "run", str(path), "-i", str(x), "--target",
+                               "tflite"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "provider: XNNPACK" in done.stdout
+        assert ("XNNPACK delegate" in done.stderr) == shown, done.stderr
