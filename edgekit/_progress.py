@@ -21,7 +21,9 @@ from typing import TextIO
 log = logging.getLogger("edgekit.progress")
 
 SPINNER = "|/-\\"
-QUIET = {"on": False}  # `edgekit -q`: no progress drawn, whatever the stream
+# Set by the options before a command: "verbose" (`edgekit -v`), "quiet" (`edgekit -q`: no progress drawn,
+# whatever the stream) or "". The CLI's logging reads it too.
+VERBOSITY = {"level": ""}
 REDRAW_SECONDS = 0.25
 BAR_WIDTH = 24
 COUNTED = re.compile(r"^(.*) \[(\d+)/(\d+)\]$")  # a progress message with a known amount: "STAGE [done/total]"
@@ -38,7 +40,7 @@ class LiveProgress:
     def __init__(self, live: bool | None = None, stream: TextIO | None = None):
         self.out: TextIO = stream or os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
         self._own = stream is None
-        self.live = (self.out.isatty() and not QUIET["on"]) if live is None else live
+        self.live = (self.out.isatty() and VERBOSITY["level"] != "quiet") if live is None else live
         self.started = self.stage_started = time.monotonic()
         self.stage = ""
         self.stages: list[tuple[str, float]] = []  # finished stages and their seconds

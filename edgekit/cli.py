@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from edgekit import __version__
-from edgekit._progress import QUIET, LiveProgress
+from edgekit._progress import VERBOSITY, LiveProgress
 from edgekit.errors import EdgekitError
 
 app = typer.Typer(
@@ -57,10 +57,6 @@ def _handled() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-# Set by the options before the command (``edgekit -v ...``, ``edgekit -q ...``): "verbose", "quiet" or "".
-_VERBOSITY = {"level": ""}
-
-
 class _EdgekitLevel(logging.Filter):
     """Third-party log records (the root logger's included: onnxruntime's quantizer writes there) reach the
     terminal only at ERROR, unless -v asked for everything; edgekit's own follow the chosen level."""
@@ -74,8 +70,8 @@ class _EdgekitLevel(logging.Filter):
 
 
 def _setup_logging(verbose: bool) -> None:
-    verbose = verbose or _VERBOSITY["level"] == "verbose"
-    quiet = _VERBOSITY["level"] == "quiet" and not verbose
+    verbose = verbose or VERBOSITY["level"] == "verbose"
+    quiet = VERBOSITY["level"] == "quiet" and not verbose
     level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "edgekit", False)]:
@@ -96,7 +92,7 @@ def _native_lines_hidden() -> contextlib.AbstractContextManager[Any]:
     terminal unless -v asked for everything; what goes wrong still raises with its message."""
     from edgekit._console import captured_output
 
-    return contextlib.nullcontext() if _VERBOSITY["level"] == "verbose" else captured_output()
+    return contextlib.nullcontext() if VERBOSITY["level"] == "verbose" else captured_output()
 
 
 def _show_version(value: bool) -> None:
@@ -114,8 +110,7 @@ def _options(
                                           help="Print edgekit's version and exit")] = False,
 ) -> None:
     """Convert trained models to verified on-device bundles: ONNX-web, TFLite and Core ML."""
-    _VERBOSITY["level"] = "verbose" if verbose else "quiet" if quiet else ""
-    QUIET["on"] = _VERBOSITY["level"] == "quiet"
+    VERBOSITY["level"] = "verbose" if verbose else "quiet" if quiet else ""
 
 
 def _size(n: int) -> str:

@@ -303,7 +303,7 @@ def test_third_party_log_lines_follow_edgekits_level(capsys: pytest.CaptureFixtu
     try:
         everything = {"edgekit warning", "root warning", "onnx2tf warning", "edgekit info"}
         for level, shown in (("", {"edgekit warning"}), ("verbose", everything), ("quiet", set())):
-            cli._VERBOSITY["level"] = level
+            cli.VERBOSITY["level"] = level
             cli._setup_logging(False)
             logging.getLogger().warning("root warning")
             logging.getLogger("onnx2tf").warning("onnx2tf warning")
@@ -313,7 +313,7 @@ def test_third_party_log_lines_follow_edgekits_level(capsys: pytest.CaptureFixtu
             printed = {t for t in ("root warning", "onnx2tf warning", "edgekit warning", "edgekit info") if t in err}
             assert printed == shown, (level, err)
     finally:
-        cli._VERBOSITY["level"] = ""
+        cli.VERBOSITY["level"] = ""
         cli._setup_logging(False)
 
 
