@@ -43,6 +43,21 @@ $(QEMU):
 	@command -v apt-get >/dev/null || { echo "install QEMU user-mode emulation at $(QEMU) (Debian: apt-get install qemu-user)"; exit 1; }
 	apt-get install -y -qq qemu-user >/dev/null || { apt-get update -qq && apt-get install -y -qq qemu-user >/dev/null; }
 
+# The TUF conformance suite (android-demo/ota-client/tuf-conformance, a copy of upstream's) in its own
+# venv, with its own pins; it runs the Kotlin client's CLI under Debian's faketime.
+FAKETIME ?= /usr/bin/faketime
+$(FAKETIME):
+	@command -v apt-get >/dev/null || { echo "install faketime at $(FAKETIME) (Debian: apt-get install faketime)"; exit 1; }
+	apt-get install -y -qq faketime >/dev/null || { apt-get update -qq && apt-get install -y -qq faketime >/dev/null; }
+
+TUFC := build/tuf-conformance
+$(TUFC)/.installed: android-demo/ota-client/tuf-conformance/pyproject.toml | $(FAKETIME)
+	rm -rf $(TUFC) && mkdir -p $(TUFC)
+	cp -r android-demo/ota-client/tuf-conformance $(TUFC)/src
+	$(PYTHON) -m venv $(TUFC)/venv
+	$(TUFC)/venv/bin/python -m pip install --quiet --disable-pip-version-check ./$(TUFC)/src
+	touch $@
+
 # onnxruntime-web for the browser library, demo and tests, pinned by web/package-lock.json.
 web/node_modules/.package-lock.json: web/package.json web/package-lock.json
 	npm ci --prefix web --no-audit --no-fund --loglevel=error
@@ -60,7 +75,7 @@ services:
 services-stop:
 	bash tests/services/down.sh $(SERVICES)
 
-test: $(VENV)/.test-installed $(CHROMIUM) $(QEMU) web/node_modules/.package-lock.json
+test: $(VENV)/.test-installed $(CHROMIUM) $(QEMU) $(TUFC)/.installed web/node_modules/.package-lock.json
 	$(BIN)/python -m ruff check .
 	MYPYPATH=$$(ls -d build/__editable__*) $(BIN)/python -m mypy -p edgekit
 	bash tests/services/up.sh $(SERVICES)

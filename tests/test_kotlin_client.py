@@ -30,7 +30,7 @@ def client() -> list[str]:
     """The CLI. bin/build compiles the module with Debian's kotlinc and runs its JUnit tests."""
     build = subprocess.run([str(MODULE / "bin" / "build")], capture_output=True, text=True)
     assert build.returncode == 0, build.stdout + build.stderr
-    assert "OK (9 tests)" in build.stdout, build.stdout  # the Kotlin unit tests, all of them, passed
+    assert "OK (10 tests)" in build.stdout, build.stdout  # the Kotlin unit tests, all of them, passed
     return ["java", "-cp", str(JAR), "dev.edgekit.ota.Main"]
 
 
@@ -261,3 +261,25 @@ def test_the_kotlin_client_reads_edgekits_own_repository(client: list[str], ota_
     finally:
         live.stop()
     shutil.rmtree(meta)
+
+
+CONFORMANCE = ROOT / "build" / "tuf-conformance"
+
+
+def test_the_tuf_conformance_suite_passes_with_its_default_keys(client: list[str]) -> None:
+    """theupdateframework/tuf-conformance (a copy in android-demo/ota-client/tuf-conformance; `make test`
+    installs it into build/tuf-conformance with its own pins) against the client's CLI: every test,
+    with the suite's default ecdsa-sha2-nistp256 keys, ed25519 and rsassa-pss-sha256 in the key tests.
+    Expected failures would be listed in bin/edgekit-tuf-client.xfails; there are none."""
+    python = CONFORMANCE / "venv" / "bin" / "python"
+    assert python.exists() and shutil.which("faketime"), "run `make build/tuf-conformance/.installed` (installs faketime too)"
+    entrypoint = MODULE / "bin" / "edgekit-tuf-client"
+    assert not Path(f"{entrypoint}.xfails").exists()
+    suite = CONFORMANCE / "src"
+    run = subprocess.run([str(python), "-m", "pytest", "tuf_conformance", "-q", "-p", "no:cacheprovider",
+                          "-c", str(suite / "pyproject.toml"), "--rootdir", str(suite), "--entrypoint", str(entrypoint)],
+                         cwd=suite, capture_output=True, text=True, timeout=900)
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    passed = int(summary.split(" passed")[0].split()[-1])
+    assert passed >= 113 and "failed" not in summary and "error" not in summary, summary

@@ -36,4 +36,13 @@ class JsonTest {
         assertTrue(!TufUpdater.globMatch("models/*", "models/a/x.bin"))
         assertEquals("a%2Fb%20c", TufUpdater.localName("a/b c"))
     }
+
+    @Test
+    fun roleNamesStayInsideTheMetadataDirectory() {
+        // as Python's urllib.parse.quote(name, safe=""): no "/" survives, so no name climbs out
+        assertEquals("%2F..%2Fescaped-role", TufUpdater.quote("/../escaped-role"))
+        assertEquals("%3F", TufUpdater.quote("?"))
+        assertEquals("%23", TufUpdater.quote("#"))
+        assertEquals("r%C3%B4le_1-a.b~c", TufUpdater.quote("r\u00f4le_1-a.b~c"))
+    }
 }
