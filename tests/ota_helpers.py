@@ -20,17 +20,20 @@ class LiveServer:
 
     def __init__(self, data: Path, keys: Path, *, expiry: Expiry | None = None, halt: HaltPolicy | None = None,
                  refresh_every_s: float | None = None, registry_url: str | None = None,
-                 storage_url: str | None = None) -> None:
+                 storage_url: str | None = None, limits: Any = None) -> None:
         import uvicorn
 
-        from edgekit.ota.server import create_app
+        from edgekit.ota.server import Limits, create_app, guarded_protocol
+
+        limits = limits or Limits()
 
         self.service = OtaService.embedded(data, keys, expiry=expiry, halt_policy=halt, registry_url=registry_url,
                                            storage_url=storage_url)
         if self.service.storage.stat("metadata/timestamp.json") is None:
             Repository.create(self.service.storage, keys, expiry)
-        app = create_app(self.service, refresh_every_s=refresh_every_s)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+        app = create_app(self.service, refresh_every_s=refresh_every_s, limits=limits)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                                                    http=guarded_protocol(limits)))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 20

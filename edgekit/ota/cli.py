@@ -212,6 +212,7 @@ def serve(
         "event": "serving", "url": f"http://{host}:{port}", "workers": workers,
         "registry": "postgresql" if registry else "sqlite", "storage": "s3" if storage else "files"})
     uvicorn.run("edgekit.ota.server:app_from_env", factory=True, host=host, port=port, workers=max(1, workers),
+                http="edgekit.ota.server:GuardedHttpProtocol",  # header and body deadlines (server.Limits)
                 log_level="warning", access_log=False)  # events are logged as JSON lines; per-request lines cost
 
 

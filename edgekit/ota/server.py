@@ -8,14 +8,20 @@ Publishing and rollout changes need a bearer token with the ``publish`` or ``rol
 """
 
 
+import asyncio
 import json
 import logging
+import os
 import shutil
 import tarfile
 import tempfile
 import time
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edgekit._http import byte_range
 from edgekit.errors import AuthError, BundleError, OtaRequestError, UserError
@@ -23,7 +29,123 @@ from edgekit.ota.service import OtaService
 from edgekit.ota.storage import check_key
 
 log = logging.getLogger("edgekit.ota")
-MAX_UPLOAD = 2 << 30
+MAX_RELEASE = (1 << 53) - 1  # the largest integer every JSON reader keeps exactly
+PUBLISH_TMP_PREFIX = "edgekit-publish-"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost the service.
+
+    ``max_upload_bytes`` is checked against ``Content-Length`` before a byte is written and again while
+    the body streams in; an upload expands to at most ``max_extracted_bytes``, and to at most
+    ``max_ratio`` times its own size (above ``ratio_floor_bytes``: a decompression bomb stops early), in
+    at most ``max_members`` files. A connection must send its request headers within
+    ``header_timeout_s`` and then its body at ``min_body_rate`` bytes/s or more once ``body_grace_s``
+    have passed (slowloris and dripping uploads are closed).
+    """
+
+    max_upload_bytes: int = 2 << 30
+    max_extracted_bytes: int = 2 << 30
+    max_ratio: int = 32
+    ratio_floor_bytes: int = 64 << 20
+    max_members: int = 256
+    header_timeout_s: float = 10.0
+    body_grace_s: float = 10.0
+    min_body_rate: int = 16 << 10
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the header and body deadlines of :class:`Limits` (uvicorn
+    has none: a connection that never finishes its headers, or drips its body, is held for good)."""
+
+    limits = Limits()
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._guard: asyncio.TimerHandle | None = None
+        self._arm_header_deadline()
+
+    def _arm_header_deadline(self) -> None:
+        self._cancel_guard()
+        self._guard = self.loop.call_later(self.limits.header_timeout_s, self._too_slow)
+
+    def _cancel_guard(self) -> None:
+        if getattr(self, "_guard", None) is not None:
+            self._guard.cancel()  # type: ignore[union-attr]
+            self._guard = None
+
+    def _too_slow(self) -> None:
+        self._guard = None
+        if not self.transport.is_closing():
+            log.info("slow client closed", extra={"event": "slow_client", "client": str(self.client)})
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_deadline()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._cancel_guard()
+        self._body_started, self._body_bytes = time.monotonic(), 0
+        self._guard = self.loop.call_later(self.limits.body_grace_s, self._check_body_rate)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def _check_body_rate(self) -> None:
+        elapsed = time.monotonic() - self._body_started
+        if self._body_bytes < self.limits.min_body_rate * elapsed:
+            self._too_slow()
+        else:
+            self._guard = self.loop.call_later(1.0, self._check_body_rate)
+
+    def on_message_complete(self) -> None:
+        self._cancel_guard()
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_guard()
+        super().connection_lost(exc)
+
+
+def guarded_protocol(limits: Limits) -> type[GuardedHttpProtocol]:
+    """The protocol class (uvicorn's ``http=``) that enforces ``limits``."""
+    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"limits": limits})
+
+
+def clean_publish_leftovers(folder: str | None = None) -> int:
+    """Remove the temporary folders of publishes whose process is gone (a crash or a SIGKILL mid-upload);
+    how many it removed. Each folder's name carries its process id."""
+    removed = 0
+    base = Path(folder or tempfile.gettempdir())
+    for path in base.glob(PUBLISH_TMP_PREFIX + "*"):
+        pid = path.name[len(PUBLISH_TMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _printable(value: Any) -> Any:
+    """``value`` safe to write as JSON in UTF-8 (a lone surrogate or a NaN sent by a client must not
+    break the error answer that refuses it)."""
+    if isinstance(value, bool | int):
+        return value
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")[:300]
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -55,12 +177,22 @@ def _metrics() -> dict[str, Any]:
     }
 
 
-def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> Any:
+def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, limits: Limits | None = None) -> Any:
     """The FastAPI application for ``service``."""
+    from typing import Annotated
+
     from fastapi import Depends, FastAPI, Request
+    from fastapi import Path as PathParam
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from pydantic import BaseModel, Field
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    from edgekit.ota.rules import DEVICE_ID, NAME
+
+    limits = limits or Limits()
+    ModelName = Annotated[str, PathParam(pattern=NAME.pattern, max_length=64, description="a-z 0-9 . _ -")]
+    ChannelName = Annotated[str, PathParam(pattern=NAME.pattern, max_length=64, description="a-z 0-9 . _ -")]
 
     metrics = _metrics()
     previous = service._events  # noqa: SLF001 (chain the service's event hook)
@@ -80,6 +212,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> 
 
     @app.on_event("startup")
     def _start() -> None:  # a restart mid-rollout: re-sign whatever the registry and the metadata disagree on
+        clean_publish_leftovers()
         service.resync()
         if refresh_every_s:
             service.keep_fresh(refresh_every_s)
@@ -106,6 +239,14 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> 
     @app.exception_handler(BundleError)
     async def _bad_bundle(_request: Request, exc: BundleError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{"loc": [_printable(p) for p in e.get("loc", ())], "msg": _printable(e.get("msg", "")),
+                   "type": _printable(e.get("type", ""))} for e in exc.errors()]
+        where = ", ".join(".".join(str(p) for p in d["loc"]) + ": " + d["msg"] for d in detail[:5])
+        return JSONResponse({"error": f"the request does not match the API (see /docs): {where}", "detail": detail},
+                            status_code=422)
 
     @app.exception_handler(UserError)
     async def _user(_request: Request, exc: UserError) -> JSONResponse:
@@ -141,12 +282,18 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> 
         return Response(status_code=404)
 
     class Report(BaseModel):
-        device_id: str = Field(max_length=128)
-        model: str = Field(max_length=64)
-        channel: str = Field(max_length=64)
-        release: int = Field(ge=1)
-        outcome: str
+        model_config = ConfigDict(allow_inf_nan=False)
+        device_id: str = Field(max_length=128, pattern=DEVICE_ID.pattern)
+        model: str = Field(max_length=64, pattern=NAME.pattern)
+        channel: str = Field(max_length=64, pattern=NAME.pattern)
+        release: int = Field(ge=1, le=MAX_RELEASE)
+        outcome: str = Field(max_length=32)
         detail: str = Field("", max_length=2000)
+
+        @field_validator("detail")
+        @classmethod
+        def _utf8(cls, value: str) -> str:  # stored and shown: no lone surrogates
+            return value.encode("utf-8", "replace").decode("utf-8")
 
     @app.post("/v1/reports", tags=["devices"], summary="A device's outcome for a release (after its smoke test)")
     def report(body: Report) -> dict[str, Any]:
@@ -157,36 +304,43 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> 
 
     @app.post("/v1/models/{model}/channels/{channel}/releases", status_code=201, tags=["operators"],
               summary="Publish a bundle (a tar of its directory, optionally gzipped) as the next release")
-    async def publish(model: str, channel: str, request: Request, percent: int = 0,
-                      basis_points: int | None = None, _who: str = scope("publish")) -> dict[str, Any]:
+    async def publish(model: ModelName, channel: ChannelName, request: Request,
+                      percent: Annotated[int, Field(ge=0, le=100)] = 0,
+                      basis_points: Annotated[int | None, Field(ge=0, le=10000)] = None,
+                      _who: str = scope("publish")) -> dict[str, Any]:
+        import anyio
+
         points = basis_points if basis_points is not None else percent * 100
-        work = Path(tempfile.mkdtemp(prefix="edgekit-publish-"))
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limits.max_upload_bytes):
+            raise OtaRequestError(f"the upload ({declared} bytes) is over the {limits.max_upload_bytes} bytes allowed",
+                                  status=413)
+        work = Path(tempfile.mkdtemp(prefix=f"{PUBLISH_TMP_PREFIX}{os.getpid()}-"))
         try:
             upload = work / "upload.tar"
             size = 0
             with upload.open("wb") as f:
                 async for chunk in request.stream():
                     size += len(chunk)
-                    if size > MAX_UPLOAD:
-                        raise OtaRequestError(f"the upload is over {MAX_UPLOAD >> 30} GB", status=413)
+                    if size > limits.max_upload_bytes:
+                        raise OtaRequestError(f"the upload is over the {limits.max_upload_bytes} bytes allowed", status=413)
                     f.write(chunk)
             bundle = work / "bundle"
-            _extract(upload, bundle)
-            import anyio
-
+            await anyio.to_thread.run_sync(lambda: _extract(upload, bundle, limits))
             release = await anyio.to_thread.run_sync(
                 lambda: service.publish(model, channel, bundle, basis_points=points))
             return release.to_dict()
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(work, ignore_errors=True))
 
     class Rollout(BaseModel):
+        model_config = ConfigDict(allow_inf_nan=False)
         percent: float | None = Field(None, ge=0, le=100)
         basis_points: int | None = Field(None, ge=0, le=10000)
 
     @app.post("/v1/models/{model}/channels/{channel}/rollout", tags=["operators"],
               summary="Set the current release's rollout share")
-    def rollout(model: str, channel: str, body: Rollout, _who: str = scope("rollout")) -> dict[str, Any]:
+    def rollout(model: ModelName, channel: ChannelName, body: Rollout, _who: str = scope("rollout")) -> dict[str, Any]:
         if body.basis_points is None and body.percent is None:
             raise OtaRequestError("give percent (0-100) or basis_points (0-10000)", status=422)
         points = body.basis_points if body.basis_points is not None else round(float(body.percent or 0) * 100)
@@ -196,19 +350,19 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> 
         reason: str = Field("halted by an operator", max_length=500)
 
     @app.post("/v1/models/{model}/channels/{channel}/halt", tags=["operators"], summary="Halt the current rollout")
-    def halt(model: str, channel: str, body: Halt | None = None, _who: str = scope("rollout")) -> dict[str, Any]:
+    def halt(model: ModelName, channel: ChannelName, body: Halt | None = None, _who: str = scope("rollout")) -> dict[str, Any]:
         return service.halt(model, channel, body.reason if body else "halted by an operator").to_dict()
 
     @app.post("/v1/models/{model}/channels/{channel}/resume", tags=["operators"], summary="Resume a halted rollout")
-    def resume(model: str, channel: str, _who: str = scope("rollout")) -> dict[str, Any]:
+    def resume(model: ModelName, channel: ChannelName, _who: str = scope("rollout")) -> dict[str, Any]:
         return service.resume(model, channel).to_dict()
 
     class Rollback(BaseModel):
-        to_release: int | None = Field(None, ge=1)
+        to_release: int | None = Field(None, ge=1, le=MAX_RELEASE)
 
     @app.post("/v1/models/{model}/channels/{channel}/rollback", tags=["operators"],
               summary="Publish an earlier release's files as a new release for the whole channel")
-    def rollback(model: str, channel: str, body: Rollback | None = None,
+    def rollback(model: ModelName, channel: ChannelName, body: Rollback | None = None,
                  _who: str = scope("rollout")) -> dict[str, Any]:
         return service.rollback(model, channel, body.to_release if body else None).to_dict()
 
@@ -218,7 +372,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0) -> 
 
     @app.get("/v1/models/{model}/channels/{channel}", tags=["operators"],
              summary="A channel's signed state, its releases and device outcomes")
-    def channel(model: str, channel: str) -> dict[str, Any]:
+    def channel(model: ModelName, channel: ChannelName) -> dict[str, Any]:
         return service.channel(model, channel)
 
     @app.get("/v1/trusted-root", tags=["devices"], summary="The current root metadata (ship it with the app)")
@@ -328,7 +482,7 @@ class DeviceFastPath:
                     if key.startswith("metadata/") and "/" in key[9:]:
                         raise OtaRequestError("not found", status=404)
                 found = self._lookup(key)
-            except OtaRequestError:
+            except (OtaRequestError, ValueError, OSError):  # NUL bytes, names over the file system's limit
                 found = None
         if found is None:
             return await _answer(send, 404, NOT_FOUND_HEADERS, NOT_FOUND_BODY)
@@ -420,30 +574,50 @@ def configure_logging() -> None:
     logger.propagate = False
 
 
-def _extract(upload: Path, dst: Path) -> None:
-    """Unpack an uploaded bundle tar: regular files only, flat names, nothing outside ``dst``.
+def _extract(upload: Path, dst: Path, limits: Limits) -> None:
+    """Unpack an uploaded bundle tar: regular files only, flat names, nothing outside ``dst``, within
+    ``limits`` (member count, extracted bytes, expansion ratio). Runs in a worker thread.
 
     Raises:
-        OtaRequestError: Not a tar, or a member with a path, a link or a device.
+        OtaRequestError: Not a tar, a member with a path, a link or a device, or over a limit (413).
     """
     from edgekit.ota.rules import check_file_name
 
+    allowed = min(limits.max_extracted_bytes, max(limits.ratio_floor_bytes, limits.max_ratio * upload.stat().st_size))
     dst.mkdir()
+    written = 0
+    members = 0
     try:
         with tarfile.open(upload, "r:*") as tar:
-            for member in tar.getmembers():
+            for member in tar:
                 name = member.name[2:] if member.name.startswith("./") else member.name
                 if member.isdir() and name in ("", "."):
                     continue
+                members += 1
+                if members > limits.max_members:
+                    raise OtaRequestError(f"the upload holds more than {limits.max_members} files; a bundle has a few",
+                                          status=413)
                 if not member.isfile():
                     raise OtaRequestError(f"the upload holds {member.name!r}, which is not a regular file; upload a "
                                           "bundle directory as a flat tar (edgekit publish does)", status=422)
                 check_file_name(name)
+                if written + member.size > allowed:
+                    raise OtaRequestError(f"the upload expands to more than {allowed} bytes (a {upload.stat().st_size}-byte "
+                                          "upload may expand to at most "
+                                          f"{limits.max_ratio}x, and to {limits.max_extracted_bytes} bytes in all)", status=413)
                 source = tar.extractfile(member)
                 if source is None:
                     raise OtaRequestError(f"cannot read {member.name!r} from the upload", status=422)
                 with source, (dst / name).open("wb") as out:
-                    shutil.copyfileobj(source, out)
-    except tarfile.TarError as exc:
-        raise OtaRequestError(f"the upload is not a tar archive ({exc}); upload the bundle with edgekit publish",
+                    while True:
+                        block = source.read(1 << 20)
+                        if not block:
+                            break
+                        written += len(block)
+                        if written > allowed:
+                            raise OtaRequestError(f"the upload expands to more than {allowed} bytes", status=413)
+                        out.write(block)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise OtaRequestError(f"the upload is not a readable tar archive ({exc}); upload the bundle with edgekit publish",
                               status=422) from exc
+
