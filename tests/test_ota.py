@@ -245,6 +245,7 @@ def test_a_killed_install_leaves_the_previous_model_loadable(server: LiveServer,
     result = final.update("digits", "stable")
     assert final.state("digits").active == 2 and result.status in ("installed", "up_to_date")
     assert not list((cache / "models" / "digits" / "slots").glob(".tmp-*"))
+    assert not list((cache / "downloads").iterdir())  # a kill after the switch left no download behind for good
 
 
 def test_the_server_restarts_mid_rollout(tmp_path: Path, ota_keys: Path, ota_bundles: dict[str, Path]) -> None:

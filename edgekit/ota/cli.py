@@ -228,10 +228,33 @@ def publish(
     check_name(model)
     check_name(channel, "channel name")
     data = bundle_tar(bundle)
-    r = call(server, "POST", f"/v1/models/{model}/channels/{channel}/releases?basis_points={round(percent * 100)}",
-             token=_token(token), data=data, content_type="application/x-tar")
-    _echo(r, json_, f"published {bundle} as {model}/{channel} release {r['release']} (version {r['version']}), "
+    path = f"/v1/models/{model}/channels/{channel}/releases?basis_points={round(percent * 100)}"
+    r = _retrying(lambda: call(server, "POST", path, token=_token(token), data=data, content_type="application/x-tar"))
+    done = f"{bundle} is already" if r.get("already_published") else f"published {bundle} as"
+    _echo(r, json_, f"{done} {model}/{channel} release {r['release']} (version {r['version']}), "
                     f"{r['basis_points'] / 100:g}% of devices")
+
+
+def _retrying(request: Any, patience_s: float = 30.0) -> Any:
+    """``request()`` again while the service cannot be reached, for up to ``patience_s`` (a restart).
+
+    Safe for publishing: the same files published again answer with the release already made, so a
+    retry after a lost answer never makes a second release.
+    """
+    import sys
+    import time
+
+    deadline = time.monotonic() + patience_s
+    wait = 0.5
+    while True:
+        try:
+            return request()
+        except UpdateError as exc:
+            if time.monotonic() + wait > deadline:
+                raise
+            print(f"{exc}; trying again in {wait:g} s", file=sys.stderr)
+            time.sleep(wait)
+            wait = min(wait * 2, 8.0)
 
 
 def pull(

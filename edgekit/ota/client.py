@@ -76,6 +76,9 @@ class SlotState:
     previous_version: str | None = None
     highest: int = 0  # the highest release ever installed: older ones are refused
     failed: list[int] = field(default_factory=list)
+    # the downloads the last switch installed: removed after the switch, and again by the next update
+    # when a crash came between the switch and their removal
+    installed_downloads: list[str] = field(default_factory=list)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -277,6 +280,7 @@ class Updater:
             UpdateError: The server cannot be reached or a download was cut off (resumes next time).
         """
         self.flush_reports()
+        self._drop_installed_downloads(model)
         offer = self.check(model, channel)
         if offer is None:
             state = self.state(model)
@@ -307,14 +311,20 @@ class Updater:
             state.previous, state.previous_version = state.active, state.active_version
         state.channel, state.active, state.active_version = channel, offer.release, offer.version
         state.highest = max(state.highest, offer.release)
+        state.installed_downloads = sorted(part.name for part in parts.values())
         self._save(model, state)  # the switch: one atomic rename
         self._prune(model, state)
-        for name, part in parts.items():
-            if name != "bundle.json" or part.exists():
-                part.unlink(missing_ok=True)
+        self._drop_installed_downloads(model)
         self._report(offer, "installed", f"{chosen.target} ({chosen.format})")
         return UpdateResult("installed", model, offer.release, offer.version, f"{chosen.target} ({chosen.format})",
                             slot, fetched, resumed)
+
+    def _drop_installed_downloads(self, model: str) -> None:
+        """Remove the downloads the active slot was installed from (they live on in the slot)."""
+        state = self.state(model)
+        for name in state.installed_downloads:
+            if "/" not in name and name.endswith(".part"):
+                (self.cache / "downloads" / name).unlink(missing_ok=True)
 
     def _choose(self, manifest: Any, offer: Offer, providers: Any) -> Any:
         import dataclasses

@@ -54,6 +54,7 @@ class Release:
     stable_release: int | None = None
     rollback_of: int | None = None
     created_at: str = field(default_factory=now_text)
+    already_published: bool = False  # not stored: set on the answer to a repeated publish of the same files
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -232,15 +232,24 @@ class Repository:
         """Bump, re-sign and store one bin; point the (unsigned yet) snapshot at the new version."""
         from tuf.api.metadata import MetaFile
 
-        role.signed.version += 1
+        role.signed.version = self._next_version(name, role.signed.version)
         role.signed.expires = now + self.expiry.bins
         role.signatures.clear()
         role.sign(self.signers["bins"])
         self.storage.put(f"metadata/{role.signed.version}.{name}.json", self._bytes(role))
         snapshot.signed.meta[f"{name}.json"] = MetaFile(role.signed.version)
 
+    def _next_version(self, role: str, current: int) -> int:
+        """The version after ``current`` whose file does not exist yet. A crash can leave a versioned file
+        that nothing signed points to; its number is skipped, never written again with other bytes
+        (devices and caches keep versioned names as immutable)."""
+        version = current + 1
+        while self.storage.stat(f"metadata/{version}.{role}.json") is not None:
+            version += 1
+        return version
+
     def _publish_snapshot(self, timestamp: Any, snapshot: Any, now: datetime) -> int:
-        snapshot.signed.version += 1
+        snapshot.signed.version = self._next_version("snapshot", snapshot.signed.version)
         snapshot.signed.expires = now + self.expiry.snapshot
         snapshot.signatures.clear()
         snapshot.sign(self.signers["snapshot"])

@@ -303,8 +303,9 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
     # -- operators --------------------------------------------------------------------------------
 
     @app.post("/v1/models/{model}/channels/{channel}/releases", status_code=201, tags=["operators"],
-              summary="Publish a bundle (a tar of its directory, optionally gzipped) as the next release")
-    async def publish(model: ModelName, channel: ChannelName, request: Request,
+              summary="Publish a bundle (a tar of its directory, optionally gzipped) as the next release; the same "
+              "files again (a retry) answer 200 with the release already made")
+    async def publish(model: ModelName, channel: ChannelName, request: Request, response: Response,
                       percent: Annotated[int, Field(ge=0, le=100)] = 0,
                       basis_points: Annotated[int | None, Field(ge=0, le=10000)] = None,
                       _who: str = scope("publish")) -> dict[str, Any]:
@@ -329,6 +330,8 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
             await anyio.to_thread.run_sync(lambda: _extract(upload, bundle, limits))
             release = await anyio.to_thread.run_sync(
                 lambda: service.publish(model, channel, bundle, basis_points=points))
+            if release.already_published:
+                response.status_code = 200  # the same files are this channel's latest release already
             return release.to_dict()
         finally:
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(work, ignore_errors=True))

@@ -131,6 +131,11 @@ class OtaService:
 
         with self.registry.lock():
             latest = self.registry.latest(model, channel)
+            if latest is not None and _same_files(latest.files, bundle.path, files):
+                # a retried publish (the answer was lost to a crash or a cut connection): the release exists
+                self.event("publish_repeated", model=model, channel=channel, release=latest.release)
+                latest.already_published = True
+                return latest
             number = latest.release + 1 if latest else 1
             for f in files:
                 data = (bundle.path / f["file"]).read_bytes()
@@ -344,3 +349,12 @@ def _stable_after(latest: Release | None) -> int | None:
     if latest.basis_points >= FULL and not latest.halted:
         return latest.release
     return latest.stable_release
+
+
+def _same_files(published: list[dict[str, Any]], folder: Path, files: list[dict[str, Any]]) -> bool:
+    """Whether ``folder``'s ``files`` are, name for name and byte for byte, a release's ``published`` files."""
+    from edgekit.bundle import hash_path
+
+    if sorted(f["file"] for f in published) != sorted(f["file"] for f in files):
+        return False
+    return all(hash_path(folder / f["file"])[0] == f.get("sha256") for f in published)
