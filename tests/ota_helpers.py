@@ -48,6 +48,12 @@ class LiveServer:
     def token(self, *scopes: str) -> str:
         return self.registry.create_token("test", list(scopes))
 
+    def enrolment(self, max_devices: int = 10_000) -> str:
+        """An enrolment token (one per server, made on first use) for the test's devices."""
+        if not hasattr(self, "_enrolment"):
+            self._enrolment = self.registry.create_enrolment("test fleet", max_devices)
+        return self._enrolment
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)

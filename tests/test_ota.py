@@ -51,8 +51,9 @@ def _publish(server: LiveServer, bundle: Path, percent: float, token: str | None
                 token=token, data=bundle_tar(bundle), content_type="application/x-tar")
 
 
-def _device(server_url: str, tmp_path: Path, i: int | str, root: bytes) -> Updater:
-    return Updater(server_url, tmp_path / "devices" / str(i), f"device-{i}", root)
+def _device(server: LiveServer, tmp_path: Path, i: int | str, root: bytes, url: str | None = None) -> Updater:
+    return Updater(url or server.url, tmp_path / "devices" / str(i), f"device-{i}", root,
+                   enrolment_token=server.enrolment())
 
 
 def _root(server: LiveServer) -> bytes:
@@ -69,7 +70,7 @@ def _runs(updater: Updater) -> None:
 
 def test_fleet_rollout_halt_and_rollback(server: LiveServer, ota_bundles: dict[str, Path], tmp_path: Path) -> None:
     root = _root(server)
-    fleet = [_device(server.url, tmp_path, i, root) for i in range(FLEET)]
+    fleet = [_device(server, tmp_path, i, root) for i in range(FLEET)]
     assert _publish(server, ota_bundles["v1"], 100)["release"] == 1
     assert {d.update("digits", "stable").status for d in fleet} == {"installed"}
     # v2 to half the fleet: exactly the devices whose bucket is under 5000 take it
@@ -154,7 +155,7 @@ def test_path_traversal_is_refused(server: LiveServer, ota_bundles: dict[str, Pa
         assert response.status == 404 and b"SQLite" not in body and b"root:" not in body, path
         conn.close()
     with pytest.raises(OtaRequestError, match="not allowed"):
-        _device(server.url, tmp_path, "x", _root(server)).update("../digits", "stable")
+        _device(server, tmp_path, "x", _root(server)).update("../digits", "stable")
 
 
 def test_a_tampered_artifact_is_refused(server: LiveServer, ota_bundles: dict[str, Path], tmp_path: Path) -> None:
@@ -163,7 +164,7 @@ def test_a_tampered_artifact_is_refused(server: LiveServer, ota_bundles: dict[st
     data = bytearray(stored.read_bytes())
     data[1000] ^= 0xFF
     stored.write_bytes(bytes(data))
-    device = _device(server.url, tmp_path, 1, _root(server))
+    device = _device(server, tmp_path, 1, _root(server))
     with pytest.raises(VerificationError, match="does not match its signed length and sha256"):
         device.update("digits", "stable")
     assert device.active("digits") is None
@@ -179,7 +180,7 @@ def test_replayed_timestamp_and_expired_metadata_are_refused(ota_keys: Path, ota
         timestamp = tmp_path / "server" / "files" / "metadata" / "timestamp.json"
         old = timestamp.read_bytes()
         _publish(live, ota_bundles["v2"], 100)
-        device = _device(live.url, tmp_path, 1, _root(live))
+        device = _device(live, tmp_path, 1, _root(live))
         assert device.update("digits", "stable").version == "2.0.0"
         new = timestamp.read_bytes()
         timestamp.write_bytes(old)  # a mirror or attacker serves the older, validly signed timestamp
@@ -188,7 +189,7 @@ def test_replayed_timestamp_and_expired_metadata_are_refused(ota_keys: Path, ota
         timestamp.write_bytes(new)
         assert device.check("digits", "stable") is None
         time.sleep(2.5)  # nobody re-signs: the timestamp expires
-        fresh = _device(live.url, tmp_path, 2, _root(live))
+        fresh = _device(live, tmp_path, 2, _root(live))
         with pytest.raises(VerificationError, match="[Ee]xpired"):
             fresh.update("digits", "stable")
         assert fresh.active("digits") is None
@@ -201,7 +202,7 @@ def test_a_cut_download_resumes_and_ends_verified(server: LiveServer, ota_bundle
     _publish(server, ota_bundles["v2"], 100)
     proxy = CuttingProxy(server.url, ".onnx-web-int8.onnx", cut_after=60_000)
     try:
-        device = _device(proxy.url, tmp_path, 1, _root(server))
+        device = _device(server, tmp_path, 1, _root(server), url=proxy.url)
         with pytest.raises(UpdateError, match="cut off|resume"):
             device.update("digits", "stable")
         assert proxy.cuts == 1 and device.active("digits") is None
@@ -221,7 +222,7 @@ def test_a_killed_install_leaves_the_previous_model_loadable(server: LiveServer,
     root_file = tmp_path / "root.json"
     root_file.write_bytes(_root(server))
     cache = tmp_path / "devices" / "k"
-    first = Updater(server.url, cache, "device-k", root_file)
+    first = Updater(server.url, cache, "device-k", root_file, enrolment_token=server.enrolment())
     assert first.update("digits", "stable").status == "installed"
     _publish(server, ota_bundles["v2"], 100)
     command = [sys.executable, "-m", "edgekit", "pull", "--server", server.url, "--model", "digits", "--channel", "stable",
@@ -241,7 +242,7 @@ def test_a_killed_install_leaves_the_previous_model_loadable(server: LiveServer,
         if after.state("digits").active == 2:
             break
     assert killed >= 1
-    final = Updater(server.url, cache, "device-k", root_file)
+    final = Updater(server.url, cache, "device-k", root_file, enrolment_token=server.enrolment())
     result = final.update("digits", "stable")
     assert final.state("digits").active == 2 and result.status in ("installed", "up_to_date")
     assert not list((cache / "models" / "digits" / "slots").glob(".tmp-*"))
@@ -254,7 +255,7 @@ def test_the_server_restarts_mid_rollout(tmp_path: Path, ota_keys: Path, ota_bun
     _publish(live, ota_bundles["v1"], 100)
     _publish(live, ota_bundles["v2"], 25)
     root = _root(live)
-    fleet = [_device(live.url, tmp_path, i, root) for i in range(12)]
+    fleet = [_device(live, tmp_path, i, root) for i in range(12)]
     before = [d.update("digits", "stable").status for d in fleet]
     # the rollout change reaches the registry, then the process dies before it re-signs anything
     current = live.registry.latest("digits", "stable")
@@ -265,7 +266,7 @@ def test_the_server_restarts_mid_rollout(tmp_path: Path, ota_keys: Path, ota_bun
     again = LiveServer(data, ota_keys)  # a restart: resync re-signs what the registry says
     try:
         assert again.service.resync() == 0  # startup already did it
-        fleet = [_device(again.url, tmp_path, i, root) for i in range(12)]
+        fleet = [_device(again, tmp_path, i, root) for i in range(12)]
         after = [d.update("digits", "stable").status for d in fleet]
         assert all(b == "installed" or a == "up_to_date" for a, b in zip(after, before, strict=True))
         assert {d.state("digits").active for d in fleet} == {2}
@@ -332,7 +333,11 @@ def test_edgekit_serve_with_workers_openapi_metrics_and_etags(tmp_path: Path) ->
         conn.request("GET", "/metadata/timestamp.json", headers={"If-None-Match": etag})
         assert conn.getresponse().status == 304
         conn.close()
-        metrics = urllib.request.urlopen(url + "/metrics").read().decode()  # noqa: S310
+        with pytest.raises(urllib.error.HTTPError, match="401"):  # operators' reads need a token
+            urllib.request.urlopen(url + "/metrics")  # noqa: S310
+        token = run_cli("ota", "token", "--data", tmp_path / "data", "--name", "prometheus", "--scope", "read").stdout.strip()
+        scrape = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+        metrics = urllib.request.urlopen(scrape).read().decode()  # noqa: S310
         assert "edgekit_ota_requests_total" in metrics
     finally:
         proc.send_signal(signal.SIGINT)
@@ -346,7 +351,7 @@ def test_an_older_current_release_is_refused_without_a_signed_rollback(server: L
                                                                        tmp_path: Path) -> None:
     _publish(server, ota_bundles["v1"], 100)
     _publish(server, ota_bundles["v2"], 100)
-    device = _device(server.url, tmp_path, 1, _root(server))
+    device = _device(server, tmp_path, 1, _root(server))
     assert device.update("digits", "stable").release == 2
     # the registry is restored from an old backup: release 2 is gone, the signed state says release 1
     with server.registry.transaction() as cur:
@@ -363,7 +368,7 @@ def test_the_service_re_signs_metadata_before_it_expires(ota_keys: Path, ota_bun
     live = LiveServer(tmp_path / "server", ota_keys, expiry=Expiry(timestamp=timedelta(seconds=3)), refresh_every_s=0.5)
     try:
         _publish(live, ota_bundles["v1"], 100)
-        device = _device(live.url, tmp_path, 1, _root(live))
+        device = _device(live, tmp_path, 1, _root(live))
         time.sleep(4)  # longer than the timestamp lives: the refresh thread must have re-signed it
         assert device.update("digits", "stable").status == "installed"
         assert live.service.repo.refresh(margin=0.0) is False  # nothing stale right after a refresh

@@ -73,20 +73,22 @@ def test_two_replicas_share_postgres_and_s3(database: str, bucket: str, ota_keys
             t.join()
         assert sorted(numbers) == [2, 3]
         root = b.service.repo.root_bytes()
-        fleet = [Updater(b.url if i % 2 else a.url, tmp_path / "dev" / str(i), f"device-{i}", root) for i in range(6)]
+        enrol = a.enrolment()  # made through one replica, it enrols devices through either
+        fleet = [Updater(b.url if i % 2 else a.url, tmp_path / "dev" / str(i), f"device-{i}", root, enrolment_token=enrol)
+                 for i in range(6)]
         assert {d.update("digits", "stable").status for d in fleet} == {"installed"}
         assert {(d.state("digits").active, d.state("digits").active_version) for d in fleet} == {(3, "2.0.0")}
         data = np.load(DIGITS / "digits.npz")
         logits = fleet[0].open("digits").run({"x": data["x"][:64]})["logits"]
         assert (logits.argmax(1) == data["y"][:64]).mean() > 0.9
         call(a.url, "POST", "/v1/models/digits/channels/stable/halt", token=token, body={"reason": "test"})
-        assert call(b.url, "GET", "/v1/models/digits/channels/stable")["state"]["rollout"]["halted"]
+        assert call(b.url, "GET", "/v1/models/digits/channels/stable", token=token)["state"]["rollout"]["halted"]
         back = call(b.url, "POST", "/v1/models/digits/channels/stable/rollback", token=token, body={"to_release": 1})
         assert back["release"] == 4
         # a download cut mid-way through replica b resumes with a Range read from the object store
         proxy = CuttingProxy(b.url, ".onnx-web-int8.onnx", cut_after=50_000)
         try:
-            device = Updater(proxy.url, tmp_path / "dev" / "cut", "device-cut", root)
+            device = Updater(proxy.url, tmp_path / "dev" / "cut", "device-cut", root, enrolment_token=enrol)
             with pytest.raises(Exception, match="cut off"):
                 device.update("digits", "stable")
             result = device.update("digits", "stable")
@@ -95,7 +97,7 @@ def test_two_replicas_share_postgres_and_s3(database: str, bucket: str, ota_keys
             proxy.close()
         assert {d.update("digits", "stable").status for d in fleet} == {"installed"}
         assert {d.state("digits").active_version for d in fleet} == {"1.0.0"}
-        outcomes = call(a.url, "GET", "/v1/models/digits/channels/stable")["releases"][2]["outcomes"]
+        outcomes = call(a.url, "GET", "/v1/models/digits/channels/stable", token=token)["releases"][2]["outcomes"]
         assert outcomes == {"installed": 6}
     finally:
         a.stop()

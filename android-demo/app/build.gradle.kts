@@ -16,6 +16,7 @@ android {
         // The OTA service the demo updates from; with `adb reverse tcp:8080 tcp:8080` a device reaches
         // `edgekit serve` on the development machine at this address.
         buildConfigField("String", "OTA_SERVER", "\"http://127.0.0.1:8080\"")
+        buildConfigField("String", "OTA_ENROLMENT_TOKEN", "\"\"")  // edgekit ota enrolment; empty: reports wait
         buildConfigField("String", "OTA_MODEL", "\"digits\"")
         buildConfigField("String", "OTA_CHANNEL", "\"stable\"")
     }

@@ -121,24 +121,37 @@ def init(
     typer.echo(f"repository created\ntrusted root (ship it with your apps): {root}\nadmin token (shown once): {token}")
 
 
-@ota_app.command()
-def token(
-    name: Annotated[str, typer.Option("--name", help="Who uses it, e.g. ci")],
-    scope: Annotated[list[str], typer.Option("--scope", help="publish, rollout or admin; repeat")],
-    data: Data = None, registry: RegistryUrl = None,
-) -> None:
-    """Create an API token with scopes (printed once; only its hash is stored)."""
+def _registry(data: Path | None, registry: str | None) -> Any:
     from edgekit.ota.registry import SqliteRegistry
 
     if registry:
         from edgekit.ota.pg import PostgresRegistry
 
-        db: SqliteRegistry = PostgresRegistry(registry)
-    elif data is not None:
-        db = SqliteRegistry(data / "registry.sqlite3")
-    else:
-        raise OtaRequestError("give --data or --registry")
-    typer.echo(db.create_token(name, scope))
+        return PostgresRegistry(registry)
+    if data is not None:
+        return SqliteRegistry(data / "registry.sqlite3")
+    raise OtaRequestError("give --data or --registry")
+
+
+@ota_app.command()
+def token(
+    name: Annotated[str, typer.Option("--name", help="Who uses it, e.g. ci")],
+    scope: Annotated[list[str], typer.Option("--scope", help="read, publish, rollout or admin; repeat")],
+    data: Data = None, registry: RegistryUrl = None,
+) -> None:
+    """Create an API token with scopes (printed once; only its hash is stored)."""
+    typer.echo(_registry(data, registry).create_token(name, scope))
+
+
+@ota_app.command()
+def enrolment(
+    name: Annotated[str, typer.Option("--name", help="The fleet batch it enrols, e.g. factory-2026-12")],
+    max_devices: Annotated[int, typer.Option("--max-devices", help="How many devices it may enrol")],
+    data: Data = None, registry: RegistryUrl = None,
+) -> None:
+    """Create an enrolment token (printed once): a device enrols its id with it and gets its own token
+    for reports. Ship it with a fleet batch (app config, provisioning); it enrols at most --max-devices."""
+    typer.echo(_registry(data, registry).create_enrolment(name, max_devices))
 
 
 @ota_app.command()
@@ -179,9 +192,9 @@ def rollback(server: Server, model: Model, channel: Channel,
 
 
 @ota_app.command()
-def status(server: Server, model: Model, channel: Channel) -> None:
-    """A channel's signed state, releases and device outcomes (JSON)."""
-    typer.echo(json.dumps(call(server, "GET", f"/v1/models/{model}/channels/{channel}"), indent=2))
+def status(server: Server, model: Model, channel: Channel, token: Token = None) -> None:
+    """A channel's signed state, releases and device outcomes (JSON; any operator token reads it)."""
+    typer.echo(json.dumps(call(server, "GET", f"/v1/models/{model}/channels/{channel}", token=_token(token)), indent=2))
 
 
 def serve(
@@ -262,6 +275,10 @@ def pull(
     cache: Annotated[Path, typer.Option("--cache", help="The device's update directory")],
     device_id: Annotated[str, typer.Option("--device-id", help="This device's stable id")],
     root: Annotated[Path, typer.Option("--root", help="The trusted root.json this device ships with")],
+    enrolment_token: Annotated[str | None, typer.Option(
+        "--enrolment-token", envvar="EDGEKIT_ENROLMENT_TOKEN", show_default=False,
+        help="Enrols this device on its first report (edgekit ota enrolment makes one); without it and "
+             "without an earlier enrolment, outcome reports wait in the outbox")] = None,
     json_: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Update MODEL on this device: check, download (resumable), verify, install, smoke-test, switch, report."""
@@ -269,7 +286,7 @@ def pull(
     from edgekit.ota.client import Updater
 
     with LiveProgress() as live:  # a bar per file downloaded, on a terminal
-        result = Updater(server, cache, device_id, root).update(
+        result = Updater(server, cache, device_id, root, enrolment_token=enrolment_token).update(
             model, channel, progress=lambda name, have, total: live.bar(f"downloading {name}", have, total))
     payload = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
     line = {"installed": f"installed {model} release {result.release} ({result.version}): {result.detail} in {result.path}",

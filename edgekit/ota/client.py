@@ -9,6 +9,7 @@ Layout under ``cache_dir``::
     models/<model>/state.json the active and previous slots, releases that failed here
     models/<model>/slots/<release>/   one installed bundle (bundle.json, reference.npz, one artifact)
     outbox.jsonl              outcome reports not yet delivered
+    device.json               this device's token from its enrolment (mode 0600; authenticates reports)
 
 Invariants, whatever step a crash or SIGKILL interrupts: ``state.json`` names only complete,
 smoke-tested slots; it changes by an atomic rename after the new slot is written, fsynced and
@@ -98,11 +99,18 @@ class Updater:
         device_id: This device's stable id (it decides the device's rollout bucket).
         trusted_root: The TUF root the app ships with: bytes, or a path to ``root.json``.
         report: Send outcome reports to the service (kept in an outbox until delivered).
+        enrolment_token: The operator's enrolment token (``edgekit ota enrolment``): the device enrols
+            its id with it once and keeps the device token it gets (``device.json``, mode 0600) to
+            authenticate its reports. Without either, reports wait in the outbox.
     """
 
+    OUTBOX_MAX = 1000  # reports kept while the service cannot take them (the oldest go first)
+
     def __init__(self, server_url: str, cache_dir: str | os.PathLike[str], device_id: str,
-                 trusted_root: bytes | str | os.PathLike[str], *, timeout: float = 30.0, report: bool = True) -> None:
+                 trusted_root: bytes | str | os.PathLike[str], *, timeout: float = 30.0, report: bool = True,
+                 enrolment_token: str | None = None) -> None:
         self.server = server_url.rstrip("/")
+        self.enrolment_token = enrolment_token
         self.cache = Path(cache_dir)
         self.device_id = rules.check_device_id(device_id)
         self.trusted_root = trusted_root if isinstance(trusted_root, bytes) else Path(trusted_root).read_bytes()
@@ -423,22 +431,58 @@ class Updater:
             f.flush()
             os.fsync(f.fileno())
 
+    def _device_token(self) -> str | None:
+        """This device's token: kept from its enrolment, else enrolled now (None when it cannot be yet)."""
+        path = self.cache / "device.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("device_id") == self.device_id and saved.get("server") == self.server:
+                return str(saved["device_token"])
+        if not self.enrolment_token:
+            log.warning("outcome reports wait in the outbox: this device is not enrolled (give an enrolment token)")
+            return None
+        request = urllib.request.Request(f"{self.server}/v1/devices/enrol", method="POST",
+                                         data=json.dumps({"device_id": self.device_id,
+                                                          "enrolment_token": self.enrolment_token}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
+                token = str(json.loads(answer.read())["device_token"])
+        except urllib.error.HTTPError as exc:
+            log.warning("the service refused to enrol this device (%s): %s", exc.code, exc.read()[:300])
+            return None
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            return None
+        write_atomic(path, json.dumps({"server": self.server, "device_id": self.device_id,
+                                       "device_token": token}).encode(), mode=0o600)
+        return token
+
     def flush_reports(self) -> int:
-        """Send queued outcome reports; those the server cannot take now stay queued. How many were sent."""
+        """Send queued outcome reports with this device's token; those the server cannot take now stay
+        queued (at most OUTBOX_MAX, oldest dropped first). How many were sent."""
         outbox = self.cache / "outbox.jsonl"
         if not self.report_outcomes or not outbox.exists():
             return 0
-        pending = [line for line in outbox.read_text().splitlines() if line.strip()]
+        pending = [line for line in outbox.read_text().splitlines() if line.strip()][-self.OUTBOX_MAX:]
+        token = self._device_token() if pending else None
         left, sent = [], 0
-        for line in pending:
+        for i, line in enumerate(pending):
+            if token is None:
+                left.extend(pending[i:])
+                break
             request = urllib.request.Request(f"{self.server}/v1/reports", data=line.encode(), method="POST",
-                                             headers={"Content-Type": "application/json"})
+                                             headers={"Content-Type": "application/json",
+                                                      "Authorization": f"Bearer {token}"})
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout):  # noqa: S310
                     sent += 1
             except urllib.error.HTTPError as exc:
-                if exc.code >= 500:
+                if exc.code >= 500 or exc.code == 429:
                     left.append(line)
+                elif exc.code == 401:  # the service no longer knows this token: enrol again next time
+                    (self.cache / "device.json").unlink(missing_ok=True)
+                    left.extend(pending[i:])
+                    break
                 else:  # the server refuses it for good (unknown release...): drop it, say so
                     log.warning("the server refused a report (%s): %s", exc.code, line)
             except (urllib.error.URLError, OSError):

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCOPES = ("publish", "rollout", "admin")
+SCOPES = ("read", "publish", "rollout", "admin")  # any scope reads; admin does everything
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS releases (
@@ -32,6 +32,16 @@ SCHEMA = [
         PRIMARY KEY (model, channel, release, device_id))""",
     """CREATE TABLE IF NOT EXISTS tokens (
         sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, scopes TEXT NOT NULL, created_at TEXT NOT NULL)""",
+    # device identity: operators issue enrolment tokens (one per fleet batch, with a device cap);
+    # a device enrols its id with one and gets its own device token, which authenticates its reports
+    """CREATE TABLE IF NOT EXISTS enrolments (
+        sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, max_devices INTEGER NOT NULL, created_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS devices (
+        device_id TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL, enrolment TEXT NOT NULL, enrolled_at TEXT NOT NULL)""",
+    # the outcome counts when an operator resumed a halted release: halting counts what came after
+    """CREATE TABLE IF NOT EXISTS halt_baselines (
+        model TEXT NOT NULL, channel TEXT NOT NULL, release INTEGER NOT NULL, failed INTEGER NOT NULL,
+        total INTEGER NOT NULL, PRIMARY KEY (model, channel, release))""",
 ]
 
 
@@ -205,6 +215,75 @@ class SqliteRegistry:
 
     def has_tokens(self) -> bool:
         return int(self._read("SELECT COUNT(*) FROM tokens")[0][0]) > 0
+
+    # -- device identity -----------------------------------------------------------------------
+
+    def create_enrolment(self, name: str, max_devices: int) -> str:
+        """A new enrolment token for up to ``max_devices`` devices (shown once; only its SHA-256 is kept)."""
+        if not 1 <= max_devices <= 100_000_000:
+            from edgekit.errors import UserError
+
+            raise UserError(f"--max-devices must be between 1 and 100000000, not {max_devices}")
+        token = "eke_" + secrets.token_urlsafe(32)
+        with self.transaction() as cur:
+            cur.execute("INSERT INTO enrolments (sha256, name, max_devices, created_at) VALUES (?, ?, ?, ?)",
+                        (_sha(token), name, max_devices, now_text()))
+        return token
+
+    def enrol(self, device_id: str, enrolment_token: str) -> str:
+        """Enrol ``device_id`` with an enrolment token; the device's own token (shown once). Enrolling
+        again with the same batch's token replaces the device's token (an app reinstalled).
+
+        Raises:
+            OtaRequestError: Unknown enrolment token (401), its devices all enrolled (403), or the id
+                enrolled by another batch (409).
+        """
+        from edgekit.errors import OtaRequestError
+
+        batch = _sha(enrolment_token)
+        token = "ekd_" + secrets.token_urlsafe(32)
+        with self.transaction() as cur:
+            cur.execute("SELECT name, max_devices FROM enrolments WHERE sha256 = ?", (batch,))
+            found = cur.fetchall()
+            if not found:
+                raise OtaRequestError("unknown enrolment token; the operator creates one with `edgekit ota enrolment`",
+                                      status=401)
+            cur.execute("SELECT enrolment FROM devices WHERE device_id = ?", (device_id,))
+            existing = cur.fetchall()
+            if existing and existing[0][0] != batch:
+                raise OtaRequestError(f"device {device_id!r} is enrolled already (by another enrolment token)", status=409)
+            if not existing:
+                cur.execute("SELECT COUNT(*) FROM devices WHERE enrolment = ?", (batch,))
+                if int(cur.fetchall()[0][0]) >= int(found[0][1]):
+                    raise OtaRequestError(f"enrolment token {found[0][0]!r} has enrolled its {found[0][1]} devices; "
+                                          "ask the operator for another", status=403)
+            cur.execute("INSERT INTO devices (device_id, token_sha256, enrolment, enrolled_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (device_id) DO UPDATE SET token_sha256 = excluded.token_sha256, "
+                        "enrolled_at = excluded.enrolled_at", (device_id, _sha(token), batch, now_text()))
+        return token
+
+    def device_of(self, device_token: str) -> str | None:
+        """The enrolled device a device token belongs to."""
+        rows = self._read("SELECT device_id FROM devices WHERE token_sha256 = ?", (_sha(device_token),))
+        return str(rows[0][0]) if rows else None
+
+    def devices(self) -> int:
+        return int(self._read("SELECT COUNT(*) FROM devices")[0][0])
+
+    def set_halt_baseline(self, model: str, channel: str, release: int, failed: int, total: int) -> None:
+        with self.transaction() as cur:
+            cur.execute("INSERT INTO halt_baselines (model, channel, release, failed, total) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT (model, channel, release) DO UPDATE SET failed = excluded.failed, "
+                        "total = excluded.total", (model, channel, release, failed, total))
+
+    def halt_baseline(self, model: str, channel: str, release: int) -> tuple[int, int]:
+        rows = self._read("SELECT failed, total FROM halt_baselines WHERE model = ? AND channel = ? AND release = ?",
+                          (model, channel, release))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+
+def _sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class _Cursor:

@@ -53,6 +53,35 @@ class Limits:
     header_timeout_s: float = 10.0
     body_grace_s: float = 10.0
     min_body_rate: int = 16 << 10
+    reports_per_device_per_min: float = 12.0
+    reports_per_address_per_min: float = 6000.0
+    enrolments_per_address_per_min: float = 600.0
+
+
+class RateLimiter:
+    """Token buckets by key (a device id, a client address): ``per_min`` a minute, bursts of ``burst``.
+    The table is bounded: past ``max_keys`` keys it starts again (a flood of keys cannot grow memory)."""
+
+    def __init__(self, per_min: float, burst: float | None = None, max_keys: int = 100_000) -> None:
+        self.rate = per_min / 60.0
+        self.burst = burst if burst is not None else max(5.0, per_min / 6)
+        self.max_keys = max_keys
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self.buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if len(self.buckets) >= self.max_keys and key not in self.buckets:
+            self.buckets.clear()
+        if tokens < 1.0:
+            self.buckets[key] = (tokens, now)
+            return False
+        self.buckets[key] = (tokens - 1.0, now)
+        return True
+
+    def retry_after(self) -> int:
+        return max(1, int(1.0 / self.rate) if self.rate else 60)
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -138,6 +167,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+ERRORS = {401: "no token, or an unknown one", 403: "the token lacks the scope, or names another device",
+          404: "no such model, channel, release or file", 409: "in conflict with the current state",
+          413: "the upload is over a limit", 422: "the request does not match the API", 429: "too many requests"}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route gives (each an {"error": message} object)."""
+    schema = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+    return {code: {"description": ERRORS[code], "content": {"application/json": {"schema": schema}}} for code in codes}
 
 
 def _printable(value: Any) -> Any:
@@ -233,7 +273,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
 
     @app.exception_handler(OtaRequestError)
     async def _refused(_request: Request, exc: OtaRequestError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {"Retry-After": "10"} if exc.status == 429 else None
         return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(BundleError)
@@ -263,7 +303,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
                 raise AuthError("unknown API token; create one with `edgekit ota token`")
             name: str = found[0]
             scopes = found[1]
-            if needed not in scopes and "admin" not in scopes:
+            if needed != "read" and needed not in scopes and "admin" not in scopes:
                 raise AuthError(f"token {name!r} lacks the {needed!r} scope (it has: {', '.join(sorted(scopes))})",
                                 status=403)
             return name
@@ -295,10 +335,46 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
         def _utf8(cls, value: str) -> str:  # stored and shown: no lone surrogates
             return value.encode("utf-8", "replace").decode("utf-8")
 
-    @app.post("/v1/reports", tags=["devices"], summary="A device's outcome for a release (after its smoke test)")
-    def report(body: Report) -> dict[str, Any]:
-        r = service.report(body.device_id, body.model, body.channel, body.release, body.outcome, body.detail)
-        return {"accepted": True, "halted": r.halted}
+    per_device = RateLimiter(limits.reports_per_device_per_min)
+    per_address = RateLimiter(limits.reports_per_address_per_min)
+    enrolling = RateLimiter(limits.enrolments_per_address_per_min)
+
+    def _limited(limiter: RateLimiter, key: str, what: str) -> None:
+        if not limiter.allow(key):
+            raise OtaRequestError(f"too many {what}; try again in {limiter.retry_after()} s", status=429)
+
+    def device(request: Request) -> str:
+        """The enrolled device a request's device token names (reports need one)."""
+        _limited(per_address, request.client.host if request.client else "?", "requests from this address")
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("bearer ") or not header[7:].strip():
+            raise AuthError("device reports need the device's token: enrol the device (POST /v1/devices/enrol with "
+                            "an enrolment token from `edgekit ota enrolment`) and send 'Authorization: Bearer <token>'")
+        found = service.registry.device_of(header[7:].strip())
+        if found is None:
+            raise AuthError("unknown device token; enrol the device again")
+        return found
+
+    @app.post("/v1/reports", tags=["devices"], summary="An enrolled device's outcome for a release (after its smoke "
+              "test); needs the device's token", responses=_responses(401, 403, 404, 422, 429))
+    def report(body: Report, device_id: str = Depends(device)) -> dict[str, Any]:
+        if body.device_id != device_id:
+            raise AuthError(f"this device token belongs to {device_id!r}, not {body.device_id!r}", status=403)
+        _limited(per_device, device_id, "reports from this device")
+        r, counted = service.report(device_id, body.model, body.channel, body.release, body.outcome, body.detail)
+        return {"accepted": True, "counted": counted, "halted": r.halted}
+
+    class Enrol(BaseModel):
+        device_id: str = Field(max_length=128, pattern=DEVICE_ID.pattern)
+        enrolment_token: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
+
+    @app.post("/v1/devices/enrol", status_code=201, tags=["devices"], responses=_responses(401, 403, 409, 422, 429),
+              summary="Enrol a device with an operator's enrolment token; answers the device's own token")
+    def enrol(body: Enrol, request: Request) -> dict[str, Any]:
+        _limited(enrolling, request.client.host if request.client else "?", "enrolments from this address")
+        token = service.registry.enrol(body.device_id, body.enrolment_token)
+        service.event("enrolled", device=body.device_id)
+        return {"device_id": body.device_id, "device_token": token}
 
     # -- operators --------------------------------------------------------------------------------
 
@@ -369,13 +445,13 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
                  _who: str = scope("rollout")) -> dict[str, Any]:
         return service.rollback(model, channel, body.to_release if body else None).to_dict()
 
-    @app.get("/v1/models", tags=["operators"], summary="Models and their channels")
-    def models() -> list[dict[str, Any]]:
+    @app.get("/v1/models", tags=["operators"], summary="Models and their channels", responses=_responses(401))
+    def models(_who: str = scope("read")) -> list[dict[str, Any]]:
         return service.models()
 
     @app.get("/v1/models/{model}/channels/{channel}", tags=["operators"],
-             summary="A channel's signed state, its releases and device outcomes")
-    def channel(model: ModelName, channel: ChannelName) -> dict[str, Any]:
+             summary="A channel's signed state, its releases and device outcomes", responses=_responses(401, 404, 422))
+    def channel(model: ModelName, channel: ChannelName, _who: str = scope("read")) -> dict[str, Any]:
         return service.channel(model, channel)
 
     @app.get("/v1/trusted-root", tags=["devices"], summary="The current root metadata (ship it with the app)")
@@ -387,7 +463,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
         return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)
-    def prometheus() -> Response:
+    def prometheus(_who: str = scope("read")) -> Response:  # Prometheus sends the token (authorization: credentials)
         return Response(generate_latest(metrics["registry"]), media_type=CONTENT_TYPE_LATEST)
 
     fast.append(DeviceFastPath(app, service, metrics))

@@ -191,6 +191,10 @@ class OtaService:
             if current.halted:
                 current.halted, current.halted_reason = False, None
                 self.registry.update_release(current)
+                # the operator has seen the failures so far: an automatic halt counts the ones after this
+                counts = self.registry.outcomes(model, channel, current.release)
+                self.registry.set_halt_baseline(model, channel, current.release,
+                                                counts.get("failed", 0) + counts.get("rolled_back", 0), sum(counts.values()))
                 self._sign(current, files_too=True)
         self.event("resumed", model=model, channel=channel, release=current.release)
         return current
@@ -224,8 +228,14 @@ class OtaService:
 
     # -- devices --------------------------------------------------------------------------------
 
-    def report(self, device_id: str, model: str, channel: str, release: int, outcome: str, detail: str = "") -> Release:
-        """Record a device's outcome for a release; halt the rollout when failures pass the policy."""
+    def report(self, device_id: str, model: str, channel: str, release: int, outcome: str,
+               detail: str = "") -> tuple[Release, bool]:
+        """Record an enrolled device's outcome for a release; halt the rollout when failures pass the
+        policy. Only devices the release was offered to count (its rollout admits them, or it went to
+        the whole channel); a report from any other device changes nothing. One outcome per device
+        and release: a repeated or replayed report replaces, never adds. Returns the release and
+        whether the report counted.
+        """
         rules.check_device_id(device_id)
         if outcome not in OUTCOMES:
             raise OtaRequestError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}", status=422)
@@ -234,20 +244,34 @@ class OtaService:
         r = self.registry.release(model, channel, int(release))
         if r is None:
             raise OtaRequestError(f"{model}/{channel} has no release {release}", status=404)
+        if not self._offered(r, device_id):
+            self.event("report_ignored", model=model, channel=channel, release=r.release, device=device_id,
+                       outcome=outcome, reason="not offered to this device")
+            return r, False
         self.registry.add_report(model, channel, r.release, device_id, outcome, detail)
         self.event("report", model=model, channel=channel, release=r.release, device=device_id, outcome=outcome)
         if outcome != "installed":
             counts = self.registry.outcomes(model, channel, r.release)
-            total = sum(counts.values())
-            failed = counts.get("failed", 0) + counts.get("rolled_back", 0)
+            base_failed, base_total = self.registry.halt_baseline(model, channel, r.release)
+            total = sum(counts.values()) - base_total
+            failed = counts.get("failed", 0) + counts.get("rolled_back", 0) - base_failed
             policy = self.halt_policy
             latest = self.registry.latest(model, channel)
             if (latest is not None and latest.release == r.release and not r.halted
                     and total >= policy.min_reports and failed * FULL >= policy.failure_rate_bp * total):
                 halted: Release = self.halt(model, channel, f"automatic: {failed} of {total} devices failed release "
                                                             f"{r.release}", auto=True)
-                return halted
-        return r
+                return halted, True
+        return r, True
+
+    def _offered(self, r: Release, device_id: str) -> bool:
+        """Whether ``r`` was offered to ``device_id``: its rollout's bucket rule admits the device (a halt
+        stops new offers, not past ones), or ``r`` is the stable release the others were given."""
+        if rules.Rollout(r.basis_points, f"{r.model}/{r.channel}/{r.release}").includes(device_id):
+            return True
+        later = [x for x in self.registry.releases(r.model, r.channel) if x.stable_release == r.release]
+        return any(not rules.Rollout(x.basis_points, f"{x.model}/{x.channel}/{x.release}").includes(device_id)
+                   for x in later)
 
     # -- upkeep ---------------------------------------------------------------------------------
 

@@ -24,7 +24,8 @@ object Updates {
         }
         val root = context.assets.open("root.json").use { it.readBytes() }
         val deviceId = deviceId(context)
-        return ModelUpdater(BuildConfig.OTA_SERVER, File(context.filesDir, "ota"), deviceId, root).also { updater = it }
+        return ModelUpdater(BuildConfig.OTA_SERVER, File(context.filesDir, "ota"), deviceId, root,
+            BuildConfig.OTA_ENROLMENT_TOKEN.ifEmpty { null }).also { updater = it }
     }
 
     /** A random id made once per install (it decides this device's rollout buckets). */

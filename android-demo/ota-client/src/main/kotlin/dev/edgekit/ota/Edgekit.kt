@@ -90,7 +90,9 @@ class ModelUpdater(
     serverUrl: String,
     private val cacheDir: File,
     private val deviceId: String,
-    trustedRoot: ByteArray
+    trustedRoot: ByteArray,
+    /** The operator's enrolment token: the device enrols its id once and keeps its own token for reports. */
+    private val enrolmentToken: String? = null
 ) {
     private val server = serverUrl.trimEnd('/')
     private val metadataDir = File(cacheDir, "tuf")
@@ -225,21 +227,58 @@ class ModelUpdater(
         flushReports()
     }
 
-    /** Send queued reports; keep those the server cannot take now. */
+    /** This device's token from its enrolment (device.json), enrolling now when there is none; null if it cannot yet. */
+    private fun deviceToken(): String? {
+        val file = File(cacheDir, "device.json")
+        if (file.isFile) {
+            val saved = try { Json.parse(file.readBytes()).obj("device") } catch (e: Exception) { null }
+            if (saved != null && saved["device_id"] == deviceId && saved["server"] == server) return saved["device_token"] as? String
+        }
+        val enrolment = enrolmentToken ?: return null
+        return try {
+            val conn = URL("$server/v1/devices/enrol").openConnection() as HttpURLConnection
+            conn.requestMethod = "POST"
+            conn.doOutput = true
+            conn.setRequestProperty("Content-Type", "application/json")
+            conn.outputStream.use { it.write(Json.write(linkedMapOf("device_id" to deviceId, "enrolment_token" to enrolment)).toByteArray()) }
+            if (conn.responseCode != 201) return null
+            val token = conn.inputStream.use { Json.parse(it.readBytes()).obj("enrolment").str("device_token") }
+            atomicWrite(file, Json.write(linkedMapOf("server" to server, "device_id" to deviceId, "device_token" to token)).toByteArray())
+            file.setReadable(false, false)
+            file.setReadable(true, true)
+            token
+        } catch (e: java.io.IOException) {
+            null
+        }
+    }
+
+    /** Send queued reports with this device's token; keep those the server cannot take now (at most 1000, oldest dropped). */
     fun flushReports(): Int {
         val outbox = File(cacheDir, "outbox.jsonl")
         if (!outbox.isFile) return 0
+        val pending = outbox.readLines().filter { it.isNotBlank() }.takeLast(1000)
         var sent = 0
         val left = ArrayList<String>()
-        for (line in outbox.readLines().filter { it.isNotBlank() }) {
+        val token = if (pending.isEmpty()) null else deviceToken()
+        for ((i, line) in pending.withIndex()) {
+            if (token == null) {
+                left.addAll(pending.subList(i, pending.size))
+                break
+            }
             try {
                 val conn = URL("$server/v1/reports").openConnection() as HttpURLConnection
                 conn.requestMethod = "POST"
                 conn.doOutput = true
                 conn.setRequestProperty("Content-Type", "application/json")
+                conn.setRequestProperty("Authorization", "Bearer $token")
                 conn.outputStream.use { it.write(line.toByteArray()) }
                 val code = conn.responseCode
-                if (code >= 500) left.add(line) else sent++
+                if (code == 401) {  // the service no longer knows this token: enrol again next time
+                    File(cacheDir, "device.json").delete()
+                    left.addAll(pending.subList(i, pending.size))
+                    break
+                }
+                if (code >= 500 || code == 429) left.add(line) else sent++
             } catch (e: java.io.IOException) {
                 left.add(line)
             }
