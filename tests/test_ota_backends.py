@@ -8,6 +8,7 @@ Real servers on loopback: ``make test`` starts them (``make services``) and sets
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 from edgekit.ota.cli import bundle_tar, call
 from edgekit.ota.client import Updater
 from tests.conftest import DIGITS
-from tests.ota_helpers import CuttingProxy, LiveServer
+from tests.ota_helpers import CuttingProxy, LiveServer, edit_manifest
 
 pytestmark = pytest.mark.services
 PG = os.environ.get("EDGEKIT_TEST_POSTGRES")
@@ -65,8 +66,11 @@ def test_two_replicas_share_postgres_and_s3(database: str, bucket: str, ota_keys
         # two publishes at once, one through each replica: the advisory lock gives distinct release
         # counters and consistent metadata
         numbers: list[int] = []
-        threads = [threading.Thread(target=lambda s=s: numbers.append(_publish(s, ota_bundles["v2"], 100, token)))
-                   for s in (a, b)]
+        other = tmp_path / "v2b"  # the same model, another version (the same files again would be one release)
+        shutil.copytree(ota_bundles["v2"], other)
+        edit_manifest(other, lambda m: m.update(version="2.0.1"))
+        threads = [threading.Thread(target=lambda s=s, v=v: numbers.append(_publish(s, v, 100, token)))
+                   for s, v in ((a, ota_bundles["v2"]), (b, other))]
         for t in threads:
             t.start()
         for t in threads:
@@ -77,7 +81,9 @@ def test_two_replicas_share_postgres_and_s3(database: str, bucket: str, ota_keys
         fleet = [Updater(b.url if i % 2 else a.url, tmp_path / "dev" / str(i), f"device-{i}", root, enrolment_token=enrol)
                  for i in range(6)]
         assert {d.update("digits", "stable").status for d in fleet} == {"installed"}
-        assert {(d.state("digits").active, d.state("digits").active_version) for d in fleet} == {(3, "2.0.0")}
+        third = b.registry.release("digits", "stable", 3)
+        assert third is not None and third.version in ("2.0.0", "2.0.1")
+        assert {(d.state("digits").active, d.state("digits").active_version) for d in fleet} == {(3, third.version)}
         data = np.load(DIGITS / "digits.npz")
         logits = fleet[0].open("digits").run({"x": data["x"][:64]})["logits"]
         assert (logits.argmax(1) == data["y"][:64]).mean() > 0.9
