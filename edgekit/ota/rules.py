@@ -24,6 +24,9 @@ from edgekit.errors import OtaRequestError, VerificationError
 DESCRIPTOR_VERSION = 1
 BUCKETS = 10_000
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# NAME without "..", written without look-arounds (JSON Schema and pydantic's regex engine have none):
+# what the API documents; check_name() applies both rules.
+NAME_SCHEMA = r"^[a-z0-9](?:[a-z0-9_-]|\.[a-z0-9_-])*\.?$"
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CHANNEL_FILE = "channel.json"

@@ -169,7 +169,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-ERRORS = {401: "no token, or an unknown one", 403: "the token lacks the scope, or names another device",
+ERRORS = {400: "the body is not valid JSON", 401: "no token, or an unknown one",
+          403: "the token lacks the scope, or names another device",
           404: "no such model, channel, release or file", 409: "in conflict with the current state",
           413: "the upload is over a limit", 422: "the request does not match the API", 429: "too many requests"}
 
@@ -178,6 +179,13 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error answers a route gives (each an {"error": message} object)."""
     schema = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
     return {code: {"description": ERRORS[code], "content": {"application/json": {"schema": schema}}} for code in codes}
+
+
+def _file_responses() -> dict[int | str, dict[str, Any]]:
+    """The answers of the static device paths."""
+    return {200: {"description": "the file", "content": {"application/json": {}, "application/octet-stream": {}}},
+            206: {"description": "the requested byte range"}, 304: {"description": "unchanged (If-None-Match)"},
+            416: {"description": "the range is outside the file"}, **_responses(404)}
 
 
 def _printable(value: Any) -> Any:
@@ -227,12 +235,13 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from pydantic import BaseModel, ConfigDict, Field, field_validator
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from edgekit.ota.rules import DEVICE_ID, NAME
+    from edgekit.ota.rules import DEVICE_ID, NAME_SCHEMA
 
     limits = limits or Limits()
-    ModelName = Annotated[str, PathParam(pattern=NAME.pattern, max_length=64, description="a-z 0-9 . _ -")]
-    ChannelName = Annotated[str, PathParam(pattern=NAME.pattern, max_length=64, description="a-z 0-9 . _ -")]
+    ModelName = Annotated[str, PathParam(pattern=NAME_SCHEMA, max_length=64, description="a-z 0-9 . _ -")]
+    ChannelName = Annotated[str, PathParam(pattern=NAME_SCHEMA, max_length=64, description="a-z 0-9 . _ -")]
 
     metrics = _metrics()
     previous = service._events  # noqa: SLF001 (chain the service's event hook)
@@ -280,6 +289,10 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
     async def _bad_bundle(_request: Request, exc: BundleError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": _printable(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = [{"loc": [_printable(p) for p in e.get("loc", ())], "msg": _printable(e.get("msg", "")),
@@ -313,19 +326,20 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
 
     # Declared for the OpenAPI document only: DeviceFastPath answers these paths before routing.
     @app.get("/metadata/{name}", tags=["devices"], summary="TUF metadata (root, timestamp, snapshot, targets, bins); "
-             "ETag / If-None-Match, Range")
+             "ETag / If-None-Match, Range", responses=_file_responses())
     def metadata(name: str) -> Response:  # pragma: no cover - never routed
         return Response(status_code=404)
 
-    @app.get("/targets/{path:path}", tags=["devices"], summary="A release file by its hash-prefixed name; ETag, Range")
+    @app.get("/targets/{path:path}", tags=["devices"], summary="A release file by its hash-prefixed name; ETag, Range",
+             responses=_file_responses())
     def targets(path: str) -> Response:  # pragma: no cover - never routed
         return Response(status_code=404)
 
     class Report(BaseModel):
-        model_config = ConfigDict(allow_inf_nan=False)
+        model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
         device_id: str = Field(max_length=128, pattern=DEVICE_ID.pattern)
-        model: str = Field(max_length=64, pattern=NAME.pattern)
-        channel: str = Field(max_length=64, pattern=NAME.pattern)
+        model: str = Field(max_length=64, pattern=NAME_SCHEMA)
+        channel: str = Field(max_length=64, pattern=NAME_SCHEMA)
         release: int = Field(ge=1, le=MAX_RELEASE)
         outcome: str = Field(max_length=32)
         detail: str = Field("", max_length=2000)
@@ -356,7 +370,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
         return found
 
     @app.post("/v1/reports", tags=["devices"], summary="An enrolled device's outcome for a release (after its smoke "
-              "test); needs the device's token", responses=_responses(401, 403, 404, 422, 429))
+              "test); needs the device's token", responses=_responses(400, 401, 403, 404, 422, 429))
     def report(body: Report, device_id: str = Depends(device)) -> dict[str, Any]:
         if body.device_id != device_id:
             raise AuthError(f"this device token belongs to {device_id!r}, not {body.device_id!r}", status=403)
@@ -365,10 +379,11 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
         return {"accepted": True, "counted": counted, "halted": r.halted}
 
     class Enrol(BaseModel):
+        model_config = ConfigDict(extra="forbid")
         device_id: str = Field(max_length=128, pattern=DEVICE_ID.pattern)
         enrolment_token: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
 
-    @app.post("/v1/devices/enrol", status_code=201, tags=["devices"], responses=_responses(401, 403, 409, 422, 429),
+    @app.post("/v1/devices/enrol", status_code=201, tags=["devices"], responses=_responses(400, 401, 403, 409, 422, 429),
               summary="Enrol a device with an operator's enrolment token; answers the device's own token")
     def enrol(body: Enrol, request: Request) -> dict[str, Any]:
         _limited(enrolling, request.client.host if request.client else "?", "enrolments from this address")
@@ -380,7 +395,13 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
 
     @app.post("/v1/models/{model}/channels/{channel}/releases", status_code=201, tags=["operators"],
               summary="Publish a bundle (a tar of its directory, optionally gzipped) as the next release; the same "
-              "files again (a retry) answer 200 with the release already made")
+              "files again (a retry) answer 200 with the release already made",
+              responses={200: {"description": "the same files are this channel's latest release already"},
+                         **_responses(401, 403, 409, 413, 422)},
+              openapi_extra={"requestBody": {"required": True, "description": "the bundle directory's files as one flat "
+                             "tar, optionally gzipped (edgekit publish makes it)", "content": {
+                                 media: {"schema": {"type": "string", "format": "binary"}}
+                                 for media in ("application/octet-stream", "application/x-tar")}}})
     async def publish(model: ModelName, channel: ChannelName, request: Request, response: Response,
                       percent: Annotated[int, Field(ge=0, le=100)] = 0,
                       basis_points: Annotated[int | None, Field(ge=0, le=10000)] = None,
@@ -413,12 +434,14 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(work, ignore_errors=True))
 
     class Rollout(BaseModel):
-        model_config = ConfigDict(allow_inf_nan=False)
+        model_config = ConfigDict(allow_inf_nan=False, extra="forbid", json_schema_extra={
+            "anyOf": [{"required": ["percent"], "properties": {"percent": {"type": "number"}}},
+                      {"required": ["basis_points"], "properties": {"basis_points": {"type": "integer"}}}]})
         percent: float | None = Field(None, ge=0, le=100)
         basis_points: int | None = Field(None, ge=0, le=10000)
 
     @app.post("/v1/models/{model}/channels/{channel}/rollout", tags=["operators"],
-              summary="Set the current release's rollout share")
+              summary="Set the current release's rollout share", responses=_responses(400, 401, 403, 404, 409, 422))
     def rollout(model: ModelName, channel: ChannelName, body: Rollout, _who: str = scope("rollout")) -> dict[str, Any]:
         if body.basis_points is None and body.percent is None:
             raise OtaRequestError("give percent (0-100) or basis_points (0-10000)", status=422)
@@ -426,21 +449,26 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
         return service.set_rollout(model, channel, points).to_dict()
 
     class Halt(BaseModel):
+        model_config = ConfigDict(extra="forbid")
         reason: str = Field("halted by an operator", max_length=500)
 
-    @app.post("/v1/models/{model}/channels/{channel}/halt", tags=["operators"], summary="Halt the current rollout")
+    @app.post("/v1/models/{model}/channels/{channel}/halt", tags=["operators"], summary="Halt the current rollout",
+              responses=_responses(400, 401, 403, 404, 422))
     def halt(model: ModelName, channel: ChannelName, body: Halt | None = None, _who: str = scope("rollout")) -> dict[str, Any]:
         return service.halt(model, channel, body.reason if body else "halted by an operator").to_dict()
 
-    @app.post("/v1/models/{model}/channels/{channel}/resume", tags=["operators"], summary="Resume a halted rollout")
+    @app.post("/v1/models/{model}/channels/{channel}/resume", tags=["operators"], summary="Resume a halted rollout",
+              responses=_responses(401, 403, 404, 422))
     def resume(model: ModelName, channel: ChannelName, _who: str = scope("rollout")) -> dict[str, Any]:
         return service.resume(model, channel).to_dict()
 
     class Rollback(BaseModel):
+        model_config = ConfigDict(extra="forbid")
         to_release: int | None = Field(None, ge=1, le=MAX_RELEASE)
 
     @app.post("/v1/models/{model}/channels/{channel}/rollback", tags=["operators"],
-              summary="Publish an earlier release's files as a new release for the whole channel")
+              summary="Publish an earlier release's files as a new release for the whole channel",
+              responses=_responses(400, 401, 403, 404, 409, 422))
     def rollback(model: ModelName, channel: ChannelName, body: Rollback | None = None,
                  _who: str = scope("rollout")) -> dict[str, Any]:
         return service.rollback(model, channel, body.to_release if body else None).to_dict()
@@ -454,7 +482,8 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
     def channel(model: ModelName, channel: ChannelName, _who: str = scope("read")) -> dict[str, Any]:
         return service.channel(model, channel)
 
-    @app.get("/v1/trusted-root", tags=["devices"], summary="The current root metadata (ship it with the app)")
+    @app.get("/v1/trusted-root", tags=["devices"], summary="The current root metadata (ship it with the app)",
+             response_class=Response, responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}})
     def trusted_root() -> Response:
         return Response(service.repo.root_bytes(), media_type="application/json")
 
