@@ -104,7 +104,7 @@ class ModelUpdater(
     }
 
     class State(var channel: String?, var active: Long?, var activeVersion: String?, var previous: Long?,
-                var highest: Long, val failed: MutableSet<Long>)
+                var highest: Long, val failed: MutableSet<Long>, var installedDownloads: List<String> = emptyList())
 
     class Result(val status: String, val release: Long?, val version: String?, val detail: String, val slot: File?)
 
@@ -115,12 +115,14 @@ class ModelUpdater(
         if (!file.isFile) return State(null, null, null, null, 0, HashSet())
         val j = Json.parse(file.readBytes()).obj("state")
         return State(j["channel"] as? String, j["active"] as? Long, j["active_version"] as? String, j["previous"] as? Long,
-            j["highest"] as? Long ?: 0, (j["failed"] as? List<*> ?: emptyList<Any?>()).map { it as Long }.toMutableSet())
+            j["highest"] as? Long ?: 0, (j["failed"] as? List<*> ?: emptyList<Any?>()).map { it as Long }.toMutableSet(),
+            (j["installed_downloads"] as? List<*> ?: emptyList<Any?>()).mapNotNull { it as? String })
     }
 
     private fun save(model: String, s: State) {
         val data = Json.write(linkedMapOf("channel" to s.channel, "active" to s.active, "active_version" to s.activeVersion,
-            "previous" to s.previous, "highest" to s.highest, "failed" to s.failed.sorted()))
+            "previous" to s.previous, "highest" to s.highest, "failed" to s.failed.sorted(),
+            "installed_downloads" to s.installedDownloads))
         atomicWrite(stateFile(model), data.toByteArray())
     }
 
@@ -132,6 +134,7 @@ class ModelUpdater(
         checkName(model, "model")
         checkName(channel, "channel")
         flushReports()
+        dropInstalledDownloads(model)
         val tuf = TufUpdater(metadataDir, "$server/metadata/")
         tuf.refresh()
         val info = tuf.targetInfo("$model/$channel/channel.json") ?: return Result("up_to_date", null, null, "no such channel", null)
@@ -173,13 +176,21 @@ class ModelUpdater(
         s.active = ref.release
         s.activeVersion = ref.version
         s.highest = maxOf(s.highest, ref.release)
+        s.installedDownloads = parts.values.map { it.name }.sorted()
         save(model, s)
         for (old in slots.listFiles() ?: emptyArray()) {
             if (old.name != s.active.toString() && old.name != s.previous.toString()) old.deleteRecursively()
         }
-        parts.values.forEach { it.delete() }
+        dropInstalledDownloads(model)
         report(model, channel, ref.release, "installed", "")
         return Result("installed", ref.release, ref.version, "", slot)
+    }
+
+    /** Remove the downloads the active slot was installed from, also after a crash between the switch and their removal. */
+    private fun dropInstalledDownloads(model: String) {
+        for (name in state(model).installedDownloads) {
+            if ('/' !in name && name.endsWith(".part")) File(cacheDir, "downloads/$name").delete()
+        }
     }
 
     /** The verified file of [t], resuming a partial download with HTTP Range. */
