@@ -24,11 +24,12 @@ import numpy as np
 import edgekit.converters.auto as auto
 from edgekit import __version__
 from edgekit._console import captured_output
+from edgekit._files import hash_path
 from edgekit._host import describe_cpu
-from edgekit.bundle import Artifact, RuntimeCheck, TensorSpec, hash_path
+from edgekit.bundle import Artifact, RuntimeCheck, TensorSpec
 from edgekit.converters.calibration import Samples
 from edgekit.converters.passes import PassContext, Value, load_pass
-from edgekit.converters.registry import RUNTIME_OF_FORMAT, TARGETS, VARIANTS, TargetInfo
+from edgekit.converters.registry import TARGETS, VARIANTS, TargetInfo
 from edgekit.converters.sources import Source
 from edgekit.errors import (
     ConversionError,
@@ -39,6 +40,7 @@ from edgekit.errors import (
     UserError,
     WrongGraphError,
 )
+from edgekit.formats import FORMATS
 from edgekit.parity import Tolerance, attention_mask, compare, describe_failure, run_batched
 from edgekit.runtimes.adapt import adapt, describe_io
 
@@ -61,7 +63,7 @@ EIGHT_BIT = ("int8", "dynamic-int8")  # precisions an int8 source's artifacts ma
 def _open(fmt: str, path: Path, precision: str = "") -> Any:
     from edgekit.runtimes import precision_option
 
-    module, _, cls = RUNTIME_OF_FORMAT[fmt].partition(":")
+    module, _, cls = FORMATS[fmt].checker.partition(":")
     return getattr(importlib.import_module(module), cls)().open(path, providers=VALIDATION_PROVIDERS.get(fmt),
                                                                 **precision_option(fmt, precision))
 
@@ -393,7 +395,7 @@ def _run_with_fallback(fmt: str, path: Path, raw: Any, inputs: Any, outputs: Any
             passed_over.append(f"{raw.provider}: failed at run time: {type(exc).__name__}: {str(exc)[:300]}")
             log.info("%s: %s failed at run time (%s); retrying on %s", path.name, raw.provider, exc, later[0])
             with captured_output():
-                module, _, cls = RUNTIME_OF_FORMAT[fmt].partition(":")
+                module, _, cls = FORMATS[fmt].checker.partition(":")
                 raw = getattr(importlib.import_module(module), cls)().open(path, providers=tuple(later))
 
 

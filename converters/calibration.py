@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.bundle import CalibrationInfo, TensorSpec, hash_path
+from edgekit._files import hash_path
+from edgekit.bundle import CalibrationInfo, TensorSpec
 from edgekit.errors import CalibrationError
 from edgekit.parity import is_single_feed, is_stacked
 

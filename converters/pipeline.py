@@ -18,7 +18,8 @@ import edgekit.converters.auto as auto
 from edgekit import __version__
 from edgekit._console import captured_output
 from edgekit._deps import require
-from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, ReferenceInfo, hash_path
+from edgekit._files import hash_path
+from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, ReferenceInfo
 from edgekit.converters.artifacts import (
     Progress,
     RouteCache,
@@ -223,9 +224,10 @@ def convert(
         bundle = writer.commit(manifest)
     if report:
         from edgekit.report import write_report
+        from edgekit.runtimes.bench import report_latency
 
         say("timing each artifact on this host for report.html")
-        write_report(bundle.path, runs=REPORT_RUNS, warmup=3)
+        write_report(bundle.path, latency=report_latency(bundle.path, runs=REPORT_RUNS, warmup=3))
     result = ConversionResult(bundle, tuple(f for f, _ in failures), time.perf_counter() - started)
     if failures and not keep_partial:
         done = ", ".join(a.target for a in artifacts)

@@ -226,12 +226,6 @@ VARIANTS: dict[str, tuple[str, str]] = {
 }
 
 # The runtime that validates each artifact format (edgekit.runtimes, the same code apps embed).
-RUNTIME_OF_FORMAT: dict[str, str] = {
-    "onnx": "edgekit.runtimes.onnxruntime:OrtRuntime",
-    "ort": "edgekit.runtimes.onnxruntime:OrtRuntime",
-    "tflite": "edgekit.runtimes.litert:LiteRtRuntime",
-    "mlpackage": "edgekit.converters.mil:MilRuntime",  # the numpy reference interpreter, on any OS
-}
 
 def target_modules(target: TargetInfo) -> tuple[str, ...]:
     """Modules every route to ``target`` needs from the ONNX hub on (source passes excluded)."""

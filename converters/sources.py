@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from edgekit._deps import require
-from edgekit.bundle import Dim, SourceInfo, TensorSpec, hash_path
+from edgekit._files import hash_path
+from edgekit.bundle import Dim, SourceInfo, TensorSpec
 from edgekit.converters.passes import Value
 from edgekit.converters.registry import Kind
 from edgekit.errors import InvalidInputError, InvalidModelError, UnsupportedModelError

@@ -8,9 +8,7 @@ not know (``extra``), so a manifest written by a newer edgekit survives a read-w
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -21,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from edgekit._files import hash_path, make_temp_dir, write_atomic
 from edgekit._schema import load_schema, validate
 from edgekit.errors import BundleError, IntegrityError, OutputExistsError
 
@@ -371,30 +370,6 @@ def check_manifest_dict(data: Any, *, where: str = "bundle.json") -> None:
         raise BundleError(f"{where} does not match the bundle schema {SCHEMA_ID}: {shown}")
 
 
-def hash_path(path: Path) -> tuple[str, int]:
-    """sha256 and size in bytes of a file, or of a directory hashed deterministically.
-
-    A directory hashes the sorted list of its files' relative POSIX paths, each followed by the
-    sha256 of its content, so the digest depends on names and bytes only (not on mtimes or the
-    order the file system lists entries in).
-    """
-    if path.is_file():
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest(), path.stat().st_size
-    if path.is_dir():
-        digest = hashlib.sha256()
-        total = 0
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            sub, size = hash_path(file)
-            digest.update(f"{file.relative_to(path).as_posix()}\0{sub}\n".encode())
-            total += size
-        return digest.hexdigest(), total
-    raise FileNotFoundError(path)
-
-
 @dataclass(frozen=True)
 class Bundle:
     """A bundle directory on disk and its verified manifest."""
@@ -490,7 +465,7 @@ class BundleWriter:
         parent = self.out.absolute().parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
+            self.staging = make_temp_dir(parent, f".{self.out.name}.tmp-")
         except OSError as exc:
             raise OutputExistsError(f"cannot create the output directory next to {self.out}: {exc}") from exc
         return self
@@ -510,7 +485,7 @@ class BundleWriter:
         staged = Bundle(self.staging, manifest)
         for art in manifest.artifacts:
             verify_artifact(staged, art)
-        _write_text_atomic(self.staging / MANIFEST_NAME, text)
+        write_atomic(self.staging / MANIFEST_NAME, text)
         final = self.out
         if final.exists():
             if not self.overwrite:
@@ -523,16 +498,3 @@ class BundleWriter:
             os.replace(self.staging, final)
         self.committed = True
         return Bundle(final, manifest)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-

@@ -17,10 +17,18 @@ Anything else is a bug in edgekit and maps to exit code 1.
     │   ├── ParityError                an artifact's outputs drift beyond the target's tolerance
     │   ├── BundleError                a bundle is missing, malformed or not valid against the schema
     │   │   └── IntegrityError         an artifact's size or sha256 does not match the manifest
-    │   ├── ConversionError            a converter library failed on this model (names pass and cause)
     │   ├── OutputExistsError          the output directory exists and overwriting was not asked
-    │   ├── OtaRequestError            the OTA service refused a request (bad name, token, scope, state)
-    │   │   └── AuthError              no API token, an unknown one, or one without the scope
+    │   ├── ConversionError            a converter library failed on this model (names pass and cause)
+    │   │   └── WrongGraphError        a route's float32 program does not match the source
+    │   ├── PartialConversionError     some targets failed; the bundle holds the others
+    │   ├── ProviderError              no allowed execution provider could load or run the artifact
+    │   ├── InvalidInputError          feeds do not match the model's inputs
+    │   ├── InvalidNameError           a model, channel, device or file name breaks the naming rule
+    │   ├── NotFoundError              no such stored object (a key that cannot exist, or does not)
+    │   └── OtaRequestError            the OTA service refused a request (token, scope, state)
+    │       └── AuthError              no API token, an unknown one, or one without the scope
+    ├── NotVerifiableError             no checker on this host can run the artifact (kept, unverified)
+    ├── InferenceError                 the runtime failed on valid inputs (out of memory, a kernel)
     ├── UpdateError                    a device could not update (network, server) (exit code 1)
     │   └── VerificationError          what the server sent fails TUF verification: tampered, replayed,
     │                                  expired, a release older than the installed one (refused)
@@ -135,6 +143,14 @@ class InvalidInputError(UserError):
     """Feeds given to a session do not match the model's inputs (name, rank, fixed size or dtype)."""
 
 
+class InvalidNameError(UserError):
+    """A model, channel, device id or bundle file name breaks edgekit's naming rule (no paths, no tricks)."""
+
+
+class NotFoundError(UserError):
+    """No such stored object: a storage key that cannot exist (a traversal, an absolute path) or does not."""
+
+
 class OtaRequestError(UserError):
     """The OTA service refused a request the caller can correct; ``status`` is the HTTP status to answer."""
 
@@ -172,17 +188,26 @@ __all__ = [
     "CalibrationError",
     "ConversionError",
     "EdgekitError",
+    "InferenceError",
     "IntegrityError",
     "InternalError",
+    "InvalidInputError",
     "InvalidModelError",
+    "InvalidNameError",
     "MissingDependencyError",
     "NoRouteError",
+    "NotFoundError",
+    "NotVerifiableError",
     "OtaRequestError",
     "OutputExistsError",
     "ParityError",
+    "PartialConversionError",
+    "ProviderError",
     "UnknownTargetError",
     "UnsupportedModelError",
     "UpdateError",
     "UserError",
     "VerificationError",
+    "WrongGraphError",
+    "did_you_mean",
 ]

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgekit._files import human_size, write_atomic
 from edgekit.bundle import Manifest
 
 log = logging.getLogger(__name__)
@@ -30,16 +31,6 @@ th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #e8edf2;font-v
 th{background:#f4f7fa}.ok{color:#217a3c}.bad{color:#b42318}.plots{display:flex;flex-wrap:wrap;gap:1.5rem}
 figure{margin:0}figcaption{font-weight:600;margin-bottom:.3rem}svg text{font-size:11px;fill:#3a4450}
 """
-
-
-def _size(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _points(manifest: Manifest) -> list[dict[str, Any]]:
@@ -164,7 +155,7 @@ def size_accuracy_svg(manifest: Manifest, width: int = 560, height: int = 360) -
         fill = color if p["chosen"] else "#ffffff"
         cx, cy = x(p["size"]), y(p["quality"])
         parts.append(f'<circle class="point" cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{fill}" stroke="{color}" '
-                     f'stroke-width="2"><title>{html.escape(p["label"])}: {_size(p["size"])}, '
+                     f'stroke-width="2"><title>{html.escape(p["label"])}: {human_size(p["size"])}, '
                      f'{p["quality"]:.4f}</title></circle>')
         if place is None:
             listed.append(p["label"])
@@ -268,12 +259,12 @@ def render(manifest: Manifest, latency: Mapping[str, Mapping[str, Any]] | None =
         lat_text = (" / ".join(f"{float(lat[k]):.3f}" if lat.get(k) is not None else "-"
                                for k in ("p50_ms", "p95_ms", "p99_ms")) if lat else "-")
         rows.append(f"<tr><td>{e(a.target)}</td><td>{e(a.format)}</td><td>{e(a.precision)}</td>"
-                    f"<td>{_size(a.size_bytes)}</td><td>{f'{a.size_ratio:.2f}x' if a.size_ratio else '-'}</td>"
+                    f"<td>{human_size(a.size_bytes)}</td><td>{f'{a.size_ratio:.2f}x' if a.size_ratio else '-'}</td>"
                     f"<td>{parity}</td><td>{accuracy}</td><td>{lat_text}</td><td>{e(str(lat.get('provider', '-')))}</td></tr>")
     selections = []
     for s in manifest.selections or ():
         cands = "".join(
-            f"<tr><td>{e(c.get('target', ''))}</td><td>{_size(c.get('size_bytes'))}</td>"
+            f"<tr><td>{e(c.get('target', ''))}</td><td>{human_size(c.get('size_bytes'))}</td>"
             f"<td>{e(str(c.get('latency_p50_ms', '-')))}</td><td>{e(c.get('latency_runtime', '-'))}</td>"
             f"<td>{e(c.get('verdict', ''))}</td></tr>"
             for c in s.candidates)
@@ -307,27 +298,14 @@ def host_text() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
 
 
-def write_report(bundle: Path, out: Path | None = None, *, bench: bool = True, runs: int = 50, warmup: int = 5) -> Path:
-    """Write the report of ``bundle`` to ``out`` (default: ``BUNDLE/report.html``) through a temporary file,
-    first timing every artifact this host can run (``bench``); a bench that fails leaves the plot empty."""
-    import os
-
+def write_report(bundle: Path, out: Path | None = None, *, latency: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Write the report of ``bundle`` to ``out`` (default: ``BUNDLE/report.html``) atomically. ``latency``
+    is what :func:`edgekit.runtimes.bench.report_latency` measured on this host (none: no latency plot)."""
     from edgekit.bundle import read_bundle
-    from edgekit.errors import EdgekitError
 
     manifest = read_bundle(bundle).manifest
-    latency: dict[str, dict[str, Any]] = {}
-    if bench:
-        from edgekit.runtimes.bench import bench_bundle
-
-        try:
-            latency = latency_of(bench_bundle(bundle, runs=runs, warmup=warmup))
-        except EdgekitError as exc:
-            log.warning("latency for the report not measured: %s", exc)
     target = out or bundle / REPORT_NAME
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(render(manifest, latency, host=host_text() if latency else ""), encoding="utf-8")
-    os.replace(tmp, target)
+    write_atomic(target, render(manifest, latency or {}, host=host_text() if latency else ""))
     return target
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from edgekit.bundle import MANIFEST_NAME, Artifact, Manifest, read_bundle, verify_artifact
 from edgekit.errors import BundleError, EdgekitError, IntegrityError, ProviderError, did_you_mean
+from edgekit.formats import format_of
 from edgekit.runtimes.adapt import AdaptedSession, adapt
 from edgekit.runtimes.base import POLICIES, Attempt, Runtime, Session, TimedSession
 from edgekit.runtimes.check import smoke_test
@@ -30,7 +31,6 @@ __all__ = ["AdaptedSession", "Attempt", "CoreMlRuntime", "LatencyHistogram", "Li
            "host_formats", "runtime_for", "smoke_test"]
 
 log = logging.getLogger(__name__)
-_FORMAT_SUFFIXES = {".onnx": "onnx", ".ort": "ort", ".tflite": "tflite", ".mlpackage": "mlpackage"}
 # Providers that make a host a GPU/NPU host for the choice of precision (XNNPACK is a CPU library).
 _ACCELERATORS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider", "QNNExecutionProvider",
@@ -134,8 +134,9 @@ def open(  # noqa: A001 - the public name the SDK documents
     if policy not in POLICIES:
         raise BundleError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     path = Path(bundle_or_artifact)
-    if path.suffix in _FORMAT_SUFFIXES and path.exists() and not (path / MANIFEST_NAME).is_file():
-        return runtime_for(_FORMAT_SUFFIXES[path.suffix]).open(path, providers=providers, policy=policy)
+    fmt = format_of(path)
+    if fmt is not None and path.exists() and not (path / MANIFEST_NAME).is_file():
+        return runtime_for(fmt).open(path, providers=providers, policy=policy)
     if not (path / MANIFEST_NAME).is_file():
         raise BundleError(f"{path} is neither a bundle directory nor an .onnx/.ort/.tflite/.mlpackage model")
     bundle = read_bundle(path, verify=False)  # only the artifact that runs is hashed, just before it opens

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -154,3 +156,15 @@ def bench_bundle(path: str | Path, *, targets: list[str] | None = None, runs: in
         results.append(dataclasses.replace(row, provider=session.provider, p50_ms=timed.p50_ms, p95_ms=timed.p95_ms,
                                            p99_ms=timed.p99_ms, mean_ms=timed.mean_ms, runs=runs, **figures))
     return results
+
+
+def report_latency(bundle: str | os.PathLike[str], *, runs: int = 50, warmup: int = 5) -> dict[str, dict[str, Any]]:
+    """Every artifact this host can run, timed for the bundle's report (edgekit.report.write_report);
+    empty, with a warning, when nothing could be timed."""
+    from edgekit.report import latency_of
+
+    try:
+        return latency_of(bench_bundle(Path(bundle), runs=runs, warmup=warmup))
+    except EdgekitError as exc:
+        logging.getLogger("edgekit").warning("latency for the report not measured: %s", exc)
+        return {}

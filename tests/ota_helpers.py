@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgekit.ota.registry import SqliteRegistry
+from edgekit.ota.registry import SqlRegistry
 from edgekit.ota.repo import Expiry, Repository
 from edgekit.ota.service import HaltPolicy, OtaService
 
@@ -43,7 +43,7 @@ class LiveServer:
             time.sleep(0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        self.registry: SqliteRegistry = self.service.registry
+        self.registry: SqlRegistry = self.service.registry
 
     def token(self, *scopes: str) -> str:
         return self.registry.create_token("test", list(scopes))
@@ -143,3 +143,48 @@ class CuttingProxy:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class SlowClients:
+    """Connections that hold a server: ``headers`` that never finish their request headers, and ``drips``
+    uploads (to ``path``, with ``token``) that send their announced 1 MB body a byte a second."""
+
+    def __init__(self, url: str, *, headers: int, drips: int, path: str, token: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.slow = []
+        for _ in range(headers):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"GET /metadata/timestamp.json HTTP/1.1\r\nHost: x\r\n")
+            self.slow.append(s)
+        self.drips = []
+        for _ in range(drips):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                      "Content-Type: application/x-tar\r\nContent-Length: 1000000\r\n\r\n".encode())
+            self.drips.append(s)
+        self.stop = threading.Event()
+        threading.Thread(target=self._drip, daemon=True).start()
+
+    def _drip(self) -> None:
+        while not self.stop.wait(1.0):
+            for s in self.drips:
+                try:
+                    s.send(b"x")
+                except OSError:
+                    pass
+
+    def closed_by_server(self) -> int:
+        """How many of the connections the server has closed (each is then closed here too)."""
+        self.stop.set()
+        closed = 0
+        for s in self.slow + self.drips:
+            s.settimeout(5.0)
+            try:
+                data = s.recv(65536)
+                closed += data == b"" or b" 408 " in data[:20] or b" 413 " in data[:20]
+            except ConnectionResetError:
+                closed += 1
+            except TimeoutError:
+                pass
+            s.close()
+        return closed

@@ -298,7 +298,7 @@ def test_third_party_log_lines_follow_edgekits_level(capsys: pytest.CaptureFixtu
     """onnxruntime's quantizer warns on the root logger ("Please consider pre-processing"): shown with -v only."""
     import logging
 
-    from edgekit import cli
+    from edgekit.cli import _app as cli
 
     try:
         everything = {"edgekit warning", "root warning", "onnx2tf warning", "edgekit info"}
@@ -387,3 +387,28 @@ def test_help_at_80_columns_shows_every_flag_in_full() -> None:
             if flag.startswith("--"):
                 assert flag in result.stdout, flag
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
+
+
+def test_the_bundle_is_written_with_the_process_umask(tmp_path: Path, digits_onnx: Path) -> None:
+    """Under umask 022 another user (a web server) can read every file edgekit convert writes."""
+    import os
+    import stat
+
+    from edgekit._files import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        result = run_cli("convert", digits_onnx, "--target", "onnx-web", "--out", tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert {"bundle.json", "onnx-web.onnx", "report.html"} <= set(modes) and set(modes.values()) == {0o644}, modes
+    old = os.umask(0o077)  # and a private umask keeps them private: the umask decides, not edgekit
+    try:
+        write_atomic(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgekit.errors import OtaRequestError, UpdateError, VerificationError
+from edgekit.errors import InvalidNameError, OtaRequestError, UpdateError, VerificationError
 from edgekit.ota import rules
-from edgekit.ota.cli import bundle_tar, call
 from edgekit.ota.client import Updater
+from edgekit.ota.operator import bundle_tar, call
 from edgekit.ota.repo import Expiry
 from edgekit.ota.service import HaltPolicy
 from tests.conftest import DIGITS, run_cli
@@ -154,7 +154,7 @@ def test_path_traversal_is_refused(server: LiveServer, ota_bundles: dict[str, Pa
         body = response.read()
         assert response.status == 404 and b"SQLite" not in body and b"root:" not in body, path
         conn.close()
-    with pytest.raises(OtaRequestError, match="not allowed"):
+    with pytest.raises(InvalidNameError, match="not allowed"):  # refused on the device, before any request
         _device(server, tmp_path, "x", _root(server)).update("../digits", "stable")
 
 

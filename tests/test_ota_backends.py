@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import pytest
 
-from edgekit.ota.cli import bundle_tar, call
 from edgekit.ota.client import Updater
+from edgekit.ota.operator import bundle_tar, call
 from tests.conftest import DIGITS
 from tests.ota_helpers import CuttingProxy, LiveServer, edit_manifest
 

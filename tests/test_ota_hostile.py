@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.ota.server import Limits
-from tests.ota_helpers import LiveServer
+from tests.ota_helpers import LiveServer, SlowClients
 
 pytest.importorskip("fastapi")
 
@@ -108,7 +108,6 @@ def _many_members(count: int) -> bytes:
 
 def test_a_bomb_an_oversized_upload_and_slow_connections_are_refused_while_devices_are_served(guarded: LiveServer,
                                                                                             tmp_path: Path) -> None:
-    host, port = guarded.url.removeprefix("http://").split(":")
     token = guarded.token("publish")
     publish = "/v1/models/digits/channels/stable/releases"
 
@@ -123,28 +122,7 @@ def test_a_bomb_an_oversized_upload_and_slow_connections_are_refused_while_devic
     normal = statistics.median(device_latencies(30))
 
     # 800 connections that never finish their headers, 20 uploads that drip a byte a second
-    slow = []
-    for _ in range(800):
-        s = socket.create_connection((host, int(port)))
-        s.sendall(b"GET /metadata/timestamp.json HTTP/1.1\r\nHost: x\r\n")
-        slow.append(s)
-    drips = []
-    for _ in range(20):
-        s = socket.create_connection((host, int(port)))
-        s.sendall(f"POST {publish} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                  "Content-Type: application/x-tar\r\nContent-Length: 1000000\r\n\r\n".encode())
-        drips.append(s)
-    stop = threading.Event()
-
-    def drip() -> None:
-        while not stop.wait(1.0):
-            for s in drips:
-                try:
-                    s.send(b"x")
-                except OSError:
-                    pass
-
-    threading.Thread(target=drip, daemon=True).start()
+    clients = SlowClients(guarded.url, headers=800, drips=20, path=publish, token=token)
 
     # a 64 MiB bomb (about 64 KB gzipped), a tar of too many files, and 2 GiB announced: all refused
     statuses: dict[str, int] = {}
@@ -159,23 +137,11 @@ def test_a_bomb_an_oversized_upload_and_slow_connections_are_refused_while_devic
     attacker.start()
     during = device_latencies(60)
     attacker.join(timeout=60)
-    stop.set()
     assert statuses == {"bomb": 413, "members": 413, "announced 2 GiB": 413}
     assert max(during) < 1.0 and statuses, (normal, sorted(during)[-5:])
     assert statistics.median(during) < max(10 * normal, 0.05), (normal, statistics.median(during))
 
     # every slow connection is closed by the server once its deadline passes (2 s here)
     time.sleep(3.0)
-    closed = 0
-    for s in slow + drips:
-        s.settimeout(5.0)
-        try:
-            data = s.recv(65536)
-            closed += data == b"" or b" 408 " in data[:20] or b" 413 " in data[:20]
-        except ConnectionResetError:
-            closed += 1
-        except TimeoutError:
-            pass
-        s.close()
-    assert closed == len(slow) + len(drips)
+    assert clients.closed_by_server() == 820
     assert not list(Path(__import__("tempfile").gettempdir()).glob("edgekit-publish-*"))

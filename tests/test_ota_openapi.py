@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.ota.cli import bundle_tar, call
+from edgekit.ota.operator import bundle_tar, call
 from tests.conftest import ROOT
 from tests.ota_helpers import LiveServer
 

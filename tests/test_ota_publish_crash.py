@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from edgekit.errors import EdgekitError
-from edgekit.ota.cli import bundle_tar, call
+from edgekit.ota.operator import bundle_tar, call
 from tests.conftest import run_cli
 from tests.ota_helpers import edit_manifest
 

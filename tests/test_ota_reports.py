@@ -12,7 +12,7 @@ import pytest
 
 from edgekit.errors import OtaRequestError
 from edgekit.ota import rules
-from edgekit.ota.cli import bundle_tar, call
+from edgekit.ota.operator import bundle_tar, call
 from edgekit.ota.service import HaltPolicy
 from tests.ota_helpers import LiveServer
 

@@ -59,8 +59,24 @@ def test_resolve_targets_keeps_order_and_drops_repeats() -> None:
 
 
 @pytest.mark.parametrize("info", PASSES, ids=lambda p: p.name)
-def test_registry_entry_matches_its_class(info: PassInfo) -> None:
+def test_registry_entry_is_what_its_class_carries(info: PassInfo) -> None:
     module, _, name = info.impl.partition(":")
     cls = getattr(importlib.import_module(module), name)
     assert (cls.name, cls.consumes, cls.produces, cls.modules) == (info.name, info.consumes, info.produces,
                                                                    info.modules)
+
+
+def test_pass_metadata_is_declared_once_in_the_registry() -> None:
+    """No pass class repeats its name, kinds or modules: they come from its PASSES entry."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    registered = {p.impl.rsplit(".", 1)[-1] for p in PASSES}  # "module:Class"
+    repeated = []
+    for file in (ROOT / "converters" / "passes").glob("*.py"):
+        for node in ast.parse(file.read_text()).body:
+            if isinstance(node, ast.ClassDef) and f"{file.stem}:{node.name}" in registered:
+                names = {t.id for st in node.body if isinstance(st, ast.Assign) for t in st.targets if isinstance(t, ast.Name)}
+                repeated += [f"{file.stem}:{node.name}.{n}" for n in names & {"name", "consumes", "produces", "modules"}]
+    assert repeated == []

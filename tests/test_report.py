@@ -43,7 +43,7 @@ def test_convert_writes_a_report_and_the_browser_draws_its_plots(auto_bundle: Pa
     assert {p["fill"] for p in points} >= {"rgb(255, 255, 255)"}  # hollow: a candidate that was not kept
     (selection,) = manifest.selections or ()
     assert page.locator(f"text=onnx-web-auto: {selection.chosen}").count() == 1
-    _assert_readable(page, len(manifest.artifacts))
+    _assert_readable(page, len(manifest.artifacts), any(a.format == "ort" for a in manifest.artifacts))
     page.close()
 
 
@@ -56,7 +56,7 @@ OVERLAPS = """sel => { const boxes = [...document.querySelectorAll(sel)].map(e =
     return {count: boxes.length, hits}; }"""
 
 
-def _assert_readable(page: Any, artifacts: int) -> None:
+def _assert_readable(page: Any, artifacts: int, has_ort: bool = False) -> None:
     """No two labels' boxes overlap (in either plot), the size axis has at least 3 ticks, there is a
     legend, every artifact has a point label (beside it or listed under the plot) and a latency bar
     labelled with the provider that ran it."""
@@ -69,7 +69,8 @@ def _assert_readable(page: Any, artifacts: int) -> None:
     assert "onnx-web" in legend and any("hollow" in t for t in legend), legend
     labels = page.eval_on_selector_all("#size-accuracy text.label:not(.key)", "els => els.map(e => e.textContent)")
     assert sum("(onnx" in t or "(ort" in t for t in labels) >= artifacts, labels
-    assert any("64 samples" in t for t in labels)  # ORT-format copies are validated on fewer samples: said so
+    # ORT-format copies (kept only where they load faster here: timing decides) are validated on fewer samples: said so
+    assert any("64 samples" in t for t in labels) == has_ort, labels
     bars = page.eval_on_selector_all("#latency text.label[text-anchor=end]", "els => els.map(e => e.textContent)")
     assert len(bars) >= artifacts and all(" · " in b for b in bars), bars  # each names what ran it
     assert sum(b.endswith(" · CPU") for b in bars) >= artifacts
@@ -87,7 +88,8 @@ def test_report_command_measures_latency_and_draws_bars(auto_bundle: Path, brows
     assert any(" / " in c and c != "-" for c in cells)  # p50 / p95 / p99 in the table
     providers = page.eval_on_selector_all("table tr td:nth-child(9)", "els => els.map(e => e.textContent)")
     assert providers and all(p == "CPUExecutionProvider" for p in providers), providers
-    _assert_readable(page, len(read_bundle(auto_bundle).manifest.artifacts))
+    arts = read_bundle(auto_bundle).manifest.artifacts
+    _assert_readable(page, len(arts), any(a.format == "ort" for a in arts))
     page.close()
 
 

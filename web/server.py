@@ -202,7 +202,7 @@ class WebServer(http.server.ThreadingHTTPServer):
         with self._lock:
             found = self._etags.get(key)
         if found is None:
-            from edgekit.bundle import hash_path
+            from edgekit._files import hash_path
 
             found = f'"{hash_path(path)[0][:32]}"'
             with self._lock:

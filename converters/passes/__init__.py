@@ -90,12 +90,23 @@ class PassContext:
 
 
 class Pass:
-    """Base class of all passes. Subclasses set the class attributes and implement ``_run``."""
+    """Base class of all passes. A subclass implements ``_run``; its name, the kinds it consumes and
+    produces and the modules it needs come from its entry in ``edgekit.converters.registry.PASSES``
+    (declared there once, for the planner and for the pass)."""
 
     name: ClassVar[str]
     consumes: ClassVar[str]
     produces: ClassVar[str]
     modules: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        from edgekit.converters.registry import PASSES
+
+        impl = f"{cls.__module__}:{cls.__qualname__}"
+        entry = next((p for p in PASSES if p.impl == impl), None)
+        if entry is not None:
+            cls.name, cls.consumes, cls.produces, cls.modules = entry.name, entry.consumes, entry.produces, entry.modules
 
     def run(self, value: Value, ctx: PassContext) -> Value:
         """Check the input kind and dependencies, run the pass and wrap library errors.

@@ -228,9 +228,6 @@ class _TorchToCoreml(Pass):
 class TorchModuleToCoremlFp32(_TorchToCoreml):
     """An nn.Module to an fp32 ML Program."""
 
-    name = "torch-coreml-fp32"
-    consumes = Kind.TORCH_MODULE
-    produces = Kind.COREML_FP32
     precision = "fp32"
 
     def module(self, value: Value, ctx: PassContext) -> tuple[Any, tuple[Any, ...]]:
@@ -240,17 +237,12 @@ class TorchModuleToCoremlFp32(_TorchToCoreml):
 class TorchModuleToCoremlFp16(TorchModuleToCoremlFp32):
     """An nn.Module to an fp16 ML Program."""
 
-    name = "torch-coreml-fp16"
-    produces = Kind.COREML_FP16
     precision = "fp16"
 
 
 class TorchProgramToCoremlFp32(_TorchToCoreml):
     """A saved torch.export program (its module, traced) to an fp32 ML Program."""
 
-    name = "torch-program-coreml-fp32"
-    consumes = Kind.TORCH_EXPORT
-    produces = Kind.COREML_FP32
     precision = "fp32"
 
     def module(self, value: Value, ctx: PassContext) -> tuple[Any, tuple[Any, ...]]:
@@ -261,18 +253,12 @@ class TorchProgramToCoremlFp32(_TorchToCoreml):
 class TorchProgramToCoremlFp16(TorchProgramToCoremlFp32):
     """A saved torch.export program to an fp16 ML Program."""
 
-    name = "torch-program-coreml-fp16"
-    produces = Kind.COREML_FP16
     precision = "fp16"
 
 
 class TfToCoremlFp32(Pass):
     """A TensorFlow graph (Keras, SavedModel, or ONNX through onnx2tf) to an fp32 ML Program."""
 
-    name = "tf-coreml-fp32"
-    consumes = Kind.TF
-    produces = Kind.COREML_FP32
-    modules = ("tensorflow", "coremltools")
     precision = "fp32"
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
@@ -308,22 +294,18 @@ class TfToCoremlFp32(Pass):
 class TfToCoremlFp16(TfToCoremlFp32):
     """A TensorFlow graph to an fp16 ML Program."""
 
-    name = "tf-coreml-fp16"
-    produces = Kind.COREML_FP16
     precision = "fp16"
 
 
 class TorchModuleToCoremlFp16Mixed(TorchModuleToCoremlFp16):
     """An nn.Module to an fp16 ML Program with the range-sensitive ops in fp32: a fallback."""
 
-    name = "torch-coreml-fp16-mixed"
     precision = "fp16-mixed"
 
 
 class TorchProgramToCoremlFp16Mixed(TorchProgramToCoremlFp16):
     """A torch.export program to an fp16 ML Program with the range-sensitive ops in fp32: a fallback."""
 
-    name = "torch-program-coreml-fp16-mixed"
     precision = "fp16-mixed"
 
 
@@ -343,7 +325,6 @@ TorchProgramToCoremlFp16Fixed = _fixed_shapes(TorchProgramToCoremlFp16)
 class TfToCoremlFp16Mixed(TfToCoremlFp16):
     """A TensorFlow graph to an fp16 ML Program with the range-sensitive ops in fp32: a fallback."""
 
-    name = "tf-coreml-fp16-mixed"
     precision = "fp16-mixed"
 
 
@@ -375,8 +356,6 @@ class _Compress(Pass):
 class CoremlInt8(_Compress):
     """Linear symmetric int8 weights, per channel (constexpr_affine_dequantize)."""
 
-    name = "coreml-int8"
-    produces = Kind.COREML_INT8
 
     def config(self, cto: Any) -> Any:
         return cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=WEIGHT_THRESHOLD)
@@ -388,8 +367,6 @@ class CoremlInt8(_Compress):
 class CoremlPalettize4(_Compress):
     """4-bit k-means palettes (constexpr_lut_to_dense)."""
 
-    name = "coreml-palettize4"
-    produces = Kind.COREML_PAL4
     nbits = 4
 
     def config(self, cto: Any) -> Any:
@@ -402,6 +379,4 @@ class CoremlPalettize4(_Compress):
 class CoremlPalettize6(CoremlPalettize4):
     """6-bit k-means palettes."""
 
-    name = "coreml-palettize6"
-    produces = Kind.COREML_PAL6
     nbits = 6

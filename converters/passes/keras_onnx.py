@@ -37,10 +37,6 @@ def keras_function(model: Any, inputs: tuple[TensorSpec, ...], in_names: list[st
 class KerasToOnnx(Pass):
     """Convert a Keras model with ``tf2onnx.convert.from_function``, keeping input and output names."""
 
-    name = "tf2onnx"
-    consumes = Kind.KERAS
-    produces = Kind.ONNX
-    modules = ("tensorflow", "tf2onnx", "onnx")
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         import tf2onnx
@@ -52,10 +48,6 @@ class KerasToOnnx(Pass):
 class SavedModelToOnnx(Pass):
     """Convert a SavedModel's serving signature with ``tf2onnx.convert.from_function``."""
 
-    name = "saved-model-onnx"
-    consumes = Kind.TF_SAVED_MODEL
-    produces = Kind.ONNX
-    modules = ("tensorflow", "tf2onnx", "onnx")
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         import tensorflow as tf

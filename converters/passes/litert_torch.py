@@ -46,10 +46,6 @@ def _convert(module: Any, args: tuple[Any, ...], ctx: PassContext, name: str, ea
 class TorchModuleToTflite(Pass):
     """An nn.Module to fp32 TFLite with litert-torch."""
 
-    name = "litert-torch"
-    consumes = Kind.TORCH_MODULE
-    produces = Kind.TFLITE
-    modules = ("torch", "litert_torch", "ai_edge_litert")
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         if ctx.example_inputs is None:
@@ -60,10 +56,6 @@ class TorchModuleToTflite(Pass):
 class TorchProgramToTflite(Pass):
     """A saved torch.export program to fp32 TFLite with litert-torch."""
 
-    name = "litert-torch-program"
-    consumes = Kind.TORCH_EXPORT
-    produces = Kind.TFLITE
-    modules = ("torch", "litert_torch", "ai_edge_litert")
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         program = value.obj

@@ -60,10 +60,6 @@ class Float16(Pass):
     exact up to 65504 (onnxconverter-common clamps them to 10000).
     """
 
-    name = "onnx-fp16"
-    consumes = Kind.ONNX_WEB
-    produces = Kind.ONNX_WEB_FP16
-    modules = ("onnx", "onnxruntime")
     keep_fp32: tuple[str, ...] = ()  # op types left in float32 (mixed precision)
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
@@ -140,7 +136,6 @@ class Float16Mixed(Float16):
     (:mod:`edgekit.converters.passes.onnx_precision`; the fixed list of op types first): the fallback
     when plain float16 fails to load or fails parity."""
 
-    name = "onnx-fp16-mixed"
     keep_fp32 = MIXED_FP32_OPS
 
 

@@ -62,10 +62,6 @@ class Int8(Pass):
     uses the first; its fallbacks the next ones, when one fails parity or cannot be loaded. A recipe
     that leaves most of the weights in float is refused. The recipe and family go in the notes."""
 
-    name = "onnx-int8"
-    consumes = Kind.ONNX_WEB
-    produces = Kind.ONNX_WEB_INT8
-    modules = ("onnx", "onnxruntime")
     rank = 0  # which of the family's recipes this pass uses
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
@@ -146,14 +142,12 @@ class Int8(Pass):
 class Int8Second(Int8):
     """int8 with the family's second recipe (see :class:`Int8`)."""
 
-    name = "onnx-int8-second"
     rank = 1
 
 
 class Int8Third(Int8):
     """int8 with the family's third recipe (see :class:`Int8`)."""
 
-    name = "onnx-int8-third"
     rank = 2
 
 

@@ -258,10 +258,6 @@ def _drop_aliases(program: Any) -> None:
 class OnnxToTorchProgram(Pass):
     """ONNX to a torch.export program, interpreted op by op in PyTorch (fixed shapes, batch 1)."""
 
-    name = "onnx-torch"
-    consumes = Kind.ONNX
-    produces = Kind.TORCH_EXPORT
-    modules = ("onnx", "torch", "onnxslim")
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         import onnx

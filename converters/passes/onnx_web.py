@@ -90,10 +90,6 @@ def write_ort_format(src: Path, dst: Path) -> None:
 class OptimizeForWeb(Pass):
     """Simplify with onnxslim, then apply onnxruntime's basic offline optimizer."""
 
-    name = "onnx-web-optimize"
-    consumes = Kind.ONNX
-    produces = Kind.ONNX_WEB
-    modules = ("onnx", "onnxslim", "onnxruntime")
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         import onnx

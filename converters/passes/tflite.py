@@ -99,10 +99,6 @@ def _dims(shape: Any) -> tuple[Dim, ...]:
 class KerasToTf(Pass):
     """A Keras model as a named tf.function (layout unchanged)."""
 
-    name = "keras-tf"
-    consumes = Kind.KERAS
-    produces = Kind.TF
-    modules = ("tensorflow",)
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         taken: set[str] = set()
@@ -118,10 +114,6 @@ class KerasToTf(Pass):
 class SavedModelToTf(Pass):
     """A SavedModel's serving signature, as it is (its names are the source's names)."""
 
-    name = "saved-model-tf"
-    consumes = Kind.TF_SAVED_MODEL
-    produces = Kind.TF
-    modules = ("tensorflow",)
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         loaded, function = value.obj
@@ -186,10 +178,6 @@ def _reset_keras() -> None:
 class OnnxToTf(Pass):
     """ONNX to a TensorFlow graph with onnx2tf (NCHW inputs become NHWC; the transposes are recorded)."""
 
-    name = "onnx2tf"
-    consumes = Kind.ONNX
-    produces = Kind.TF
-    modules = ("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnx_graphsurgeon")
     fix_shapes = False  # fix every dynamic dimension from the samples
     keep_layout = False  # keep every input's layout (no NCHW -> NHWC)
 
@@ -270,7 +258,6 @@ class OnnxToTf(Pass):
 class OnnxToTfFixedShapes(OnnxToTf):
     """onnx2tf with every dynamic dimension fixed from the samples (batch 1): a fallback route."""
 
-    name = "onnx2tf-fixed-shapes"
     fix_shapes = True
 
 
@@ -278,7 +265,6 @@ class OnnxToTfKeepLayout(OnnxToTf):
     """onnx2tf with fixed shapes and every input kept in its source layout: a fallback route for models
     whose inputs are not images (onnx2tf's NHWC guess can break them)."""
 
-    name = "onnx2tf-keep-layout"
     fix_shapes = True
     keep_layout = True
 
@@ -398,15 +384,11 @@ class _ToTflite(Pass):
 class TfliteFp32(_ToTflite):
     """fp32 TFLite."""
 
-    name = "tflite-fp32"
-    produces = Kind.TFLITE
 
 
 class TfliteFp16(_ToTflite):
     """float16 weights (dequantized to fp32 on CPU; GPU delegates compute in fp16)."""
 
-    name = "tflite-fp16"
-    produces = Kind.TFLITE_FP16
 
     def _configure(self, converter: Any, graph: TfGraph, ctx: PassContext) -> list[Any]:
         import tensorflow as tf
@@ -419,8 +401,6 @@ class TfliteFp16(_ToTflite):
 class TfliteDynamicInt8(_ToTflite):
     """Dynamic-range quantization: int8 weights, activations quantized at run time."""
 
-    name = "tflite-dynamic-int8"
-    produces = Kind.TFLITE_DYNAMIC_INT8
 
     def _configure(self, converter: Any, graph: TfGraph, ctx: PassContext) -> list[Any]:
         import tensorflow as tf
@@ -432,8 +412,6 @@ class TfliteDynamicInt8(_ToTflite):
 class TfliteInt8(_ToTflite):
     """Full-integer int8 from the calibration samples; float I/O unless ``--int8-io``."""
 
-    name = "tflite-int8"
-    produces = Kind.TFLITE_INT8
     needs_calibration = True
 
     def _configure(self, converter: Any, graph: TfGraph, ctx: PassContext) -> list[Any]:
@@ -450,8 +428,6 @@ class TfliteInt8(_ToTflite):
 class TfliteInt16x8(_ToTflite):
     """16-bit activations with 8-bit weights, for models whose activations lose too much in int8."""
 
-    name = "tflite-int16x8"
-    produces = Kind.TFLITE_INT16X8
     needs_calibration = True
 
     def _configure(self, converter: Any, graph: TfGraph, ctx: PassContext) -> list[Any]:

@@ -52,8 +52,6 @@ def _version() -> str:
 class TfliteFloat16Weights(_Quantize):
     """float16 weights of every op that has weights, dequantized to float32 at load."""
 
-    name = "tflite-aeq-fp16"
-    produces = Kind.TFLITE_FP16
     method = "float16 weights (ai-edge-quantizer float casting), float32 compute and I/O"
 
     def _recipe(self, q: Any) -> None:
@@ -71,8 +69,6 @@ class TfliteFloat16Weights(_Quantize):
 class TfliteDynamicInt8Weights(_Quantize):
     """int8 weights per channel, activations quantized at run time (dynamic range)."""
 
-    name = "tflite-aeq-dynamic-int8"
-    produces = Kind.TFLITE_DYNAMIC_INT8
     method = "dynamic range: int8 weights per channel (ai-edge-quantizer), activations quantized at run time"
 
     def _recipe(self, q: Any) -> None:
@@ -90,7 +86,6 @@ class TfliteFloat16Mixed(TfliteFloat16Weights):
     ops' weights must stay float32 with LiteRT itself, on the quantized file each choice gives.
     """
 
-    name = "tflite-aeq-fp16-mixed"
     method = "float16 weights except on the ops measured to need float32 (ai-edge-quantizer), float32 compute and I/O"
 
     def _run(self, value: Value, ctx: PassContext) -> Value:

@@ -37,10 +37,6 @@ def _run_export(model: Any, args: tuple[Any, ...], out: Any, ctx: PassContext, d
 class TorchModuleToOnnx(Pass):
     """Export an ``nn.Module`` with its example inputs; the first axis of each input stays dynamic."""
 
-    name = "torch-export-onnx"
-    consumes = Kind.TORCH_MODULE
-    produces = Kind.ONNX
-    modules = ("torch", "onnxscript", "onnx")
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         import torch
@@ -53,10 +49,6 @@ class TorchModuleToOnnx(Pass):
 class TorchProgramToOnnx(Pass):
     """Export a saved ``torch.export`` program (.pt2); its dynamic dimensions carry over."""
 
-    name = "torch-program-onnx"
-    consumes = Kind.TORCH_EXPORT
-    produces = Kind.ONNX
-    modules = ("torch", "onnxscript", "onnx")
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         return _export(value.obj, ctx.example_inputs or (), ctx, None)

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit._files import fsync_dir, write_atomic
 from edgekit.errors import EdgekitError, UpdateError, VerificationError
 from edgekit.ota import rules
-from edgekit.ota.storage import write_atomic
 
 log = logging.getLogger("edgekit.ota")
 Progress = Callable[[str, int, int], None]  # (file, bytes so far, total)
@@ -80,14 +80,6 @@ class SlotState:
     # the downloads the last switch installed: removed after the switch, and again by the next update
     # when a crash came between the switch and their removal
     installed_downloads: list[str] = field(default_factory=list)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Updater:
@@ -229,8 +221,8 @@ class Updater:
         from tuf.api.exceptions import LengthOrHashMismatchError
 
         sha = target.hashes["sha256"]
-        directory, _, base = target.path.rpartition("/")
-        url = f"{self.server}/targets/{directory}/{sha}.{base}"
+        url = f"{self.server}/{rules.target_key(target.path, sha)}"
+        base = target.path.rpartition("/")[2]
         part = self.cache / "downloads" / f"{sha}.part"
         have = part.stat().st_size if part.exists() else 0
         if have > target.length:
@@ -354,12 +346,12 @@ class Updater:
             shutil.copyfile(part, dst)
             with dst.open("rb") as f:
                 os.fsync(f.fileno())
-        _fsync_dir(staging)
+        fsync_dir(staging)
         slot = self._slot(model, release)
         if slot.exists():  # a slot a failed attempt left behind (never the active one)
             shutil.rmtree(slot)
         os.replace(staging, slot)
-        _fsync_dir(slots)
+        fsync_dir(slots)
         return slot
 
     @staticmethod

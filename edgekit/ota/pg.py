@@ -12,17 +12,17 @@ from contextlib import contextmanager
 from typing import Any
 
 from edgekit.errors import MissingDependencyError, UserError
-from edgekit.ota.registry import SCHEMA, SqliteRegistry
+from edgekit.ota.registry import SCHEMA, SqlRegistry
 
 LOCK_KEY = 0x6564_6765_6B69_74  # "edgekit"
 
 
-class PostgresRegistry(SqliteRegistry):
-    """``SqliteRegistry``'s operations on a PostgreSQL database given by URL."""
+class PostgresRegistry(SqlRegistry):
+    """The registry's operations on a PostgreSQL database given by URL."""
 
     begin = "BEGIN"
 
-    def __init__(self, url: str) -> None:  # noqa: D107 - no super().__init__: no file
+    def __init__(self, url: str) -> None:
         try:
             import psycopg  # noqa: F401
         except ImportError as exc:

@@ -81,28 +81,29 @@ def _release(row: Any) -> Release:
     return Release(**data)
 
 
-class SqliteRegistry:
-    """The registry in one SQLite file; ``lock()`` serializes writers across threads and processes."""
+class SqlRegistry:
+    """The registry's operations, in SQL that SQLite and PostgreSQL share. A backend supplies a
+    connection per thread (``_connection``), its placeholder style (``_sql``), the statement that
+    opens a write transaction (``begin``) and the writers' lock (``lock``): see
+    :class:`SqliteRegistry` and :class:`edgekit.ota.pg.PostgresRegistry`."""
 
-    begin = "BEGIN IMMEDIATE"
+    begin = "BEGIN"
+    _local: threading.local  # this thread's connection, as .conn
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._thread_lock = threading.Lock()
-        with self.transaction() as cur:
-            for statement in SCHEMA:
-                cur.execute(statement)
+    def _connection(self) -> Any:
+        raise NotImplementedError
 
-    def _connection(self) -> sqlite3.Connection:
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One writer of the repository at a time."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def close(self) -> None:
         conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-        return conn
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
     def _sql(self, sql: str) -> str:
         return sql
@@ -119,29 +120,11 @@ class SqliteRegistry:
             raise
         cur.execute("COMMIT")
 
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        """One writer of the repository at a time (threads here; processes through a lock file)."""
-        import fcntl
-
-        with self._thread_lock, open(self.path.with_suffix(".lock"), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         """A read outside any write transaction (WAL readers do not block the writer)."""
         cur = self._connection().cursor()
         cur.execute(self._sql(sql), args)
         return list(cur.fetchall())
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
 
     # -- releases ------------------------------------------------------------------------------
 
@@ -280,6 +263,42 @@ class SqliteRegistry:
         rows = self._read("SELECT failed, total FROM halt_baselines WHERE model = ? AND channel = ? AND release = ?",
                           (model, channel, release))
         return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+
+class SqliteRegistry(SqlRegistry):
+    """The registry in one SQLite file; ``lock()`` serializes writers across threads and processes."""
+
+    begin = "BEGIN IMMEDIATE"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._thread_lock = threading.Lock()
+        with self.transaction() as cur:
+            for statement in SCHEMA:
+                cur.execute(statement)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One writer of the repository at a time (threads here; processes through a lock file)."""
+        import fcntl
+
+        with self._thread_lock, open(self.path.with_suffix(".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _sha(token: str) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import OtaRequestError, UserError
+from edgekit.ota import rules
 from edgekit.ota.storage import Storage
 
 ONLINE_ROLES = ("bins", "snapshot", "timestamp")
@@ -219,7 +220,7 @@ class Repository:
                     data, custom = change
                     info = TargetFile.from_data(path, data, ["sha256"])
                     info.unrecognized_fields["custom"] = custom
-                    key = target_key(path, info.hashes["sha256"])
+                    key = rules.target_key(path, info.hashes["sha256"])
                     if self.storage.stat(key) is None:
                         self.storage.put(key, data)
                     role.signed.targets[path] = info
@@ -290,12 +291,6 @@ class Repository:
             self._sign_timestamp(timestamp, snapshot, now)
             return True
         return False
-
-
-def target_key(path: str, sha256: str) -> str:
-    """The storage key of a target file (hash-prefixed name, as consistent snapshots want)."""
-    directory, _, base = path.rpartition("/")
-    return f"targets/{directory}/{sha256}.{base}" if directory else f"targets/{sha256}.{base}"
 
 
 def custom_of(info: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 - The rollout rule: a device is in a release's rollout when the bucket of its id, a number in
   ``[0, 10000)`` from SHA-256 over ``"<seed>:<device id>"``, is below the rule's ``basis_points``
   (5000 = 50%) and the release is not halted. The seed names the release, so each release samples
-  its own share of the fleet. The Kotlin client computes the same (``tests/data/ota-vectors.json``).
+  its own share of the fleet. The Kotlin client computes the same (the shared test vectors: ``tests/kotlin_vectors.py`` writes
+  ``android-demo/ota-client/src/test/resources/vectors.json``).
 - The descriptor: the ``custom`` field of every TUF target edgekit publishes.
 - The channel state: the ``custom`` field of ``MODEL/CHANNEL/channel.json``: the current release,
   its rollout rule, and the stable release devices outside the rollout keep or get.
@@ -19,7 +20,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgekit.errors import OtaRequestError, VerificationError
+from edgekit.errors import InvalidNameError, VerificationError
+from edgekit.formats import FORMATS
 
 DESCRIPTOR_VERSION = 1
 BUCKETS = 10_000
@@ -36,27 +38,27 @@ def check_name(value: str, what: str = "model name") -> str:
     """A model or channel name: 1-64 of a-z 0-9 . _ - starting with a letter or digit (no path tricks).
 
     Raises:
-        OtaRequestError: Anything else, with the rule.
+        InvalidNameError: Anything else, with the rule.
     """
     if not isinstance(value, str) or not NAME.match(value) or ".." in value:
-        raise OtaRequestError(f"{what} {value!r} is not allowed: use 1-64 characters of a-z, 0-9, '.', '_', '-', "
-                              "starting with a letter or digit, and no '..'", status=422)
+        raise InvalidNameError(f"{what} {value!r} is not allowed: use 1-64 characters of a-z, 0-9, '.', '_', '-', "
+                              "starting with a letter or digit, and no '..'")
     return value
 
 
 def check_device_id(value: str) -> str:
     """A device id: 1-128 of A-Z a-z 0-9 . _ : - starting with a letter or digit."""
     if not isinstance(value, str) or not DEVICE_ID.match(value):
-        raise OtaRequestError(f"device id {value!r} is not allowed: use 1-128 characters of A-Z, a-z, 0-9, '.', '_', "
-                              "':', '-', starting with a letter or digit", status=422)
+        raise InvalidNameError(f"device id {value!r} is not allowed: use 1-128 characters of A-Z, a-z, 0-9, '.', '_', "
+                              "':', '-', starting with a letter or digit")
     return value
 
 
 def check_file_name(value: str) -> str:
     """A bundle file name (no directories)."""
     if not isinstance(value, str) or not FILE.match(value) or ".." in value:
-        raise OtaRequestError(f"file name {value!r} is not allowed in a published bundle: plain names only "
-                              "(letters, digits, '.', '_', '-'), no directories", status=422)
+        raise InvalidNameError(f"file name {value!r} is not allowed in a published bundle: plain names only "
+                              "(letters, digits, '.', '_', '-'), no directories")
     return value
 
 
@@ -160,10 +162,14 @@ def descriptor(*, model: str, channel: str, version: str, release: int, file: st
     }
     if artifact is not None:
         out.update(target=artifact["target"], format=artifact["format"], precision=artifact["precision"],
-                   runtime=RUNTIME_OF_FORMAT.get(artifact["format"], artifact["format"]))
+                   runtime=FORMATS[artifact["format"]].device_runtime if artifact["format"] in FORMATS
+                   else artifact["format"])
     return out
 
 
-# What a device needs to run each artifact format (informational: the device checks it can open it).
-RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "ort": "onnxruntime", "tflite": "ai-edge-litert",
-                     "mlpackage": "coreml (macOS)"}
+def target_key(path: str, sha256: str) -> str:
+    """Where a target file lives under the repository's base: its hash-prefixed name, as TUF's
+    consistent snapshots want (``targets/<dir>/<sha256>.<name>``). The service stores it there and
+    the device downloads it from there."""
+    directory, _, base = path.rpartition("/")
+    return f"targets/{directory}/{sha256}.{base}" if directory else f"targets/{sha256}.{base}"

@@ -19,8 +19,8 @@ from typing import Any
 
 from edgekit.errors import BundleError, OtaRequestError
 from edgekit.ota import rules
-from edgekit.ota.registry import Release, SqliteRegistry
-from edgekit.ota.repo import Expiry, Repository, canonical, custom_of, load_signers, target_key
+from edgekit.ota.registry import Release, SqliteRegistry, SqlRegistry
+from edgekit.ota.repo import Expiry, Repository, canonical, custom_of, load_signers
 from edgekit.ota.storage import FileStorage, Storage
 
 log = logging.getLogger("edgekit.ota")
@@ -40,13 +40,13 @@ class HaltPolicy:
 class OtaService:
     """Publishing, rollouts and reports over a registry, a storage and the online signing keys."""
 
-    def __init__(self, storage: Storage, registry: SqliteRegistry, signers: dict[str, Any], *, expiry: Expiry | None = None,
+    def __init__(self, storage: Storage, registry: SqlRegistry, signers: dict[str, Any], *, expiry: Expiry | None = None,
                  halt_policy: HaltPolicy | None = None, events: Callable[[str, dict[str, Any]], None] | None = None):
         self.storage = storage
         self.registry = registry
         self.repo = Repository(storage, signers, expiry)
         self.halt_policy = halt_policy or HaltPolicy()
-        self._events = events or (lambda _name, _fields: None)
+        self._listeners: list[Any] = [events] if events else []
         self._stop = threading.Event()
 
     @classmethod
@@ -56,9 +56,14 @@ class OtaService:
         storage, registry = open_backends(data_dir, registry_url, storage_url)
         return cls(storage, registry, load_signers(keys_dir), **kwargs)
 
+    def subscribe(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call ``listener(name, fields)`` on every service event (published, rollout, halted, report...)."""
+        self._listeners.append(listener)
+
     def event(self, name: str, **fields: Any) -> None:
         log.info("%s", name, extra={"event": name, **fields})
-        self._events(name, fields)
+        for listener in self._listeners:
+            listener(name, fields)
 
     # -- the signed view of the registry ----------------------------------------------------------
 
@@ -141,7 +146,7 @@ class OtaService:
                 data = (bundle.path / f["file"]).read_bytes()
                 info = TargetFile.from_data(rules.target_path(model, channel, number, f["file"]), data, ["sha256"])
                 f["size"], f["sha256"] = info.length, info.hashes["sha256"]
-                key = target_key(info.path, f["sha256"])
+                key = rules.target_key(info.path, f["sha256"])
                 if self.storage.stat(key) is None:
                     self.storage.put(key, data)
             release = Release(model, channel, number, manifest.version, files, basis_points,
@@ -214,8 +219,8 @@ class OtaService:
             number = current.release + 1
             files = [dict(f) for f in old.files]
             for f in files:
-                src = target_key(rules.target_path(model, channel, old.release, f["file"]), f["sha256"])
-                dst = target_key(rules.target_path(model, channel, number, f["file"]), f["sha256"])
+                src = rules.target_key(rules.target_path(model, channel, old.release, f["file"]), f["sha256"])
+                dst = rules.target_key(rules.target_path(model, channel, number, f["file"]), f["sha256"])
                 if self.storage.stat(dst) is None:
                     self.storage.put(dst, self.storage.get(src))
             release = Release(model, channel, number, old.version, files, FULL, stable_release=old.stable_release,
@@ -335,7 +340,7 @@ class OtaService:
 
 
 def open_backends(data_dir: str | Path | None, registry_url: str | None = None,
-                  storage_url: str | None = None) -> tuple[Storage, SqliteRegistry]:
+                  storage_url: str | None = None) -> tuple[Storage, SqlRegistry]:
     """The storage and registry: ``data_dir/files`` and ``data_dir/registry.sqlite3`` by default;
     ``registry_url`` ``postgresql://...`` and ``storage_url`` ``s3://bucket?endpoint=...`` for replicas."""
     if (registry_url is None or storage_url is None) and data_dir is None:
@@ -349,6 +354,7 @@ def open_backends(data_dir: str | Path | None, registry_url: str | None = None,
         storage = S3Storage.from_url(storage_url)
     else:
         raise OtaRequestError(f"--storage {storage_url!r}: use s3://BUCKET?endpoint=URL (or leave it out for files)")
+    registry: SqlRegistry
     if registry_url is None:
         registry = SqliteRegistry(data / "registry.sqlite3")
     elif registry_url.startswith(("postgresql://", "postgres://")):
@@ -377,7 +383,7 @@ def _stable_after(latest: Release | None) -> int | None:
 
 def _same_files(published: list[dict[str, Any]], folder: Path, files: list[dict[str, Any]]) -> bool:
     """Whether ``folder``'s ``files`` are, name for name and byte for byte, a release's ``published`` files."""
-    from edgekit.bundle import hash_path
+    from edgekit._files import hash_path
 
     if sorted(f["file"] for f in published) != sorted(f["file"] for f in files):
         return False

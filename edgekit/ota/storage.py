@@ -9,14 +9,13 @@ is atomic: a reader sees the old bytes or the new, never a part.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from edgekit.bundle import hash_path
-from edgekit.errors import OtaRequestError
+from edgekit._files import hash_path, write_atomic
+from edgekit.errors import NotFoundError
 
 
 @dataclass(frozen=True)
@@ -27,38 +26,15 @@ class Stat:
     etag: str
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` so a reader, or a crash, sees the old bytes or the new, never a part:
-    a temporary file in the same folder, fsynced, renamed over ``path``, the folder fsynced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def check_key(key: str) -> str:
     """A storage key: a relative POSIX path without '.', '..' or empty parts.
 
     Raises:
-        OtaRequestError: A path traversal or an absolute path (HTTP 404: the object cannot exist).
+        NotFoundError: A path traversal or an absolute path (the object cannot exist).
     """
     parts = PurePosixPath(key).parts
     if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts) or "//" in key:
-        raise OtaRequestError(f"no such file: {key!r}", status=404)
+        raise NotFoundError(f"no such file: {key!r}")
     return key
 
 

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import http.client
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 
-from edgekit.errors import AuthError, OtaRequestError, UpdateError
+from edgekit.cli._app import _wrapped, app
+from edgekit.errors import AuthError, OtaRequestError
+from edgekit.ota.operator import bundle_tar, call, retrying
 
 ota_app = typer.Typer(help="OTA keys, repository, tokens and rollouts (the service itself: edgekit serve).",
                       no_args_is_help=True)
 TOKEN_ENV = "EDGEKIT_OTA_TOKEN"
+
 
 Server = Annotated[str, typer.Option("--server", help="The OTA service's URL, e.g. http://127.0.0.1:8080")]
 Model = Annotated[str, typer.Option("--model", help="Model name")]
@@ -36,56 +35,6 @@ def _token(token: str | None) -> str:
         raise AuthError(f"this command needs an API token: pass --token or set {TOKEN_ENV} "
                         "(create one with `edgekit ota token`)")
     return token
-
-
-def call(server: str, method: str, path: str, *, token: str | None = None, body: Any = None,
-         data: bytes | None = None, content_type: str = "application/json", timeout: float = 300) -> Any:
-    """One request to the service; its JSON answer. HTTP errors become OtaRequestError with the server's message.
-
-    A server may answer (401, 413, 422) before it has read a large upload and close the connection;
-    the answer is read even when sending the rest of the body fails.
-    """
-    headers = {"Content-Type": content_type}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    if body is not None:
-        data = json.dumps(body).encode()
-    url = urlsplit(server.rstrip("/") + path)
-    conn_class = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    conn = conn_class(url.hostname or "127.0.0.1", url.port, timeout=timeout)
-    target = url.path + (f"?{url.query}" if url.query else "")
-    try:
-        try:
-            conn.request(method, target, body=data, headers=headers)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server answered early; its answer is still there to read
-        response = conn.getresponse()
-        payload = response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise UpdateError(f"cannot reach the OTA service at {server} ({exc}); is `edgekit serve` running?") from exc
-    finally:
-        conn.close()
-    if response.status >= 400:
-        try:
-            message = json.loads(payload).get("error") or response.reason
-        except (ValueError, AttributeError):
-            message = response.reason
-        cls = AuthError if response.status in (401, 403) else OtaRequestError
-        raise cls(f"the server refused {method} {path}: HTTP {response.status}: {message}", status=response.status)
-    return json.loads(payload or b"null")
-
-
-def bundle_tar(bundle: Path) -> bytes:
-    """The bundle directory's files as one flat tar (what the publish endpoint takes)."""
-    from edgekit.bundle import read_bundle
-
-    read_bundle(bundle)  # refuse a damaged bundle before uploading it
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for path in sorted(bundle.iterdir()):
-            if path.is_file():
-                tar.add(path, arcname=path.name)
-    return out.getvalue()
 
 
 def _echo(result: Any, as_json: bool, line: str) -> None:
@@ -225,7 +174,7 @@ def serve(
         "event": "serving", "url": f"http://{host}:{port}", "workers": workers,
         "registry": "postgresql" if registry else "sqlite", "storage": "s3" if storage else "files"})
     uvicorn.run("edgekit.ota.server:app_from_env", factory=True, host=host, port=port, workers=max(1, workers),
-                http="edgekit.ota.server:GuardedHttpProtocol",  # header and body deadlines (server.Limits)
+                http="edgekit.ota.guards:GuardedHttpProtocol",  # header and body deadlines (guards.Limits)
                 log_level="warning", access_log=False)  # events are logged as JSON lines; per-request lines cost
 
 
@@ -242,32 +191,10 @@ def publish(
     check_name(channel, "channel name")
     data = bundle_tar(bundle)
     path = f"/v1/models/{model}/channels/{channel}/releases?basis_points={round(percent * 100)}"
-    r = _retrying(lambda: call(server, "POST", path, token=_token(token), data=data, content_type="application/x-tar"))
+    r = retrying(lambda: call(server, "POST", path, token=_token(token), data=data, content_type="application/x-tar"))
     done = f"{bundle} is already" if r.get("already_published") else f"published {bundle} as"
     _echo(r, json_, f"{done} {model}/{channel} release {r['release']} (version {r['version']}), "
                     f"{r['basis_points'] / 100:g}% of devices")
-
-
-def _retrying(request: Any, patience_s: float = 30.0) -> Any:
-    """``request()`` again while the service cannot be reached, for up to ``patience_s`` (a restart).
-
-    Safe for publishing: the same files published again answer with the release already made, so a
-    retry after a lost answer never makes a second release.
-    """
-    import sys
-    import time
-
-    deadline = time.monotonic() + patience_s
-    wait = 0.5
-    while True:
-        try:
-            return request()
-        except UpdateError as exc:
-            if time.monotonic() + wait > deadline:
-                raise
-            print(f"{exc}; trying again in {wait:g} s", file=sys.stderr)
-            time.sleep(wait)
-            wait = min(wait * 2, 8.0)
 
 
 def pull(
@@ -295,3 +222,14 @@ def pull(
     _echo(payload, json_, line)
     if result.status == "failed":
         raise typer.Exit(1)
+
+
+def _register() -> None:
+    for registered in ota_app.registered_commands:
+        registered.callback = _wrapped(registered.callback)
+    app.add_typer(ota_app, name="ota")
+    for fn in (serve, publish, pull):
+        app.command(fn.__name__)(_wrapped(fn))
+
+
+_register()
