@@ -84,6 +84,9 @@ def _bomb(size: int) -> bytes:
         class Zeros(io.RawIOBase):
             left = size
 
+            def readable(self) -> bool:
+                return True
+
             def readinto(self, b: Any) -> int:
                 n = min(len(b), self.left)
                 b[:n] = bytes(n)
