@@ -97,19 +97,9 @@ def _bomb(size: int) -> bytes:
     return out.getvalue()
 
 
-def _members(count: int) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for i in range(count):
-            info = tarfile.TarInfo(f"f{i}.bin")
-            info.size = 1
-            tar.addfile(info, io.BytesIO(b"x"))
-    return out.getvalue()
-
-
 def attack() -> dict[str, Any]:
     from edgekit.ota.repo import generate_keys
-    from tests.ota_helpers import LiveServer, SlowClients
+    from tests.ota_helpers import LiveServer, SlowClients, tar_of_members
 
     work = Path(tempfile.mkdtemp(prefix="edgekit-bench-attack-"))
     generate_keys(work / "keys")
@@ -118,7 +108,7 @@ def attack() -> dict[str, Any]:
     token = live.token("publish")
     publish = "/v1/models/digits/channels/stable/releases"
     check = b"GET /metadata/timestamp.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    bomb, members = _bomb(1 << 30), _members(100_000)
+    bomb, members = _bomb(1 << 30), tar_of_members(100_000)
 
     def latencies(seconds: float) -> list[float]:
         out, end = [], time.perf_counter() + seconds

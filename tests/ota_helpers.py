@@ -188,3 +188,17 @@ class SlowClients:
                 pass
             s.close()
         return closed
+
+
+def tar_of_members(count: int) -> bytes:
+    """A tar of ``count`` one-byte files (what a member-count cap must refuse)."""
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for i in range(count):
+            info = tarfile.TarInfo(f"f{i}.bin")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    return out.getvalue()

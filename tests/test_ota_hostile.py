@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.ota.server import Limits
-from tests.ota_helpers import LiveServer, SlowClients
+from tests.ota_helpers import LiveServer, SlowClients, tar_of_members
 
 pytest.importorskip("fastapi")
 
@@ -96,16 +96,6 @@ def _bomb(size: int) -> bytes:
     return out.getvalue()
 
 
-def _many_members(count: int) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for i in range(count):
-            info = tarfile.TarInfo(f"f{i}.bin")
-            info.size = 1
-            tar.addfile(info, io.BytesIO(b"x"))
-    return out.getvalue()
-
-
 def test_a_bomb_an_oversized_upload_and_slow_connections_are_refused_while_devices_are_served(guarded: LiveServer,
                                                                                             tmp_path: Path) -> None:
     token = guarded.token("publish")
@@ -129,7 +119,7 @@ def test_a_bomb_an_oversized_upload_and_slow_connections_are_refused_while_devic
 
     def attack() -> None:
         statuses["bomb"] = _status(guarded.url, _post(publish, _bomb(64 << 20), token, "application/gzip"), timeout=60)
-        statuses["members"] = _status(guarded.url, _post(publish, _many_members(65), token, "application/x-tar"))
+        statuses["members"] = _status(guarded.url, _post(publish, tar_of_members(65), token, "application/x-tar"))
         statuses["announced 2 GiB"] = _status(guarded.url, f"POST {publish} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
                                               f"{token}\r\nContent-Length: {2 << 30}\r\n\r\n".encode())
 
