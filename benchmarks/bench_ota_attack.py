@@ -20,6 +20,7 @@ import argparse
 import io
 import json
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -140,6 +141,7 @@ def attack() -> dict[str, Any]:
     time.sleep(max(0.0, 12.0 - 8.0))
     closed = clients.closed_by_server()
     live.stop()
+    shutil.rmtree(work, ignore_errors=True)
     result = {"check_ms_before": {"p50": pct(before, 0.5), "p99": pct(before, 0.99), "n": len(before)},
               "check_ms_during": {"p50": pct(during, 0.5), "p99": pct(during, 0.99), "max": pct(during, 1.0),
                                   "n": len(during)},
