@@ -5,6 +5,7 @@ Importing this package loads no framework; each pass imports what it needs when 
 
 from __future__ import annotations
 
+from edgekit.converters.options import Budget, ConvertOptions
 from edgekit.converters.pipeline import ConversionResult, convert
 from edgekit.converters.planner import plan, reachable_kinds, resolve_targets
 from edgekit.converters.registry import PASSES, TARGETS, Kind, TargetInfo
@@ -12,7 +13,9 @@ from edgekit.converters.registry import PASSES, TARGETS, Kind, TargetInfo
 __all__ = [
     "PASSES",
     "TARGETS",
+    "Budget",
     "ConversionResult",
+    "ConvertOptions",
     "Kind",
     "TargetInfo",
     "convert",

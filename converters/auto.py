@@ -4,17 +4,19 @@ Every candidate precision of a family is built and validated; the smallest one w
 budget wins, and an integer candidate also has to be no slower on this host than the next larger
 one (unless size alone matters). The manifest keeps every candidate's size, accuracy and latency and
 the reason for the choice, so the decision can be audited later.
+
+The budget is part of the conversion's options (:class:`edgekit.converters.options.Budget`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit.bundle import Artifact, Selection
-from edgekit.errors import UnknownTargetError, UserError, did_you_mean
+from edgekit.converters.options import Budget
+from edgekit.errors import UnknownTargetError, did_you_mean
 
 # Candidates per family, smallest expected size first.
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -26,37 +28,14 @@ AUTO_TARGETS: dict[str, tuple[str, ...]] = {
     "onnx-web-auto": ("onnx-web",), "tflite-auto": ("tflite",), "coreml-auto": ("coreml",),
     "all-auto": ("onnx-web", "tflite", "coreml"),
 }
+__all__ = ["AUTO_TARGETS", "CANDIDATES", "Budget", "discard", "expand", "select"]
+
 INTEGER_PRECISIONS = ("int8", "dynamic-int8", "int16x8")  # kept only when not slower than the next larger
 # An integer candidate counts as slower only beyond timing noise: 10% and 0.02 ms (two clock-level
 # jitters on a 15 us model would otherwise flip the choice from run to run).
 SLOWER_RATIO = 1.10
 SLOWER_MS = 0.02
 LATENCY_RUNS = 30
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What a candidate must keep: top-1 accuracy (points, with labels), agreement, or output error."""
-
-    max_accuracy_drop: float | None = None  # points of top-1 accuracy against the source (labels needed)
-    min_agreement: float | None = None  # top-1 agreement with the source (class-score outputs)
-    max_error: float | None = None  # max relative output error (regression outputs)
-    optimize: str = "balanced"  # "size": skip the latency check
-
-    def __post_init__(self) -> None:
-        """Refuse budgets outside their range before any work (UserError)."""
-        checks = (("--max-accuracy-drop", self.max_accuracy_drop, 0.0, 100.0, "points of top-1 accuracy, 0 to 100"),
-                  ("--min-agreement", self.min_agreement, 0.0, 1.0, "a share of samples, 0 to 1"),
-                  ("--max-error", self.max_error, 0.0, float("inf"), "a relative error above 0"))
-        for flag, value, low, high, meaning in checks:
-            if value is not None and not (low <= value <= high and (flag != "--max-error" or value > 0)):
-                raise UserError(f"{flag} {value:g} is out of range: it is {meaning}")
-        if self.optimize not in ("balanced", "size"):
-            raise UserError(f"--optimize must be balanced or size, not {self.optimize!r}")
-
-    def describe(self) -> dict[str, Any]:
-        """The budget as recorded in the manifest (only what was set)."""
-        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 def expand(targets: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -104,8 +104,7 @@ class Job:
 
     model: str
     targets: list[str]
-    via: list[str]
-    options: dict[str, Any]
+    options: dict[str, Any]  # ConvertOptions.to_dict()
     accept_parity_failure: list[str]  # targets whose parity failure is recorded instead of raised
     measure_latency: list[str]  # auto candidates: time them where they will run (inside the worker)
     staging: str
@@ -265,7 +264,8 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
     from edgekit._console import captured_output
     from edgekit.converters import artifacts
     from edgekit.converters.calibration import Samples
-    from edgekit.converters.passes import Options, PassContext
+    from edgekit.converters.options import ConvertOptions
+    from edgekit.converters.passes import PassContext
     from edgekit.converters.planner import ordered_routes, plan, resolve_targets, usable_passes
     from edgekit.converters.sources import load_source, with_computed_outputs, with_output_kinds
 
@@ -290,12 +290,12 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
         source = load_source(job.model, None)
     source = with_computed_outputs(source, reference, single=job.single, stacked=job.stacked)
     source = with_output_kinds(source, reference, job.output_kinds)
-    passes = usable_passes(tuple(job.via))
+    options = ConvertOptions.from_dict(job.options)
+    passes = usable_passes(options.via)
     infos = {t.id: t for t in resolve_targets(job.targets)}
     ctx = PassContext(run_dir / "scratch", source.inputs, source.outputs, samples.inputs,
                       has_calibration=job.has_calibration, example_inputs=source.example_inputs,
-                      options=Options(**{**job.options, "input_shapes": {k: tuple(v) for k, v in
-                                                                         job.options.get("input_shapes", {}).items()}}),
+                      options=options,
                       quantized_source=bool(source.info.extra.get("quantized")), reference=reference)
     cache = artifacts.RouteCache(source)
     results = run_dir / RESULTS

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +29,8 @@ from edgekit.converters.artifacts import (
 )
 from edgekit.converters.calibration import Samples, generate_samples, load_calibration
 from edgekit.converters.isolation import Outcome, contains_tempfiles
-from edgekit.converters.passes import Options, PassContext
+from edgekit.converters.options import Budget, ConvertOptions
+from edgekit.converters.passes import PassContext
 from edgekit.converters.planner import ordered_routes, plan, resolve_targets, usable_passes
 from edgekit.converters.registry import TARGETS, TargetInfo
 from edgekit.converters.sources import Source, load_source, with_computed_outputs, with_output_kinds
@@ -64,24 +64,10 @@ def convert(
     targets: Sequence[str],
     *,
     out: str | Path,
-    calibration: str | Path | None = None,
+    options: ConvertOptions | None = None,
     example_inputs: tuple[Any, ...] | None = None,
-    name: str | None = None,
-    version: str = "0.1.0",
-    labels_key: str = "y",
-    overwrite: bool = False,
-    accept_parity_failure: bool = False,
-    keep_partial: bool = False,
-    int8_io: bool = False,
-    allow_flex: bool = False,
-    min_ios: int = 16,
-    via: Sequence[str] = (),
-    budget: auto.Budget | None = None,
-    report: bool = True,
     progress: Progress | None = None,
-    isolate: bool | None = None,
-    input_shapes: dict[str, tuple[int, ...]] | None = None,
-    output_kinds: dict[str, str] | None = None,
+    **choices: Any,
 ) -> ConversionResult:
     """Convert ``model`` to each target, validate every artifact and write one bundle to ``out``.
 
@@ -89,44 +75,28 @@ def convert(
         model: A model file path (.onnx, .pt2, .keras) or a torch.nn.Module / keras.Model object.
         targets: Target ids, for example ``["onnx-web", "onnx-web-int8"]``.
         out: The bundle directory to create; it is written atomically.
-        calibration: A ``.npz`` of input samples (and optional labels) for calibration and parity.
+        options: How to convert (:class:`~edgekit.converters.options.ConvertOptions`: calibration data,
+            name and version, budgets, Core ML's minimum iOS, ...); the defaults when omitted.
         example_inputs: Example tensors, required for a torch.nn.Module.
-        name: The bundle's model name (default: the model file's stem or class name).
-        version: The bundle's version string.
-        labels_key: The array of ``calibration`` holding labels (unless an input has that name).
-        overwrite: Replace ``out`` if it exists.
-        accept_parity_failure: Keep artifacts that drift beyond tolerance (recorded as accepted).
-        keep_partial: When some targets fail, return normally: the bundle holds the others either way.
-        int8_io: Give ``tflite-int8`` int8 inputs and outputs (scale and zero point go in the manifest).
-        allow_flex: Accept TFLite models that need TensorFlow Select (Flex) ops (listed in the manifest).
-        min_ios: Core ML targets' minimum deployment target (iOS 15 to 18; recorded in the manifest).
-        via: Alternative routes to prefer where they reach a target, for example ``["litert-torch"]``.
-        report: Write ``report.html`` (the table, the choices and plots, latency from a short run of each
-            artifact on this host) into the bundle once it is written.
-        budget: For ``-auto`` targets: what the chosen precision must keep (default: at most 1 point of
-            top-1 accuracy with labels, else top-1 agreement 0.99, else relative error 0.05).
         progress: Called with a short message at each step.
-        input_shapes: Fixed shapes for inputs with dynamic dimensions, by input name, for converters that
-            need static shapes (onnx2tf); recorded in the artifacts' inputs.
-        output_kinds: How parity judges an output, by name: ``embedding`` (cosine similarity),
-            ``scores`` (top-1 agreement), ``map`` (error bound) or ``exact``; the others are inferred
-            (see :data:`edgekit.parity.OUTPUT_KINDS`). Recorded in the manifest's outputs.
-        isolate: Convert each target family in a worker process, so that a converter's crash fails only
-            its target (default: for model files; objects are converted in this process).
+        **choices: Fields of :class:`~edgekit.converters.options.ConvertOptions` by name, replacing those of
+            ``options``: ``convert(m, ["tflite"], out=o, calibration="cal.npz", min_ios=17)``.
 
     Raises:
         PartialConversionError: Some targets failed and ``keep_partial`` is false; the bundle was
             written with the targets that succeeded and records the failures (``.result``).
         UserError: Any other problem the user can fix (bad model or calibration, unknown target, no
             route, missing extra, every target failing); nothing is written then.
+        TypeError: A keyword that is not an option.
     """
+    opts = ConvertOptions.from_choices(options, **choices)
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     plain, auto_families = auto.expand(list(targets))
     infos = resolve_targets(plain)
     candidates = {c for f in auto_families for c in auto.CANDIDATES[f]} - {t for t in targets if not t.endswith("-auto")}
-    passes = usable_passes(tuple(via))
-    BundleWriter(out, overwrite=overwrite)  # raises OutputExistsError before any work
+    passes = usable_passes(opts.via)
+    BundleWriter(out, overwrite=opts.overwrite)  # raises OutputExistsError before any work
     say("loading the source model")
     with captured_output():  # frameworks print banners on import; errors still raise
         source = load_source(model, example_inputs)
@@ -136,29 +106,28 @@ def convert(
             for step in route:
                 for module in step.modules:
                     require(module, purpose=f"run the {step.name} conversion pass")
-    samples = (load_calibration(calibration, source.inputs, labels_key=labels_key)
-               if calibration is not None else generate_samples(source.inputs))
+    samples = (load_calibration(opts.calibration, source.inputs, labels_key=opts.labels_key)
+               if opts.calibration is not None else generate_samples(source.inputs))
+    budget = opts.budget
     if budget is not None and not auto_families:
         raise UserError("the budget flags (--max-accuracy-drop, --min-agreement, --max-error, --optimize) choose "
                         "among -auto targets' candidates; add an -auto target, e.g. --target onnx-web-auto")
     if budget is not None and budget.max_accuracy_drop is not None and samples.labels is None:
         raise UserError(f"--max-accuracy-drop measures top-1 accuracy against labels, and the calibration data has "
-                        f"none; store integer labels as '{labels_key}' in the .npz, or use --min-agreement instead")
+                        f"none; store integer labels as '{opts.labels_key}' in the .npz, or use --min-agreement instead")
     say(f"running the source model on {samples.count} samples")
     reference = run_batched(source.run, samples.inputs, source.inputs)
     source = with_computed_outputs(source, reference, single=samples.single, stacked=samples.stacked)
-    source = with_output_kinds(source, reference, output_kinds)
+    source = with_output_kinds(source, reference, opts.output_kinds)
 
-    with tempfile.TemporaryDirectory(prefix="edgekit-") as tmp, BundleWriter(out, overwrite=overwrite) as writer:
-        options = Options(int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios,
-                          input_shapes=_checked_shapes(input_shapes or {}, source))
-        accept = {t.id for t in infos if accept_parity_failure or t.id in candidates}
+    with tempfile.TemporaryDirectory(prefix="edgekit-") as tmp, BundleWriter(out, overwrite=opts.overwrite) as writer:
+        _check_shapes(opts.input_shapes, source)
+        accept = {t.id for t in infos if opts.accept_parity_failure or t.id in candidates}
         measure = {t for t in candidates}
-        if isolate is None:
-            isolate = isinstance(model, (str, Path))
-        outcomes = (_build_isolated(model, infos, via, options, accept, measure, Path(tmp), writer.staging, samples,
+        isolate = opts.isolate if opts.isolate is not None else isinstance(model, (str, Path))
+        outcomes = (_build_isolated(model, infos, opts, accept, measure, Path(tmp), writer.staging, samples,
                                     reference, say, {o.name: o.kind for o in source.outputs if o.kind}) if isolate else
-                    _build_in_process(infos, routes, options, accept, measure, Path(tmp), writer.staging, source,
+                    _build_in_process(infos, routes, opts, accept, measure, Path(tmp), writer.staging, source,
                                       samples, reference, say))
         artifacts: list[Artifact] = []
         failures: list[tuple[Failure, UserError]] = []
@@ -186,10 +155,7 @@ def convert(
         selections = []
         if auto_families:
             has_labels = samples.labels is not None
-            chosen_budget = budget or auto.Budget()
-            if chosen_budget.max_accuracy_drop is None and chosen_budget.min_agreement is None and \
-                    chosen_budget.max_error is None and has_labels:  # the default budget: 1 point of top-1
-                chosen_budget = replace(chosen_budget, max_accuracy_drop=1.0)
+            chosen_budget = (budget or Budget()).for_samples(has_labels)
             keep = {a.target for a in artifacts if a.target not in candidates}
             for family in auto_families:
                 say(f"{family}-auto: choosing among {len(auto.CANDIDATES[family])} candidates")
@@ -207,8 +173,8 @@ def convert(
                 raise failures[-1][1]
         reference_info = _write_reference(writer.staging, samples, reference, source)
         manifest = Manifest(
-            name=name or _default_name(model, source),
-            version=version,
+            name=opts.name or _default_name(model, source),
+            version=opts.version,
             created_by=f"edgekit {__version__}",
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             source=source.info,
@@ -222,14 +188,14 @@ def convert(
         )
         say("writing the bundle")
         bundle = writer.commit(manifest)
-    if report:
+    if opts.report:
         from edgekit.report import write_report
         from edgekit.runtimes.bench import report_latency
 
         say("timing each artifact on this host for report.html")
         write_report(bundle.path, latency=report_latency(bundle.path, runs=REPORT_RUNS, warmup=3))
     result = ConversionResult(bundle, tuple(f for f, _ in failures), time.perf_counter() - started)
-    if failures and not keep_partial:
+    if failures and not opts.keep_partial:
         done = ", ".join(a.target for a in artifacts)
         raise PartialConversionError(
             f"{len(failures)} of {len(infos)} targets failed ("
@@ -239,7 +205,7 @@ def convert(
     return result
 
 
-def _checked_shapes(shapes: dict[str, tuple[int, ...]], source: Source) -> dict[str, tuple[int, ...]]:
+def _check_shapes(shapes: Mapping[str, tuple[int, ...]], source: Source) -> None:
     """``input_shapes`` checked against the source's inputs: known names, same rank, fixed dims kept.
 
     Raises:
@@ -257,7 +223,6 @@ def _checked_shapes(shapes: dict[str, tuple[int, ...]], source: Source) -> dict[
                                                for d, v in zip(spec.shape, dims, strict=True)):
             raise CalibrationError(f"--input-shape {name}:{','.join(map(str, dims))} does not fit the input's shape "
                                    f"{list(spec.shape)}: give one size per dimension, keeping the fixed ones")
-    return dict(shapes)
 
 
 def _default_name(model: Any, source: Source) -> str:
@@ -266,7 +231,7 @@ def _default_name(model: Any, source: Source) -> str:
     return cleaned or source.kind.replace(".", "-")
 
 
-def _build_isolated(model: Any, infos: list[TargetInfo], via: Sequence[str], options: Options, accept: set[str],
+def _build_isolated(model: Any, infos: list[TargetInfo], options: ConvertOptions, accept: set[str],
                     measure: set[str], tmp: Path, staging: Path, samples: Samples, reference: dict[str, np.ndarray],
                     say: Progress, kinds: dict[str, str]) -> list[Outcome]:
     """Each target family in worker processes (converters/isolation.py): a crash fails one target."""
@@ -277,7 +242,7 @@ def _build_isolated(model: Any, infos: list[TargetInfo], via: Sequence[str], opt
         families.setdefault(t.family, []).append(t.id)
     outcomes: dict[str, Outcome] = {}
     for family, ids in families.items():
-        job = Job(model=str(Path(model).resolve()), targets=_fp32_first(ids), via=list(via), options=dataclasses.asdict(options),
+        job = Job(model=str(Path(model).resolve()), targets=_fp32_first(ids), options=options.to_dict(),
                   accept_parity_failure=sorted(accept & set(ids)), measure_latency=sorted(measure & set(ids)),
                   staging=str(staging), has_calibration=samples.info is not None, single=samples.single,
                   stacked=samples.stacked, output_kinds=kinds)
@@ -286,7 +251,7 @@ def _build_isolated(model: Any, infos: list[TargetInfo], via: Sequence[str], opt
     return [outcomes[t.id] for t in infos]
 
 
-def _build_in_process(infos: list[TargetInfo], routes: dict[str, list[Any]], options: Options, accept: set[str],
+def _build_in_process(infos: list[TargetInfo], routes: dict[str, list[Any]], options: ConvertOptions, accept: set[str],
                       measure: set[str], tmp: Path, staging: Path, source: Source, samples: Samples,
                       reference: dict[str, np.ndarray], say: Progress) -> list[Outcome]:
     """Every target in this process (model objects, which a worker cannot load again)."""
@@ -325,18 +290,6 @@ def _as_user_error(outcome: Outcome) -> UserError:
     return ConversionError(outcome.error or "")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def _write_reference(staging: Path, samples: Samples, reference: dict[str, np.ndarray],
                      source: Source) -> ReferenceInfo:
     """Write the first few samples and the source's outputs on them as ``reference.npz``."""
@@ -351,20 +304,6 @@ def _write_reference(staging: Path, samples: Samples, reference: dict[str, np.nd
     return ReferenceInfo(file=REFERENCE_NAME, sha256=digest, size_bytes=size, n_samples=subset.count)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def _latency_probe() -> Callable[[Artifact], tuple[float, str] | None]:
     """The latency figure each candidate got while it was converted (:func:`with_latency`), if any."""
 
@@ -373,8 +312,6 @@ def _latency_probe() -> Callable[[Artifact], tuple[float, str] | None]:
         return (float(figure["p50_ms"]), str(figure["runtime"])) if figure else None
 
     return probe
-
-
 
 
 def _with_size_ratios(artifacts: list[Artifact]) -> list[Artifact]:

@@ -24,13 +24,14 @@ if (_checkout / "pyproject.toml").is_file() and (_checkout / "converters" / "__i
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from edgekit.converters import convert
+    from edgekit.converters import ConvertOptions, convert
 
-_LAZY = {"convert": "edgekit.converters"}
+_LAZY = {"convert": "edgekit.converters", "ConvertOptions": "edgekit.converters"}
 
 __all__ = [
     "Artifact",
     "Bundle",
+    "ConvertOptions",
     "EdgekitError",
     "Manifest",
     "TensorSpec",

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgekit._deps import require
 from edgekit.bundle import TensorSpec
+from edgekit.converters.options import ConvertOptions
 from edgekit.converters.registry import PassInfo
 from edgekit.errors import ConversionError, EdgekitError, InternalError
 
@@ -56,16 +57,6 @@ def carried_notes(earlier: dict[str, Any], notes: dict[str, Any]) -> dict[str, A
 
 
 @dataclass(frozen=True)
-class Options:
-    """Conversion choices that passes read; each has a CLI flag of the same name."""
-
-    int8_io: bool = False  # tflite-int8: int8 inputs and outputs instead of float
-    allow_flex: bool = False  # TFLite: accept TensorFlow Select (Flex) ops when builtins do not suffice
-    min_ios: int = 16  # Core ML: the minimum_deployment_target (iOS 16 and up: ML Programs with fp16 I/O ops)
-    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --input-shape NAME:D0,D1,...
-
-
-@dataclass(frozen=True)
 class PassContext:
     """What every pass may read: a scratch directory, the model's I/O and the calibration samples."""
 
@@ -75,7 +66,7 @@ class PassContext:
     samples: dict[str, np.ndarray]  # the validation/calibration inputs, one batch
     has_calibration: bool
     example_inputs: tuple[Any, ...] | None = None
-    options: Options = field(default_factory=Options)
+    options: ConvertOptions = field(default_factory=ConvertOptions)  # --int8-io, --allow-flex, --min-ios, ...
     quantized_source: bool = False  # the source is already int8: its artifacts are held to the int8 tolerance
     reference: dict[str, np.ndarray] | None = None  # the source's outputs on ``samples``
 

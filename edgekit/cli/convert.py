@@ -109,23 +109,18 @@ def convert(
     _setup_logging(verbose)
     with _handled():
         from edgekit.converters import convert as run_convert
-        from edgekit.converters.auto import Budget
+        from edgekit.converters.options import ConvertOptions
         from edgekit.errors import PartialConversionError
 
-        budget = None
-        if max_accuracy_drop is not None or min_agreement is not None or max_error is not None or optimize != "balanced":
-            budget = Budget(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_error=max_error,
-                            optimize=optimize)
-
+        options = ConvertOptions.from_flags(
+            calibration=calibration, name=name, version=version, labels_key=labels_key, overwrite=overwrite,
+            accept_parity_failure=accept_parity_failure, keep_partial=keep_partial, int8_io=int8_io,
+            allow_flex=allow_flex, min_ios=min_ios, via=tuple(via or ()), report=write_report, isolate=isolate,
+            max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_error=max_error, optimize=optimize,
+            input_shape=input_shape or (), output_kind=output_kind or ())
         try:
             with LiveProgress() as say:  # drawn on a terminal unless -q
-                result = run_convert(
-                    model, target, out=out, calibration=calibration, name=name, version=version, labels_key=labels_key,
-                    overwrite=overwrite, accept_parity_failure=accept_parity_failure, keep_partial=keep_partial,
-                    int8_io=int8_io, allow_flex=allow_flex, min_ios=min_ios, via=tuple(via or ()), budget=budget,
-                    report=write_report, input_shapes=_input_shapes(input_shape or []), isolate=isolate,
-                    output_kinds=_output_kinds(output_kind or []), progress=say,
-                )
+                result = run_convert(model, target, out=out, options=options, progress=say)
         except PartialConversionError as partial:
             written: Any = partial.result
             _report(written, json_)
@@ -133,36 +128,6 @@ def convert(
                  "(pass --keep-partial to exit 0 in this case)")
             raise typer.Exit(partial.exit_code) from None
         _report(result, json_)
-
-
-def _input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
-    """Parse ``--input-shape NAME:D0,D1,...`` flags."""
-    from edgekit.errors import UserError
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    for spec in specs:
-        name, sep, dims = spec.rpartition(":")
-        try:
-            values = tuple(int(d) for d in dims.split(","))
-        except ValueError:
-            values = ()
-        if not sep or not name or not values or any(v < 1 for v in values):
-            raise UserError(f"--input-shape {spec!r}: write NAME:D0,D1,... with positive sizes, e.g. input_ids:1,128")
-        shapes[name] = values
-    return shapes
-
-
-def _output_kinds(specs: list[str]) -> dict[str, str]:
-    """Parse ``--output-kind NAME=KIND`` flags (the kinds are checked against the model later)."""
-    from edgekit.errors import UserError
-
-    kinds: dict[str, str] = {}
-    for spec in specs:
-        name, sep, kind = spec.rpartition("=")
-        if not sep or not name or not kind:
-            raise UserError(f"--output-kind {spec!r}: write NAME=KIND, e.g. sentence_embedding=embedding")
-        kinds[name] = kind
-    return kinds
 
 
 def _explain(manifest: Any) -> None:
