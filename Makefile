@@ -17,7 +17,7 @@ $(VENV)/.demo-installed: pyproject.toml constraints.txt | $(BIN)/python
 
 # The strict editable install links each module into build/__editable__* (what mypy reads); the
 # package folders are prerequisites so that adding or removing a module re-links the tree.
-PKG_DIRS := edgekit edgekit/schemas edgekit/ota edgekit/cli converters converters/passes converters/mil runtimes web web/src web/demo
+PKG_DIRS := edgekit edgekit/schemas edgekit/ota edgekit/ota/device edgekit/ota/service edgekit/cli converters converters/passes converters/mil runtimes web web/src web/demo
 $(VENV)/.test-installed: pyproject.toml constraints.txt $(PKG_DIRS) | $(BIN)/python
 	$(PIP) -e '.[all,dev]' --config-settings editable_mode=strict
 	touch $@ $(VENV)/.demo-installed

@@ -106,8 +106,8 @@ def main() -> None:
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx")
-    from edgekit.ota.repo import Repository, generate_keys
-    from edgekit.ota.service import OtaService
+    from edgekit.ota.service.core import OtaService
+    from edgekit.ota.service.repository import Repository, generate_keys
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:

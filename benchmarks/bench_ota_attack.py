@@ -99,7 +99,7 @@ def _bomb(size: int) -> bytes:
 
 
 def attack() -> dict[str, Any]:
-    from edgekit.ota.repo import generate_keys
+    from edgekit.ota.service.repository import generate_keys
     from tests.ota_helpers import LiveServer, SlowClients, tar_of_members
 
     work = Path(tempfile.mkdtemp(prefix="edgekit-bench-attack-"))

@@ -262,7 +262,7 @@ def build_all(targets: Sequence[str], *, build: Callable[[str], list[Artifact]],
 def _worker(run_dir: Path, job_dir: Path) -> None:
     """The worker's side: load the source, build the targets, append one result line per target."""
     from edgekit._console import captured_output
-    from edgekit.converters import artifacts
+    from edgekit.converters import artifacts, validation
     from edgekit.converters.calibration import Samples
     from edgekit.converters.options import ConvertOptions
     from edgekit.converters.passes import PassContext
@@ -307,7 +307,7 @@ def _worker(run_dir: Path, job_dir: Path) -> None:
         made = artifacts.build_target(target, ordered_routes(source.kind, target, route), cache, ctx,
                                      staging, source, samples, reference, tid in job.accept_parity_failure, say)
         if tid in job.measure_latency:
-            made = artifacts.with_latency(made, staging)
+            made = validation.with_latency(made, staging)
         return made
 
     def record(outcome: Outcome) -> None:

@@ -19,14 +19,7 @@ from edgekit._console import captured_output
 from edgekit._deps import require
 from edgekit._files import hash_path
 from edgekit.bundle import Artifact, Bundle, BundleWriter, Failure, Manifest, ReferenceInfo
-from edgekit.converters.artifacts import (
-    Progress,
-    RouteCache,
-    build_target,
-    leading_samples,
-    remove_target_files,
-    with_latency,
-)
+from edgekit.converters.artifacts import RouteCache, build_target, leading_samples, remove_target_files
 from edgekit.converters.calibration import Samples, generate_samples, load_calibration
 from edgekit.converters.isolation import Outcome, contains_tempfiles
 from edgekit.converters.options import Budget, ConvertOptions
@@ -34,6 +27,7 @@ from edgekit.converters.passes import PassContext
 from edgekit.converters.planner import ordered_routes, plan, resolve_targets, usable_passes
 from edgekit.converters.registry import TARGETS, TargetInfo
 from edgekit.converters.sources import Source, load_source, with_computed_outputs, with_output_kinds
+from edgekit.converters.validation import Progress, with_latency
 from edgekit.errors import (
     ConversionError,
     PartialConversionError,

@@ -1,9 +1,11 @@
-"""Source models: recognise what the user gave, describe its I/O, and run it as the reference."""
+"""Source models: recognise what the user gave, describe its I/O, and run it as the reference.
+
+ONNX sources are read here; PyTorch ones in :mod:`edgekit.converters.sources_torch`, Keras and
+SavedModel ones in :mod:`edgekit.converters.sources_tf`.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -113,24 +115,34 @@ def load_source(model: Any, example_inputs: tuple[Any, ...] | None = None) -> So
         if not path.exists():
             raise InvalidModelError(f"model file {path} does not exist; check the path")
         if path.is_dir() and (path / "saved_model.pb").is_file():
-            return _saved_model_source(path)
+            from edgekit.converters.sources_tf import saved_model_source
+
+            return saved_model_source(path)
         kind = SUFFIXES.get(path.suffix.lower())
         if kind is None or not path.is_file():
             raise UnsupportedModelError(f"edgekit cannot read {path}: it takes {ACCEPTED}")
         if kind == Kind.ONNX:
             return _onnx_source(path)
         if kind == Kind.TORCH_EXPORT:
-            return _torch_program_source(path)
-        return _keras_source(path)
+            from edgekit.converters.sources_torch import torch_program_source
+
+            return torch_program_source(path)
+        from edgekit.converters.sources_tf import keras_source
+
+        return keras_source(path)
     module = type(model).__module__.split(".")[0]
     if module == "torch" or _is_torch_module(model):
         if example_inputs is None:
             raise UnsupportedModelError(
                 "a torch.nn.Module needs example inputs to be traced: pass example_inputs=(tensor, ...)"
             )
-        return _torch_module_source(model, tuple(example_inputs))
+        from edgekit.converters.sources_torch import torch_module_source
+
+        return torch_module_source(model, tuple(example_inputs))
     if module in ("keras", "tf_keras") or _is_keras_model(model):
-        return _keras_source(None, model)
+        from edgekit.converters.sources_tf import keras_source
+
+        return keras_source(None, model)
     raise UnsupportedModelError(f"edgekit cannot convert a {type(model).__name__} object: it takes {ACCEPTED}")
 
 
@@ -213,11 +225,13 @@ def _onnx_source(path: Path) -> Source:
 # ---------------------------------------------------------------- PyTorch
 
 
-def _torch_dtype_name(dtype: Any) -> str:
-    return str(dtype).removeprefix("torch.")
+# ---------------------------------------------------------------- Keras
 
 
-def _flatten_outputs(result: Any) -> list[Any]:
+# ---------------------------------------------------------------- TensorFlow SavedModel
+
+
+def flatten_outputs(result: Any) -> list[Any]:
     if isinstance(result, dict):
         return list(result.values())
     if isinstance(result, (tuple, list)):
@@ -225,183 +239,8 @@ def _flatten_outputs(result: Any) -> list[Any]:
     return [result]
 
 
-def _output_names(result: Any) -> list[str]:
+def output_names(result: Any) -> list[str]:
     if isinstance(result, dict):
         return [str(k) for k in result]
-    count = len(_flatten_outputs(result))
+    count = len(flatten_outputs(result))
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
-
-
-def _torch_reference(call: Callable[..., Any], names: list[str], out_names: list[str]) -> ReferenceFn:
-    import torch
-
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            result = call(*[torch.from_numpy(np.require(feeds[n], requirements="C")) for n in names])
-        return {n: t.detach().cpu().numpy() for n, t in zip(out_names, _flatten_outputs(result), strict=True)}
-
-    return run
-
-
-def _torch_specs(names: list[str], tensors: list[Any], dynamic_batch: bool) -> tuple[TensorSpec, ...]:
-    specs = []
-    for name, t in zip(names, tensors, strict=True):
-        shape: list[int | str | None] = [int(d) for d in t.shape]
-        if dynamic_batch and shape:
-            shape[0] = "batch"
-        specs.append(TensorSpec(name=name, shape=tuple(shape), dtype=_torch_dtype_name(t.dtype)))
-    return tuple(specs)
-
-
-def _torch_module_source(module: Any, example_inputs: tuple[Any, ...]) -> Source:
-    torch = require("torch", purpose="convert PyTorch models")
-    module.eval()
-    params = list(inspect.signature(module.forward).parameters)
-    names = params[: len(example_inputs)] if len(params) >= len(example_inputs) else [
-        f"input_{i}" for i in range(len(example_inputs))
-    ]
-    with torch.no_grad():
-        result = module(*example_inputs)
-    out_names = _output_names(result)
-    digest = hashlib.sha256()
-    size = 0
-    for key, tensor in module.state_dict().items():
-        data = tensor.detach().cpu().contiguous().numpy().tobytes()
-        digest.update(key.encode() + b"\0" + data)
-        size += len(data)
-    info = SourceInfo(format="torch.nn.Module", file=f"{type(module).__module__}.{type(module).__qualname__}",
-                      sha256=digest.hexdigest(), size_bytes=size)
-    return Source(
-        Kind.TORCH_MODULE,
-        Value(Kind.TORCH_MODULE, obj=module),
-        info,
-        _torch_specs(names, list(example_inputs), dynamic_batch=True),
-        _torch_specs(out_names, _flatten_outputs(result), dynamic_batch=True),
-        _torch_reference(module, names, out_names),
-        example_inputs,
-    )
-
-
-def _torch_program_source(path: Path) -> Source:
-    torch = require("torch", purpose="read torch.export programs (.pt2)")
-    try:
-        program = torch.export.load(str(path))
-    except Exception as exc:  # torch raises many types for a bad archive
-        raise InvalidModelError(
-            f"{path} is not a torch.export program that torch can load ({type(exc).__name__}: {exc}); "
-            "save one with torch.export.save(torch.export.export(model, args), 'model.pt2')"
-        ) from exc
-    args, kwargs = program.example_inputs or ((), {})
-    if kwargs or not args:
-        raise UnsupportedModelError(f"{path} must carry positional example inputs (export it with args, not kwargs)")
-    names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-    specs = []
-    for name, arg in zip(names, args, strict=True):
-        fake = placeholders[name].meta.get("val", arg)
-        shape = tuple(int(d) if isinstance(d, int) else str(d) for d in fake.shape)
-        specs.append(TensorSpec(name=name, shape=shape, dtype=_torch_dtype_name(arg.dtype)))
-    module = program.module()
-    with torch.no_grad():
-        result = module(*args)
-    out_names = _output_names(result)
-    dynamic = any(isinstance(d, str) for s in specs for d in s.shape[:1])
-    digest, size = hash_path(path)
-    info = SourceInfo(format="torch.export", file=path.name, sha256=digest, size_bytes=size)
-    return Source(
-        Kind.TORCH_EXPORT,
-        Value(Kind.TORCH_EXPORT, path=path, obj=program),
-        info,
-        tuple(specs),
-        _torch_specs(out_names, _flatten_outputs(result), dynamic_batch=dynamic),
-        _torch_reference(module, names, out_names),
-        tuple(args),
-    )
-
-
-# ---------------------------------------------------------------- Keras
-
-
-def _keras_source(path: Path | None, model: Any = None) -> Source:
-    keras = require("keras", purpose="convert Keras models")
-    if path is not None:
-        try:
-            model = keras.saving.load_model(str(path), compile=False)
-        except Exception as exc:  # keras raises ValueError, OSError, zipfile errors...
-            raise InvalidModelError(
-                f"{path} is not a Keras model that keras {keras.__version__} can load "
-                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-                "save it with model.save('model.keras')"
-            ) from exc
-    if not getattr(model, "inputs", None):
-        raise UnsupportedModelError("the Keras model has no defined inputs; build it (call it once) or give it an Input")
-    inputs = tuple(
-        TensorSpec(name=t.name, shape=tuple(d if d is not None else "batch" if i == 0 else None
-                                            for i, d in enumerate(t.shape)), dtype=str(t.dtype))
-        for t in model.inputs
-    )
-    names = [s.name for s in inputs]
-    out_names = list(getattr(model, "output_names", None) or [])
-    if len(out_names) != len(model.outputs):
-        out_names = ["output"] if len(model.outputs) == 1 else [f"output_{i}" for i in range(len(model.outputs))]
-    outputs = tuple(
-        TensorSpec(name=n, shape=tuple(d if d is not None else "batch" if i == 0 else None
-                                       for i, d in enumerate(t.shape)), dtype=str(t.dtype))
-        for n, t in zip(out_names, model.outputs, strict=True)
-    )
-
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [feeds[n] for n in names]
-        result = model(args[0] if len(args) == 1 else args, training=False)
-        values = _flatten_outputs(result)
-        return {n: np.asarray(v) for n, v in zip(out_names, values, strict=True)}
-
-    if path is not None:
-        digest_file, size = hash_path(path)
-        info = SourceInfo(format="keras", file=path.name, sha256=digest_file, size_bytes=size)
-    else:
-        digest = hashlib.sha256()
-        size = 0
-        for weight in model.weights:
-            data = np.asarray(weight.numpy()).tobytes()
-            digest.update(weight.path.encode() + b"\0" + data)
-            size += len(data)
-        info = SourceInfo(format="keras.Model", file=f"{type(model).__module__}.{type(model).__qualname__}",
-                          sha256=digest.hexdigest(), size_bytes=size)
-    return Source(Kind.KERAS, Value(Kind.KERAS, path=path, obj=model), info, inputs, outputs, run)
-
-
-# ---------------------------------------------------------------- TensorFlow SavedModel
-
-
-def _saved_model_source(path: Path) -> Source:
-    tf = require("tensorflow", purpose="read TensorFlow SavedModels")
-    try:
-        loaded = tf.saved_model.load(str(path))
-    except Exception as exc:  # TensorFlow raises many types for a bad directory
-        raise InvalidModelError(f"{path} is not a SavedModel TensorFlow can load ({type(exc).__name__}: "
-                                f"{str(exc).strip()[:300]})") from exc
-    signatures = dict(getattr(loaded, "signatures", {}) or {})
-    if not signatures:
-        raise UnsupportedModelError(f"{path} has no serving signature; export it with model.export(dir) (Keras) or "
-                                    "tf.saved_model.save(obj, dir, signatures=...)")
-    function = signatures.get("serving_default") or next(iter(signatures.values()))
-    args, kwargs = function.structured_input_signature
-    if args or not kwargs:
-        raise UnsupportedModelError(f"{path}: edgekit needs a signature with named inputs")
-
-    def spec(name: str, t: Any) -> TensorSpec:
-        dims = tuple(int(d) if d is not None else "batch" if i == 0 else None for i, d in enumerate(t.shape))
-        return TensorSpec(name=name, shape=dims, dtype=t.dtype.name)
-
-    inputs = tuple(spec(n, kwargs[n]) for n in sorted(kwargs))
-    outputs = tuple(spec(n, t) for n, t in sorted(function.structured_outputs.items()))
-
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = function(**{s.name: tf.constant(feeds[s.name]) for s in inputs})
-        return {s.name: np.asarray(result[s.name]) for s in outputs}
-
-    digest, size = hash_path(path)
-    info = SourceInfo(format="tf.savedmodel", file=path.name, sha256=digest, size_bytes=size)
-    return Source(Kind.TF_SAVED_MODEL, Value(Kind.TF_SAVED_MODEL, path=path, obj=(loaded, function)), info, inputs,
-                  outputs, run)

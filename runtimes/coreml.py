@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from edgekit.bundle import TensorSpec
-from edgekit.errors import InferenceError, MissingDependencyError, ProviderError
+from edgekit.errors import MissingDependencyError, ProviderError
 from edgekit.runtimes.base import POLICIES, Attempt, TimedSession
+from edgekit.runtimes.failures import reason, run_failure
 
 # Compute units in the order "auto" tries them (Apple's names; ALL lets Core ML choose ANE, GPU or CPU).
 COMPUTE_UNITS = ("ALL", "CPU_AND_GPU", "CPU_ONLY")
@@ -55,7 +56,7 @@ class CoreMlSession(TimedSession):
         try:
             result = self._model.predict({k: np.asarray(v) for k, v in feeds.items()})
         except Exception as exc:  # coremltools raises RuntimeError and others from the framework
-            raise InferenceError(f"Core ML failed running the model on {self.provider}: {exc}") from exc
+            raise run_failure("coreml", self.provider, exc, self.inputs) from exc
         return {o.name: np.asarray(result[o.name]) for o in self.outputs}
 
 
@@ -95,7 +96,7 @@ class CoreMlRuntime:
             try:
                 model = ct.models.MLModel(os.fspath(path), compute_units=getattr(ct.ComputeUnit, units.upper()))
             except Exception as exc:  # unknown units (AttributeError) or a framework load failure
-                attempts.append(Attempt(units, False, f"{type(exc).__name__}: {exc}"))
+                attempts.append(Attempt(units, False, reason(exc)))
                 if policy == "strict":
                     raise ProviderError(f"Core ML could not load {path.name} with {units}: {exc}") from None
                 continue

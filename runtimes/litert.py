@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from edgekit.bundle import TensorSpec
-from edgekit.errors import InferenceError, InvalidInputError, MissingDependencyError, ProviderError
+from edgekit.errors import InvalidInputError, MissingDependencyError, ProviderError
 from edgekit.runtimes.base import POLICIES, Attempt, TimedSession
+from edgekit.runtimes.failures import reason, run_failure
 
 log = logging.getLogger(__name__)
 GPU = "GPU"  # LiteRT's GPU delegate, when its shared library can be loaded on this host
@@ -121,12 +122,11 @@ class LiteRtSession(TimedSession):
                 except ValueError:
                     set_tensor(index, self._prepare(name, value))
             self._invoke()
-        except KeyError:
+        except KeyError as exc:
             missing = [n for n, _ in self._in_index if n not in feeds]
-            raise InvalidInputError(f"missing input(s) {', '.join(missing)}; the model takes: "
-                                    + ", ".join(s.name for s in self.inputs)) from None
-        except (RuntimeError, ValueError) as exc:
-            raise InferenceError(f"LiteRT failed running the model on {self.provider}: {exc}") from exc
+            raise run_failure("litert", self.provider, exc, self.inputs, missing) from None
+        except (RuntimeError, ValueError) as exc:  # runtimes/failures.py: what LiteRT's errors mean
+            raise run_failure("litert", self.provider, exc, self.inputs) from exc
         get_tensor = self._get
         return {name: get_tensor(index) for name, index in self._out_index}
 
@@ -177,17 +177,16 @@ class LiteRtRuntime:
                                                  experimental_op_resolver_type=resolvers[provider])
                 session = LiteRtSession(interpreter, (*attempts, Attempt(provider, True)), 0.0)
             except (_Refused, RuntimeError, ValueError) as exc:
-                text = str(exc).strip()[:500]
-                reason = text if isinstance(exc, _Refused) else f"{type(exc).__name__}: {text}"
-                attempts.append(Attempt(provider, False, reason))
+                why = str(exc).strip()[:500] if isinstance(exc, _Refused) else reason(exc)
+                attempts.append(Attempt(provider, False, why))
                 # "auto" lists GPU in case a delegate is present: its absence is not a failure
                 absent_gpu = provider == GPU and providers in (None, "auto") and isinstance(exc, _Refused)
                 if absent_gpu:
                     continue
                 if policy == "strict":
                     raise ProviderError(f"LiteRT could not run {path.name} on {provider} and the policy is strict: "
-                                        f"{reason}") from None
-                log.warning("LiteRT: %s passed over for %s: %s", provider, path.name, reason)
+                                        f"{why}") from None
+                log.warning("LiteRT: %s passed over for %s: %s", provider, path.name, why)
                 continue
             session.load_seconds = time.perf_counter() - start
             return session

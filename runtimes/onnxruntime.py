@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from edgekit.bundle import TensorSpec
-from edgekit.errors import InferenceError, InvalidInputError, ProviderError
+from edgekit.errors import InferenceError, ProviderError
 from edgekit.runtimes.base import POLICIES, Attempt, TimedSession
+from edgekit.runtimes.failures import reason, run_failure
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,9 @@ class OrtSession(TimedSession):
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             values = self._session.run(self._names, feeds if isinstance(feeds, dict) else dict(feeds))
-        except Exception as exc:  # onnxruntime's own exception classes are not importable in a stable place
-            text = str(exc).strip()
-            kind = type(exc).__name__
-            if kind in ("InvalidArgument", "Fail") or "invalid" in text.lower() or "input" in text.lower():
-                wanted = ", ".join(f"{s.name} {list(s.shape)} {s.dtype}" for s in self.inputs)
-                raise InvalidInputError(f"onnxruntime refused the inputs: {text} (the model takes {wanted})") from None
-            raise InferenceError(f"onnxruntime failed running the model on {self.provider}: {kind}: {text}") from exc
+        except Exception as exc:  # runtimes/failures.py reads onnxruntime's exception classes
+            error = run_failure("onnxruntime", self.provider, exc, self.inputs)
+            raise error from (exc if isinstance(error, InferenceError) else None)
         return dict(zip(self._names, values, strict=True))
 
 
@@ -237,7 +234,7 @@ class OrtRuntime:
                 session = ort.InferenceSession(str(path), sess_options=so, providers=[(provider, provider_options)],
                                                **({"disabled_optimizers": list(disabled)} if disabled else {}))
             except Exception as exc:
-                raise _Refused(f"session creation failed: {type(exc).__name__}: {_first_line(exc)}") from None
+                raise _Refused(f"session creation failed: {reason(exc)}") from None
             actual = session.get_providers()[0]
             if actual != provider:
                 raise _Refused(f"onnxruntime silently fell back to {actual}")
@@ -248,7 +245,7 @@ class OrtRuntime:
                 try:
                     session.run(None, zero_feeds(opened.inputs))
                 except Exception as exc:
-                    raise _Refused(f"first run failed: {type(exc).__name__}: {_first_line(exc)}") from None
+                    raise _Refused(f"first run failed: {reason(exc)}") from None
                 by_provider = _placement(session.end_profiling())
                 placement = {p: len(ops) for p, ops in by_provider.items()}
                 on_cpu = by_provider.get(CPU, [])
@@ -263,8 +260,3 @@ class OrtRuntime:
 
 class _Refused(Exception):
     """A provider attempt failed; the message is the recorded reason."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines() or [""])[0][:400]

@@ -82,7 +82,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def ota_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One set of OTA role keys for the session (generating keys is quick; repositories are per test)."""
-    from edgekit.ota.repo import generate_keys
+    from edgekit.ota.service.repository import generate_keys
 
     folder = tmp_path_factory.mktemp("ota") / "keys"
     generate_keys(folder)

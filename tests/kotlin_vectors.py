@@ -21,29 +21,29 @@ def compute() -> dict[str, Any]:
     from securesystemslib.signer import CryptoSigner
     from tuf.api.metadata import Metadata, Root, SuccinctRoles
 
-    from edgekit.ota import rules
+    from edgekit.ota import contract
 
     seeds = ["digits/stable/1", "digits/stable/2", "face/beta/17"]
     devices = ["device-0", "device-1", "pixel-8:a1b2", "emulator-5554", "ü-device"]
-    buckets = [{"device": d, "seed": s, "bucket": rules.bucket(d, s)} for s in seeds for d in devices]
+    buckets = [{"device": d, "seed": s, "bucket": contract.bucket(d, s)} for s in seeds for d in devices]
     samples: list[Any] = [
         {"b": 1, "a": [3, 2, {"z": None, "y": True}], "c": "x\"y\\z"},
         {"unicode": "ü→😀", "empty": {}, "list": [], "neg": -42, "big": 9007199254740993},
         {"signed": {"_type": "targets", "version": 2, "expires": "2030-01-01T00:00:00Z", "targets": {}}},
     ]
     canonical = [{"value": v, "canonical": encode_canonical(v)} for v in samples]
-    state = rules.ChannelState(
-        model="digits", channel="stable", current=rules.ReleaseRef(3, "2.0.0"),
-        rollout=rules.Rollout(5000, "digits/stable/3"), stable=rules.ReleaseRef(2, "1.0.0"), rollback_of=None,
+    state = contract.ChannelState(
+        model="digits", channel="stable", current=contract.ReleaseRef(3, "2.0.0"),
+        rollout=contract.Rollout(5000, "digits/stable/3"), stable=contract.ReleaseRef(2, "1.0.0"), rollback_of=None,
         files={"2": ["bundle.json", "reference.npz", "m.tflite"], "3": ["bundle.json", "reference.npz", "m.tflite"]})
     channel = {"custom": state.to_custom(),
                "release_for": {d: (r.release if (r := state.release_for(d)) else None) for d in devices}}
     art = {"target": "tflite-int8", "format": "tflite", "precision": "int8"}
     descriptors = [
-        rules.descriptor(model="digits", channel="stable", version="2.0.0", release=3, file="tflite-int8.tflite",
-                         kind="artifact", size=158_000, rollout=rules.Rollout(2500, "digits/stable/3"), artifact=art),
-        rules.descriptor(model="digits", channel="stable", version="1.0.0", release=4, file="bundle.json",
-                         kind="manifest", size=10_812, rollout=rules.Rollout(10000, "digits/stable/4", True),
+        contract.descriptor(model="digits", channel="stable", version="2.0.0", release=3, file="tflite-int8.tflite",
+                         kind="artifact", size=158_000, rollout=contract.Rollout(2500, "digits/stable/3"), artifact=art),
+        contract.descriptor(model="digits", channel="stable", version="1.0.0", release=4, file="bundle.json",
+                         kind="manifest", size=10_812, rollout=contract.Rollout(10000, "digits/stable/4", True),
                          rollback_of=3),
     ]
     bins = []

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgekit.ota.registry import SqlRegistry
-from edgekit.ota.repo import Expiry, Repository
-from edgekit.ota.service import HaltPolicy, OtaService
+from edgekit.ota.service.core import HaltPolicy, OtaService
+from edgekit.ota.service.database import SqlRegistry
+from edgekit.ota.service.repository import Expiry, Repository
 
 
 class LiveServer:
@@ -23,7 +23,7 @@ class LiveServer:
                  storage_url: str | None = None, limits: Any = None) -> None:
         import uvicorn
 
-        from edgekit.ota.server import Limits, create_app, guarded_protocol
+        from edgekit.ota.service.app import Limits, create_app, guarded_protocol
 
         limits = limits or Limits()
 

@@ -62,7 +62,7 @@ SERVER_SIDE = ("fastapi", "starlette", "uvicorn", "pydantic", "prometheus_client
 
 def test_the_ota_device_client_loads_no_server_or_heavy_module() -> None:
     """The device side of OTA stays light: tuf and cryptography, never the service's stack."""
-    code = ("import sys, json, edgekit.cli, edgekit.ota, edgekit.ota.client, edgekit.ota.rules\n"
+    code = ("import sys, json, edgekit.cli, edgekit.ota, edgekit.ota.device, edgekit.ota.contract\n"
             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {SERVER_SIDE + HEAVY!r})))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
@@ -83,7 +83,7 @@ def test_the_base_install_is_the_runtime_without_the_cli_stack() -> None:
     assert extras["cli"] == ["typer>=0.12"]
     for extra in ("onnx", "ota-server", "all"):  # converting or serving brings the command
         assert any(d.startswith("edgekit[") and "cli" in d for d in extras[extra]), extra
-    statement = "import edgekit, edgekit.runtimes, edgekit.ota.client"
+    statement = "import edgekit, edgekit.runtimes, edgekit.ota.device"
     code = f"import sys, json\n{statement}\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {CLI_STACK!r})))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -28,10 +28,9 @@ FOLDERS = {"edgekit": ROOT / "edgekit", "edgekit.converters": ROOT / "converters
 PARTS = [  # (part, module-name prefixes), the first match wins
     ("cli", ("edgekit.cli", "edgekit._entry", "edgekit.__main__")),
     ("ota-operator", ("edgekit.ota.operator",)),
-    ("ota-device", ("edgekit.ota.client",)),
-    ("ota-contract", ("edgekit.ota.rules",)),
-    ("ota-service", ("edgekit.ota.server", "edgekit.ota.fastpath", "edgekit.ota.guards", "edgekit.ota.service",
-                     "edgekit.ota.repo", "edgekit.ota.registry", "edgekit.ota.pg", "edgekit.ota.s3", "edgekit.ota.storage")),
+    ("ota-device", ("edgekit.ota.device", "edgekit.ota.client")),  # client: the deprecated alias of device
+    ("ota-contract", ("edgekit.ota.contract",)),
+    ("ota-service", ("edgekit.ota.service",)),
     ("lazy-names", ("edgekit.ota",)),
     ("web-server", ("edgekit.web.server",)),
     ("web-files", ("edgekit.web",)),  # the browser library's files (package data), found by path
@@ -105,7 +104,7 @@ def violations() -> list[str]:
             while target not in known and "." in target:  # from edgekit.bundle import Manifest -> edgekit.bundle
                 target = target.rsplit(".", 1)[0]
             targets.add(target)
-        # "from edgekit.ota import rules" imports the submodule: the package is only its way in
+        # "from edgekit.ota import contract" imports the submodule: the package is only its way in
         targets -= {t for t in targets if any(o.startswith(t + ".") for o in targets)}
         for target in sorted(targets):
             if target == "edgekit":
@@ -121,9 +120,17 @@ def test_every_part_imports_only_the_parts_below_it() -> None:
 
 
 def test_the_rule_sees_lazy_imports_inside_functions() -> None:
-    source = "def f():\n    from edgekit.ota.service import OtaService\n    import edgekit.converters.pipeline\n"
-    found = imports_of("edgekit.ota.client", source, False)
-    assert {part_of(m) for m in found if m in {"edgekit.ota.service", "edgekit.converters.pipeline"}} == {
+    source = "def f():\n    from edgekit.ota.service.core import OtaService\n    import edgekit.converters.pipeline\n"
+    found = imports_of("edgekit.ota.device.updater", source, False)
+    assert {part_of(m) for m in found if m in {"edgekit.ota.service.core", "edgekit.converters.pipeline"}} == {
         "ota-service", "converters"}
     assert "ota-service" not in ALLOWED["ota-device"] and "converters" not in ALLOWED["runtimes"]
     assert not {"cli", "converters", "runtimes"} & ALLOWED["core"]
+
+
+def test_the_ota_folders_are_its_sides() -> None:
+    """Every OTA module lives in its side's folder: nothing new lands beside them by accident."""
+    ota = ROOT / "edgekit" / "ota"
+    loose = sorted(p.name for p in ota.glob("*.py"))
+    assert loose == ["__init__.py", "client.py", "contract.py", "operator.py"]
+    assert {p.name for p in ota.iterdir() if p.is_dir() and p.name != "__pycache__"} == {"device", "service"}

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 
 from edgekit.errors import InvalidNameError, OtaRequestError, UpdateError, VerificationError
-from edgekit.ota import rules
-from edgekit.ota.client import Updater
+from edgekit.ota import contract
+from edgekit.ota.device import Updater
 from edgekit.ota.operator import bundle_tar, call
-from edgekit.ota.repo import Expiry
-from edgekit.ota.service import HaltPolicy
+from edgekit.ota.service.core import HaltPolicy
+from edgekit.ota.service.repository import Expiry
 from tests.conftest import DIGITS, run_cli
 from tests.ota_helpers import CuttingProxy, LiveServer
 
@@ -75,7 +75,7 @@ def test_fleet_rollout_halt_and_rollback(server: LiveServer, ota_bundles: dict[s
     assert {d.update("digits", "stable").status for d in fleet} == {"installed"}
     # v2 to half the fleet: exactly the devices whose bucket is under 5000 take it
     assert _publish(server, ota_bundles["v2"], 50)["release"] == 2
-    expected = {i for i in range(FLEET) if rules.bucket(f"device-{i}", "digits/stable/2") < 5000}
+    expected = {i for i in range(FLEET) if contract.bucket(f"device-{i}", "digits/stable/2") < 5000}
     results = [d.update("digits", "stable") for d in fleet]
     updated = {i for i, r in enumerate(results) if r.status == "installed"}
     assert updated == expected and FLEET * 0.3 < len(updated) < FLEET * 0.7
@@ -93,7 +93,7 @@ def test_fleet_rollout_halt_and_rollback(server: LiveServer, ota_bundles: dict[s
     assert {d.state("digits").active for d in fleet} == {2}
     # a release that verifies but does not load: devices refuse to switch, report, and the rollout halts itself
     assert _publish(server, ota_bundles["v3"], 50)["release"] == 3
-    in_rollout = [d for i, d in enumerate(fleet) if rules.bucket(f"device-{i}", "digits/stable/3") < 5000]
+    in_rollout = [d for i, d in enumerate(fleet) if contract.bucket(f"device-{i}", "digits/stable/3") < 5000]
     statuses = [d.update("digits", "stable").status for d in in_rollout]
     assert statuses[:5] == ["failed"] * 5 and set(statuses[5:]) <= {"up_to_date"}  # halted after 5 failures
     state = server.service.channel("digits", "stable")
@@ -276,16 +276,16 @@ def test_the_server_restarts_mid_rollout(tmp_path: Path, ota_keys: Path, ota_bun
 
 def test_rollout_buckets_are_stable_and_fair() -> None:
     seed = "digits/stable/7"
-    assert rules.bucket("device-1", seed) == rules.bucket("device-1", seed)
-    shares = [sum(rules.bucket(f"d{i}", seed) < 5000 for i in range(4000)) / 4000]
+    assert contract.bucket("device-1", seed) == contract.bucket("device-1", seed)
+    shares = [sum(contract.bucket(f"d{i}", seed) < 5000 for i in range(4000)) / 4000]
     assert 0.47 < shares[0] < 0.53
-    rule = rules.Rollout(2500, seed)
+    rule = contract.Rollout(2500, seed)
     admitted = {i for i in range(1000) if rule.includes(f"d{i}")}
-    wider = {i for i in range(1000) if rules.Rollout(5000, seed).includes(f"d{i}")}
+    wider = {i for i in range(1000) if contract.Rollout(5000, seed).includes(f"d{i}")}
     assert admitted < wider  # raising the share only adds devices
-    assert not rules.Rollout(10000, seed, halted=True).includes("d1")
+    assert not contract.Rollout(10000, seed, halted=True).includes("d1")
     with pytest.raises(VerificationError):
-        rules.Rollout.from_dict({"basis_points": 5000.5, "seed": seed})
+        contract.Rollout.from_dict({"basis_points": 5000.5, "seed": seed})
 
 
 def test_keys_init_and_serve_commands(tmp_path: Path) -> None:

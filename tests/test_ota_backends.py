@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import pytest
 
-from edgekit.ota.client import Updater
+from edgekit.ota.device import Updater
 from edgekit.ota.operator import bundle_tar, call
 from tests.conftest import DIGITS
 from tests.ota_helpers import CuttingProxy, LiveServer, edit_manifest

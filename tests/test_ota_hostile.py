@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.ota.server import Limits
+from edgekit.ota.service.app import Limits
 from tests.ota_helpers import LiveServer, SlowClients, tar_of_members
 
 pytest.importorskip("fastapi")

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from edgekit.errors import OtaRequestError
-from edgekit.ota import rules
+from edgekit.ota import contract
 from edgekit.ota.operator import bundle_tar, call
-from edgekit.ota.service import HaltPolicy
+from edgekit.ota.service.core import HaltPolicy
 from tests.ota_helpers import LiveServer
 
 pytest.importorskip("fastapi")
@@ -55,8 +55,8 @@ def test_forged_replayed_and_stuffed_reports_change_no_rollout_decision(server: 
         call(server.url, "POST", f"/v1/models/digits/channels/stable/releases?basis_points={points}", token=publish,
              data=bundle_tar(bundle), content_type="application/x-tar")
     seed = "digits/stable/2"
-    inside = [f"dev-{i}" for i in range(400) if rules.bucket(f"dev-{i}", seed) < 1000]
-    outside = [f"dev-{i}" for i in range(400) if rules.bucket(f"dev-{i}", seed) >= 1000]
+    inside = [f"dev-{i}" for i in range(400) if contract.bucket(f"dev-{i}", seed) < 1000]
+    outside = [f"dev-{i}" for i in range(400) if contract.bucket(f"dev-{i}", seed) >= 1000]
     enrolment = server.enrolment()
 
     # anonymous and forged: refused, not stored

@@ -5,7 +5,7 @@ float inputs of each chosen node (weights included, clamped to float16's range a
 clamps them) and its float outputs are rounded to float16 by explicit cast pairs, which onnxruntime
 keeps. The nodes the search leaves out are then kept float32 by onnxruntime's float16 converter
 (``node_block_list``), and the converted graph is checked again on every sample by
-:func:`edgekit.converters.passes.onnx_fp16.float16_emulation` and by onnxruntime itself.
+:func:`edgekit.converters.passes.onnx_fp16_ranges.float16_emulation` and by onnxruntime itself.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import numpy as np
 
 from edgekit.converters.passes import PassContext
 from edgekit.converters.passes.mixed_search import SEARCH_SAMPLES, Choice, search, subset, verdict, with_margin
+from edgekit.converters.passes.onnx_fp16_ranges import FP16_MAX
 from edgekit.parity import Tolerance, attention_mask, compare, run_batched
-
-FP16_MAX = 65504.0
 
 
 class _Search:
@@ -94,7 +93,7 @@ class _Search:
         return out
 
     def _run(self, half: frozenset[str]) -> dict[str, np.ndarray]:
-        from edgekit.converters.passes.onnx_fp16 import plain_runner
+        from edgekit.converters.passes.onnx_fp16_ranges import plain_runner
 
         self.runs += 1
         with np.errstate(all="ignore"):

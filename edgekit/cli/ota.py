@@ -44,7 +44,7 @@ def _echo(result: Any, as_json: bool, line: str) -> None:
 @ota_app.command()
 def keygen(keys: Annotated[Path, typer.Argument(help="Directory for the five role keys (created, mode 0700)")]) -> None:
     """Generate ed25519 keys for root, targets, bins, snapshot and timestamp (development; see the README for production)."""
-    from edgekit.ota.repo import generate_keys
+    from edgekit.ota.service.repository import generate_keys
 
     ids = generate_keys(keys)
     for role, keyid in ids.items():
@@ -58,8 +58,8 @@ def init(
     data: Data = None, registry: RegistryUrl = None, storage: StorageUrl = None,
 ) -> None:
     """Create the TUF repository and the first admin token (printed once)."""
-    from edgekit.ota.repo import Repository
-    from edgekit.ota.service import open_backends
+    from edgekit.ota.service.core import open_backends
+    from edgekit.ota.service.repository import Repository
 
     files, db = open_backends(data, registry, storage)
     repo = Repository.create(files, keys)
@@ -71,10 +71,10 @@ def init(
 
 
 def _registry(data: Path | None, registry: str | None) -> Any:
-    from edgekit.ota.registry import SqliteRegistry
+    from edgekit.ota.service.database import SqliteRegistry
 
     if registry:
-        from edgekit.ota.pg import PostgresRegistry
+        from edgekit.ota.service.postgres import PostgresRegistry
 
         return PostgresRegistry(registry)
     if data is not None:
@@ -161,20 +161,20 @@ def serve(
 
     import uvicorn
 
-    from edgekit.ota.server import ENV_PREFIX, configure_logging
+    from edgekit.ota.service.app import ENV_PREFIX, configure_logging
 
     configure_logging()
     settings = {"data": str(data) if data else "", "keys": str(keys), "registry": registry or "",
                 "storage": storage or "", "halt_bp": str(round(halt_failure_rate * 100)), "halt_min": str(halt_min_reports)}
     os.environ.update({ENV_PREFIX + k.upper(): v for k, v in settings.items()})
-    from edgekit.ota.server import app_from_env
+    from edgekit.ota.service.app import app_from_env
 
     app_from_env()  # fails here, with a clear message, on bad keys or backends (before any worker starts)
     logging.getLogger("edgekit.ota").info("serving", extra={
         "event": "serving", "url": f"http://{host}:{port}", "workers": workers,
         "registry": "postgresql" if registry else "sqlite", "storage": "s3" if storage else "files"})
-    uvicorn.run("edgekit.ota.server:app_from_env", factory=True, host=host, port=port, workers=max(1, workers),
-                http="edgekit.ota.guards:GuardedHttpProtocol",  # header and body deadlines (guards.Limits)
+    uvicorn.run("edgekit.ota.service.app:app_from_env", factory=True, host=host, port=port, workers=max(1, workers),
+                http="edgekit.ota.service.guards:GuardedHttpProtocol",  # header and body deadlines (guards.Limits)
                 log_level="warning", access_log=False)  # events are logged as JSON lines; per-request lines cost
 
 
@@ -185,7 +185,7 @@ def publish(
     token: Token = None, json_: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Publish BUNDLE as the next release of MODEL on CHANNEL."""
-    from edgekit.ota.rules import check_name
+    from edgekit.ota.contract import check_name
 
     check_name(model)
     check_name(channel, "channel name")
@@ -210,7 +210,7 @@ def pull(
 ) -> None:
     """Update MODEL on this device: check, download (resumable), verify, install, smoke-test, switch, report."""
     from edgekit._progress import LiveProgress
-    from edgekit.ota.client import Updater
+    from edgekit.ota.device import Updater
 
     with LiveProgress() as live:  # a bar per file downloaded, on a terminal
         result = Updater(server, cache, device_id, root, enrolment_token=enrolment_token).update(

@@ -1,6 +1,6 @@
 """Over-the-air delivery of bundles: a TUF-signed repository, the service, and the device updater.
 
-The device side (:class:`edgekit.ota.client.Updater`, ``edgekit pull``) needs only ``tuf`` (the
+The device side (:class:`edgekit.ota.device.Updater`, ``edgekit pull``) needs only ``tuf`` (the
 ``ota`` extra); the service (``edgekit serve``) needs the ``ota-server`` extra. Nothing here is
 imported by ``import edgekit``.
 """
@@ -14,7 +14,7 @@ __all__ = ["Updater"]
 
 def __getattr__(name: str) -> Any:
     if name == "Updater":
-        from edgekit.ota.client import Updater
+        from edgekit.ota.device import Updater
 
         return Updater
     raise AttributeError(name)

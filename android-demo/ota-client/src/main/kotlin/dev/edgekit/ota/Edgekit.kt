@@ -9,7 +9,7 @@ import java.nio.file.Files
 import java.nio.file.StandardCopyOption
 import java.security.MessageDigest
 
-/** edgekit's rollout rule: the same bucket as edgekit.ota.rules.bucket in Python, bit for bit. */
+/** edgekit's rollout rule: the same bucket as edgekit.ota.contract.bucket in Python, bit for bit. */
 object Rollouts {
     const val BUCKETS = 10_000
 
@@ -57,7 +57,7 @@ class ChannelState(
     }
 }
 
-/** The custom field of a release file's target (edgekit.ota.rules.descriptor in Python). */
+/** The custom field of a release file's target (edgekit.ota.contract.descriptor in Python). */
 class Descriptor(
     val model: String, val channel: String, val version: String, val release: Long, val file: String, val kind: String,
     val size: Long, val rollout: Rollout, val rollbackOf: Long?, val target: String?, val format: String?,

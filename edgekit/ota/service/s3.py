@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from edgekit.errors import MissingDependencyError, UserError
-from edgekit.ota.storage import Stat, check_key
+from edgekit.ota.service.storage import Stat, check_key
 
 
 class S3Storage:

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import AuthError, BundleError, InvalidNameError, NotFoundError, OtaRequestError, UserError
-from edgekit.ota.fastpath import DeviceFastPath
-from edgekit.ota.guards import (
+from edgekit.ota.service.core import OtaService
+from edgekit.ota.service.fastpath import DeviceFastPath
+from edgekit.ota.service.guards import (
     PUBLISH_TMP_PREFIX,
     GuardedHttpProtocol,
     Limits,
@@ -30,7 +31,6 @@ from edgekit.ota.guards import (
     extract_bundle,
     guarded_protocol,
 )
-from edgekit.ota.service import OtaService
 
 __all__ = ["GuardedHttpProtocol", "Limits", "app_from_env", "configure_logging", "create_app", "guarded_protocol"]
 
@@ -105,7 +105,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
     from pydantic import BaseModel, ConfigDict, Field, field_validator
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from edgekit.ota.rules import DEVICE_ID, NAME_SCHEMA
+    from edgekit.ota.contract import DEVICE_ID, NAME_SCHEMA
 
     limits = limits or Limits()
     ModelName = Annotated[str, PathParam(pattern=NAME_SCHEMA, max_length=64, description="a-z 0-9 . _ -")]
@@ -377,7 +377,7 @@ def app_from_env() -> Any:
     """The app for ``uvicorn --factory`` worker processes (``edgekit serve --workers N`` sets the variables)."""
     import os
 
-    from edgekit.ota.service import HaltPolicy
+    from edgekit.ota.service.core import HaltPolicy
 
     env = {k[len(ENV_PREFIX):].lower(): v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     configure_logging()

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import OtaRequestError, UserError
-from edgekit.ota import rules
-from edgekit.ota.storage import Storage
+from edgekit.ota import contract
+from edgekit.ota.service.storage import Storage
 
 ONLINE_ROLES = ("bins", "snapshot", "timestamp")
 ALL_ROLES = ("root", "targets", *ONLINE_ROLES)
@@ -220,7 +220,7 @@ class Repository:
                     data, custom = change
                     info = TargetFile.from_data(path, data, ["sha256"])
                     info.unrecognized_fields["custom"] = custom
-                    key = rules.target_key(path, info.hashes["sha256"])
+                    key = contract.target_key(path, info.hashes["sha256"])
                     if self.storage.stat(key) is None:
                         self.storage.put(key, data)
                     role.signed.targets[path] = info

@@ -1,7 +1,7 @@
 """The service's registry: releases, device reports and API tokens, in SQLite (the embedded default).
 
 One small SQL dialect (``?`` placeholders, ``INSERT ... ON CONFLICT``) that PostgreSQL also speaks
-after a placeholder swap, so ``edgekit.ota.pg`` only supplies the connection and the lock.
+after a placeholder swap, so ``edgekit.ota.service.postgres`` only supplies the connection and the lock.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class SqlRegistry:
     """The registry's operations, in SQL that SQLite and PostgreSQL share. A backend supplies a
     connection per thread (``_connection``), its placeholder style (``_sql``), the statement that
     opens a write transaction (``begin``) and the writers' lock (``lock``): see
-    :class:`SqliteRegistry` and :class:`edgekit.ota.pg.PostgresRegistry`."""
+    :class:`SqliteRegistry` and :class:`edgekit.ota.service.postgres.PostgresRegistry`."""
 
     begin = "BEGIN"
     _local: threading.local  # this thread's connection, as .conn

@@ -1,7 +1,7 @@
 """Where the OTA service keeps files: TUF metadata, release files and its own state.
 
 Keys are relative POSIX paths (``metadata/timestamp.json``, ``targets/digits/stable/3/<sha>.bundle.json``).
-``FileStorage`` is the embedded default, a directory; ``S3Storage`` (in ``edgekit.ota.s3``) keeps the
+``FileStorage`` is the embedded default, a directory; ``S3Storage`` (in ``edgekit.ota.service.s3``) keeps the
 same keys in any S3-compatible bucket, so several service replicas can share one store. Every write
 is atomic: a reader sees the old bytes or the new, never a part.
 """

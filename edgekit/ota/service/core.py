@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import BundleError, OtaRequestError
-from edgekit.ota import rules
-from edgekit.ota.registry import Release, SqliteRegistry, SqlRegistry
-from edgekit.ota.repo import Expiry, Repository, canonical, custom_of, load_signers
-from edgekit.ota.storage import FileStorage, Storage
+from edgekit.ota import contract
+from edgekit.ota.service.database import Release, SqliteRegistry, SqlRegistry
+from edgekit.ota.service.repository import Expiry, Repository, canonical, custom_of, load_signers
+from edgekit.ota.service.storage import FileStorage, Storage
 
 log = logging.getLogger("edgekit.ota")
 OUTCOMES = ("installed", "failed", "rolled_back")
-FULL = rules.BUCKETS
+FULL = contract.BUCKETS
 
 
 @dataclass(frozen=True)
@@ -67,28 +67,28 @@ class OtaService:
 
     # -- the signed view of the registry ----------------------------------------------------------
 
-    def _state(self, current: Release) -> rules.ChannelState:
+    def _state(self, current: Release) -> contract.ChannelState:
         stable = self.registry.release(current.model, current.channel, current.stable_release) \
             if current.stable_release is not None else None
         files = {str(r.release): [f["file"] for f in r.files]
                  for r in self.registry.releases(current.model, current.channel)}
-        return rules.ChannelState(
+        return contract.ChannelState(
             model=current.model, channel=current.channel,
-            current=rules.ReleaseRef(current.release, current.version), rollout=self._rollout(current),
-            stable=rules.ReleaseRef(stable.release, stable.version) if stable else None,
+            current=contract.ReleaseRef(current.release, current.version), rollout=self._rollout(current),
+            stable=contract.ReleaseRef(stable.release, stable.version) if stable else None,
             rollback_of=current.rollback_of, files=files)
 
     @staticmethod
-    def _rollout(r: Release) -> rules.Rollout:
-        return rules.Rollout(r.basis_points, f"{r.model}/{r.channel}/{r.release}", r.halted)
+    def _rollout(r: Release) -> contract.Rollout:
+        return contract.Rollout(r.basis_points, f"{r.model}/{r.channel}/{r.release}", r.halted)
 
     def _target_files(self, r: Release) -> dict[str, Any]:
         from tuf.api.metadata import TargetFile
 
         out = {}
         for f in r.files:
-            path = rules.target_path(r.model, r.channel, r.release, f["file"])
-            custom = rules.descriptor(model=r.model, channel=r.channel, version=r.version, release=r.release,
+            path = contract.target_path(r.model, r.channel, r.release, f["file"])
+            custom = contract.descriptor(model=r.model, channel=r.channel, version=r.version, release=r.release,
                                       file=f["file"], kind=f["kind"], size=f["size"], rollout=self._rollout(r),
                                       rollback_of=r.rollback_of, artifact=f.get("artifact"))
             out[path] = TargetFile(f["size"], {"sha256": f["sha256"]}, path, {"custom": custom})
@@ -98,7 +98,7 @@ class OtaService:
         """Re-sign the channel state (and the release's file targets) from the registry."""
         state = self._state(r)
         custom = state.to_custom()
-        changes: dict[str, Any] = {rules.channel_path(r.model, r.channel): (canonical(custom), custom)}
+        changes: dict[str, Any] = {contract.channel_path(r.model, r.channel): (canonical(custom), custom)}
         if files_too:
             changes.update(self._target_files(r))
         self.repo.update(changes)
@@ -113,8 +113,8 @@ class OtaService:
         """
         from edgekit.bundle import read_bundle
 
-        rules.check_name(model)
-        rules.check_name(channel, "channel name")
+        contract.check_name(model)
+        contract.check_name(channel, "channel name")
         _check_points(basis_points)
         bundle = read_bundle(bundle_dir)  # sizes and sha256 of every file
         manifest = bundle.manifest
@@ -124,13 +124,13 @@ class OtaService:
         names = ["bundle.json", manifest.reference.file]
         files: list[dict[str, Any]] = []
         for name in names:
-            files.append({"file": rules.check_file_name(name), "kind": "manifest" if name == "bundle.json" else "reference"})
+            files.append({"file": contract.check_file_name(name), "kind": "manifest" if name == "bundle.json" else "reference"})
         skipped = []
         for art in manifest.artifacts:
             if art.format == "mlpackage":  # a directory, not one file: not delivered over the air yet
                 skipped.append(art.file)
                 continue
-            files.append({"file": rules.check_file_name(art.file), "kind": "artifact",
+            files.append({"file": contract.check_file_name(art.file), "kind": "artifact",
                           "artifact": {"target": art.target, "format": art.format, "precision": art.precision}})
         from tuf.api.metadata import TargetFile
 
@@ -144,9 +144,9 @@ class OtaService:
             number = latest.release + 1 if latest else 1
             for f in files:
                 data = (bundle.path / f["file"]).read_bytes()
-                info = TargetFile.from_data(rules.target_path(model, channel, number, f["file"]), data, ["sha256"])
+                info = TargetFile.from_data(contract.target_path(model, channel, number, f["file"]), data, ["sha256"])
                 f["size"], f["sha256"] = info.length, info.hashes["sha256"]
-                key = rules.target_key(info.path, f["sha256"])
+                key = contract.target_key(info.path, f["sha256"])
                 if self.storage.stat(key) is None:
                     self.storage.put(key, data)
             release = Release(model, channel, number, manifest.version, files, basis_points,
@@ -158,8 +158,8 @@ class OtaService:
         return release
 
     def _current(self, model: str, channel: str) -> Release:
-        rules.check_name(model)
-        rules.check_name(channel, "channel name")
+        contract.check_name(model)
+        contract.check_name(channel, "channel name")
         current = self.registry.latest(model, channel)
         if current is None:
             raise OtaRequestError(f"model {model!r} has no release on channel {channel!r}; publish one first", status=404)
@@ -219,8 +219,8 @@ class OtaService:
             number = current.release + 1
             files = [dict(f) for f in old.files]
             for f in files:
-                src = rules.target_key(rules.target_path(model, channel, old.release, f["file"]), f["sha256"])
-                dst = rules.target_key(rules.target_path(model, channel, number, f["file"]), f["sha256"])
+                src = contract.target_key(contract.target_path(model, channel, old.release, f["file"]), f["sha256"])
+                dst = contract.target_key(contract.target_path(model, channel, number, f["file"]), f["sha256"])
                 if self.storage.stat(dst) is None:
                     self.storage.put(dst, self.storage.get(src))
             release = Release(model, channel, number, old.version, files, FULL, stable_release=old.stable_release,
@@ -241,11 +241,11 @@ class OtaService:
         and release: a repeated or replayed report replaces, never adds. Returns the release and
         whether the report counted.
         """
-        rules.check_device_id(device_id)
+        contract.check_device_id(device_id)
         if outcome not in OUTCOMES:
             raise OtaRequestError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}", status=422)
-        rules.check_name(model)
-        rules.check_name(channel, "channel name")
+        contract.check_name(model)
+        contract.check_name(channel, "channel name")
         r = self.registry.release(model, channel, int(release))
         if r is None:
             raise OtaRequestError(f"{model}/{channel} has no release {release}", status=404)
@@ -272,10 +272,10 @@ class OtaService:
     def _offered(self, r: Release, device_id: str) -> bool:
         """Whether ``r`` was offered to ``device_id``: its rollout's bucket rule admits the device (a halt
         stops new offers, not past ones), or ``r`` is the stable release the others were given."""
-        if rules.Rollout(r.basis_points, f"{r.model}/{r.channel}/{r.release}").includes(device_id):
+        if contract.Rollout(r.basis_points, f"{r.model}/{r.channel}/{r.release}").includes(device_id):
             return True
         later = [x for x in self.registry.releases(r.model, r.channel) if x.stable_release == r.release]
-        return any(not rules.Rollout(x.basis_points, f"{x.model}/{x.channel}/{x.release}").includes(device_id)
+        return any(not contract.Rollout(x.basis_points, f"{x.model}/{x.channel}/{x.release}").includes(device_id)
                    for x in later)
 
     # -- upkeep ---------------------------------------------------------------------------------
@@ -294,9 +294,9 @@ class OtaService:
                         changes[path] = info
             for r in latest.values():
                 custom = self._state(r).to_custom()
-                signed = signed_now.get(rules.channel_path(r.model, r.channel))
+                signed = signed_now.get(contract.channel_path(r.model, r.channel))
                 if signed is None or custom_of(signed) != custom:
-                    changes[rules.channel_path(r.model, r.channel)] = (canonical(custom), custom)
+                    changes[contract.channel_path(r.model, r.channel)] = (canonical(custom), custom)
             if changes:
                 self.repo.update(changes)
         if changes:
@@ -349,7 +349,7 @@ def open_backends(data_dir: str | Path | None, registry_url: str | None = None,
     if storage_url is None:
         storage: Storage = FileStorage(data / "files")
     elif storage_url.startswith("s3://"):
-        from edgekit.ota.s3 import S3Storage
+        from edgekit.ota.service.s3 import S3Storage
 
         storage = S3Storage.from_url(storage_url)
     else:
@@ -358,7 +358,7 @@ def open_backends(data_dir: str | Path | None, registry_url: str | None = None,
     if registry_url is None:
         registry = SqliteRegistry(data / "registry.sqlite3")
     elif registry_url.startswith(("postgresql://", "postgres://")):
-        from edgekit.ota.pg import PostgresRegistry
+        from edgekit.ota.service.postgres import PostgresRegistry
 
         registry = PostgresRegistry(registry_url)
     else:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from edgekit.errors import MissingDependencyError, UserError
-from edgekit.ota.registry import SCHEMA, SqlRegistry
+from edgekit.ota.service.database import SCHEMA, SqlRegistry
 
 LOCK_KEY = 0x6564_6765_6B69_74  # "edgekit"
 

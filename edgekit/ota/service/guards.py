@@ -167,7 +167,7 @@ def extract_bundle(upload: Path, dst: Path, limits: Limits) -> None:
     Raises:
         OtaRequestError: Not a tar, a member with a path, a link or a device, or over a limit (413).
     """
-    from edgekit.ota.rules import check_file_name
+    from edgekit.ota.contract import check_file_name
 
     allowed = min(limits.max_extracted_bytes, max(limits.ratio_floor_bytes, limits.max_ratio * upload.stat().st_size))
     dst.mkdir()

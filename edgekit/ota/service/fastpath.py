@@ -8,8 +8,8 @@ from typing import Any
 
 from edgekit._http import byte_range
 from edgekit.errors import NotFoundError, OtaRequestError
-from edgekit.ota.service import OtaService
-from edgekit.ota.storage import check_key
+from edgekit.ota.service.core import OtaService
+from edgekit.ota.service.storage import check_key
 
 MUTABLE = ("metadata/timestamp.json", "metadata/root.json")
 CONDITIONAL = (b"if-none-match", b"range", b"if-range")

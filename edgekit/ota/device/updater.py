@@ -1,0 +1,342 @@
+"""The device side of OTA: check, download (resumable), verify through TUF, install, smoke-test, switch.
+
+Only ``tuf`` (with ``cryptography``), the standard library and the runtime: no server code.
+
+Layout under ``cache_dir``::
+
+    tuf/                      trusted TUF metadata (python-tuf's ngclient keeps it)
+    downloads/<sha256>.part   partial downloads, resumed with HTTP Range
+    models/<model>/state.json the active and previous slots, releases that failed here (``slots``)
+    models/<model>/slots/<release>/   one installed bundle (bundle.json, reference.npz, one artifact)
+    outbox.jsonl              outcome reports not yet delivered (``outbox``)
+    device.json               this device's token from its enrolment (mode 0600; authenticates reports)
+
+Every request goes through one :class:`~edgekit.ota.device.fetcher.Fetcher` (``fetcher``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import EdgekitError, UpdateError, VerificationError
+from edgekit.ota import contract
+from edgekit.ota.device.fetcher import Fetcher, FetchError, HttpError, UrllibFetcher, tuf_fetcher
+from edgekit.ota.device.outbox import Outbox
+from edgekit.ota.device.slots import Slots, SlotState, smoke
+
+log = logging.getLogger("edgekit.ota")
+Progress = Callable[[str, int, int], None]  # (file, bytes so far, total)
+
+
+@dataclass
+class Offer:
+    """A release this device should install: its files' verified TUF target infos."""
+
+    model: str
+    channel: str
+    release: int
+    version: str
+    rollback_of: int | None
+    targets: dict[str, Any]  # file name -> TargetFile
+    in_rollout: bool
+
+
+@dataclass
+class UpdateResult:
+    """What :meth:`Updater.update` did: ``installed``, ``up_to_date``, ``failed`` (kept the old slot)."""
+
+    status: str
+    model: str
+    release: int | None = None
+    version: str | None = None
+    detail: str = ""
+    path: Path | None = None
+    downloaded_bytes: int = 0
+    resumed_bytes: int = 0
+
+
+class Updater:
+    """Keeps one device's models up to date from an edgekit OTA service.
+
+    Args:
+        server_url: The service (or any static host of its ``metadata/`` and ``targets/``).
+        cache_dir: Where metadata, downloads and installed slots live.
+        device_id: This device's stable id (it decides the device's rollout bucket).
+        trusted_root: The TUF root the app ships with: bytes, or a path to ``root.json``.
+        report: Send outcome reports to the service (kept in an outbox until delivered).
+        enrolment_token: The operator's enrolment token (``edgekit ota enrolment``): the device enrols
+            its id with it once and keeps the device token it gets (``device.json``, mode 0600) to
+            authenticate its reports. Without either, reports wait in the outbox.
+        fetcher: How to reach the service (default: :class:`~edgekit.ota.device.fetcher.UrllibFetcher` with
+            ``timeout``); the TUF metadata, the files and the reports all go through it.
+    """
+
+    def __init__(self, server_url: str, cache_dir: str | os.PathLike[str], device_id: str,
+                 trusted_root: bytes | str | os.PathLike[str], *, timeout: float = 30.0, report: bool = True,
+                 enrolment_token: str | None = None, fetcher: Fetcher | None = None) -> None:
+        self.server = server_url.rstrip("/")
+        self.cache = Path(cache_dir)
+        self.device_id = contract.check_device_id(device_id)
+        self.trusted_root = trusted_root if isinstance(trusted_root, bytes) else Path(trusted_root).read_bytes()
+        self.fetcher = fetcher or UrllibFetcher(timeout)
+        for folder in ("tuf", "downloads"):
+            (self.cache / folder).mkdir(parents=True, exist_ok=True)
+        self.slots = Slots(self.cache / "models")
+        self.outbox = Outbox(self.cache, self.server, self.device_id, self.fetcher, enabled=report,
+                             enrolment_token=enrolment_token)
+
+    # -- TUF -------------------------------------------------------------------------------------
+
+    def _tuf(self) -> Any:
+        from tuf.api import exceptions
+        from tuf.ngclient import Updater as TufUpdater
+
+        try:
+            tuf = TufUpdater(str(self.cache / "tuf"), f"{self.server}/metadata/", None, f"{self.server}/targets/",
+                             fetcher=tuf_fetcher(self.fetcher), bootstrap=self.trusted_root)
+            tuf.refresh()
+        except exceptions.DownloadError as exc:
+            raise UpdateError(f"cannot reach the update server {self.server} ({exc}); the active model is unchanged") from exc
+        except exceptions.RepositoryError as exc:
+            raise VerificationError(f"the update server's metadata failed TUF verification: {type(exc).__name__}: {exc}; "
+                                    "nothing was installed") from exc
+        except (OSError, ValueError) as exc:
+            raise UpdateError(f"reading update metadata failed ({exc}); the active model is unchanged") from exc
+        return tuf
+
+    def _targetinfo(self, tuf: Any, path: str) -> Any:
+        from tuf.api import exceptions
+
+        try:
+            return tuf.get_targetinfo(path)
+        except exceptions.DownloadError as exc:
+            raise UpdateError(f"cannot reach the update server {self.server} ({exc})") from exc
+        except exceptions.RepositoryError as exc:
+            raise VerificationError(f"delegated metadata for {path} failed TUF verification: {type(exc).__name__}: "
+                                    f"{exc}; nothing was installed") from exc
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def state(self, model: str) -> SlotState:
+        """``state.json`` of ``model``: its active and previous releases, those that failed here."""
+        return self.slots.state(model)
+
+    def active(self, model: str) -> Path | None:
+        """The active slot of ``model`` (a bundle directory), or None before the first install."""
+        return self.slots.active(model)
+
+    # -- checking --------------------------------------------------------------------------------
+
+    def check(self, model: str, channel: str) -> Offer | None:
+        """The release this device should install from ``channel``, or None when it has it (or none applies).
+
+        Raises:
+            VerificationError: Metadata fails TUF, or the server offers a release older than the
+                installed one without a signed rollback.
+            UpdateError: The server cannot be reached.
+        """
+        contract.check_name(model)
+        contract.check_name(channel, "channel name")
+        tuf = self._tuf()
+        info = self._targetinfo(tuf, contract.channel_path(model, channel))
+        if info is None:
+            return None
+        state = contract.ChannelState.from_custom(info.custom)
+        if (state.model, state.channel) != (model, channel):
+            raise VerificationError(f"the signed state at {info.path} is for {state.model}/{state.channel}, "
+                                    f"not {model}/{channel}")
+        ref = state.release_for(self.device_id)
+        if ref is None:
+            return None
+        local = self.state(model)
+        if local.active is not None and ref.release == local.active:
+            return None
+        if local.channel == channel and ref.release < local.highest:
+            if state.current.release < local.highest:  # the channel itself went back without a signed rollback
+                raise VerificationError(f"{model}/{channel} offers release {state.current.release} as current, older "
+                                        f"than release {local.highest} installed here; refused (a rollback must be "
+                                        "published as a new release)")
+            return None  # outside a new rollout: keep the newer release this device has
+        if ref.release in local.failed:
+            return None  # it failed its smoke test here once; do not loop on it
+        names = state.files.get(str(ref.release))
+        if not names:
+            raise VerificationError(f"the signed state of {model}/{channel} lists no files for release {ref.release}")
+        targets = {}
+        for name in names:
+            target = self._targetinfo(tuf, contract.target_path(model, channel, ref.release, name))
+            if target is None:
+                raise VerificationError(f"release {ref.release} of {model}/{channel} names {name}, which has no signed target")
+            custom = target.custom or {}
+            if (custom.get("model"), custom.get("channel"), custom.get("release")) != (model, channel, ref.release):
+                raise VerificationError(f"the descriptor of {target.path} does not match its path")
+            targets[name] = target
+        return Offer(model, channel, ref.release, ref.version, state.rollback_of, targets,
+                     state.rollout.includes(self.device_id))
+
+    # -- downloading -----------------------------------------------------------------------------
+
+    def _download(self, target: Any, progress: Progress | None) -> tuple[Path, int, int]:
+        """The verified file of ``target`` (resuming a partial download); (path, bytes fetched, bytes resumed)."""
+        from tuf.api.exceptions import LengthOrHashMismatchError
+
+        sha = target.hashes["sha256"]
+        url = f"{self.server}/{contract.target_key(target.path, sha)}"
+        base = target.path.rpartition("/")[2]
+        part = self.cache / "downloads" / f"{sha}.part"
+        have = part.stat().st_size if part.exists() else 0
+        if have > target.length:
+            part.unlink()
+            have = 0
+        resumed, fetched = have, 0
+        if have < target.length:
+            try:
+                with self.fetcher.get(url, offset=have) as response:
+                    if response.status != 206:  # the whole file: start again
+                        resumed, have = 0, 0
+                    with part.open("ab" if have else "wb") as f:
+                        while chunk := response.read():
+                            f.write(chunk)
+                            fetched += len(chunk)
+                            have += len(chunk)
+                            if have > target.length:
+                                break
+                            if progress:
+                                progress(base, have, target.length)
+                        f.flush()
+                        os.fsync(f.fileno())
+            except HttpError as exc:
+                if exc.status != 416:
+                    raise UpdateError(f"downloading {target.path} failed: HTTP {exc.status}; it will resume next time") from exc
+            except (FetchError, OSError) as exc:
+                raise UpdateError(f"downloading {target.path} was cut off ({exc}) at {have} of "
+                                  f"{target.length} bytes; the next update resumes it") from exc
+        have = part.stat().st_size
+        if have < target.length:
+            raise UpdateError(f"downloading {target.path} was cut off at {have} of {target.length} bytes; "
+                              "the next update resumes it")
+        with part.open("rb") as f:
+            try:
+                target.verify_length_and_hashes(f)
+            except LengthOrHashMismatchError as exc:
+                part.unlink(missing_ok=True)
+                raise VerificationError(f"{target.path} does not match its signed length and sha256 ({exc}); "
+                                        "discarded, nothing was installed") from exc
+        return part, fetched, resumed
+
+    # -- installing ------------------------------------------------------------------------------
+
+    def update(self, model: str, channel: str, progress: Progress | None = None, *,
+               providers: Any = "auto") -> UpdateResult:
+        """Bring ``model`` up to date from ``channel``; the old slot stays active on any failure.
+
+        Raises:
+            VerificationError: What the server sent fails verification (nothing installed).
+            UpdateError: The server cannot be reached or a download was cut off (resumes next time).
+        """
+        self.flush_reports()
+        self._drop_installed_downloads(model)
+        offer = self.check(model, channel)
+        if offer is None:
+            state = self.state(model)
+            return UpdateResult("up_to_date", model, state.active, state.active_version, path=self.active(model))
+        from edgekit.bundle import Manifest
+
+        manifest_part, fetched, resumed = self._download(offer.targets["bundle.json"], progress)
+        manifest = Manifest.from_json(manifest_part.read_text(encoding="utf-8"), where=offer.targets["bundle.json"].path)
+        chosen = self._choose(manifest, offer, providers)
+        wanted = ["bundle.json"] + ([manifest.reference.file] if manifest.reference else []) + [chosen.file]
+        parts = {"bundle.json": manifest_part}
+        for name in wanted[1:]:
+            if name not in offer.targets:
+                raise VerificationError(f"release {offer.release} has no signed target for {name}")
+            parts[name], more, again = self._download(offer.targets[name], progress)
+            fetched, resumed = fetched + more, resumed + again
+        slot = self.slots.install(model, offer.release, parts)
+        detail = smoke(slot, chosen.target, providers)
+        if detail:
+            state = self.state(model)
+            state.failed = sorted({*state.failed, offer.release})
+            self.slots.save(model, state)
+            shutil.rmtree(slot, ignore_errors=True)
+            self._report(offer, "failed", detail)
+            return UpdateResult("failed", model, offer.release, offer.version, detail, self.active(model), fetched, resumed)
+        state = self.state(model)
+        if state.active is not None and state.active != offer.release:
+            state.previous, state.previous_version = state.active, state.active_version
+        state.channel, state.active, state.active_version = channel, offer.release, offer.version
+        state.highest = max(state.highest, offer.release)
+        state.installed_downloads = sorted(part.name for part in parts.values())
+        self.slots.save(model, state)  # the switch: one atomic rename
+        self.slots.prune(model, state)
+        self._drop_installed_downloads(model)
+        self._report(offer, "installed", f"{chosen.target} ({chosen.format})")
+        return UpdateResult("installed", model, offer.release, offer.version, f"{chosen.target} ({chosen.format})",
+                            slot, fetched, resumed)
+
+    def _drop_installed_downloads(self, model: str) -> None:
+        """Remove the downloads the active slot was installed from (they live on in the slot)."""
+        state = self.state(model)
+        for name in state.installed_downloads:
+            if "/" not in name and name.endswith(".part"):
+                (self.cache / "downloads" / name).unlink(missing_ok=True)
+
+    def _choose(self, manifest: Any, offer: Offer, providers: Any) -> Any:
+        import dataclasses
+
+        from edgekit.runtimes import choose
+
+        offered = dataclasses.replace(manifest, artifacts=tuple(a for a in manifest.artifacts if a.file in offer.targets))
+        ranked, reason = choose(offered, providers=providers)
+        if not ranked:
+            raise UpdateError(f"release {offer.release} of {offer.model} has no artifact this device can run ({reason})")
+        return ranked[0]
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def open(self, model: str, **kwargs: Any) -> Any:
+        """A runtime session on the active slot; if it fails to load, roll back to the previous slot.
+
+        Raises:
+            UpdateError: Nothing is installed, or neither slot loads.
+        """
+        from edgekit.runtimes import open as open_session
+
+        state = self.state(model)
+        if state.active is None:
+            raise UpdateError(f"no release of {model} is installed here yet; run an update first")
+        try:
+            return open_session(self.slots.path(model, state.active), **kwargs)
+        except EdgekitError as exc:
+            if state.previous is None:
+                raise UpdateError(f"the active release {state.active} of {model} fails to load ({exc}) and there is "
+                                  "no previous release to roll back to") from exc
+            bad = state.active
+            log.warning("release %s of %s fails to load (%s); rolling back to release %s", bad, model, exc, state.previous)
+            state.failed = sorted({*state.failed, bad})
+            state.active, state.active_version = state.previous, state.previous_version
+            state.previous = state.previous_version = None
+            self.slots.save(model, state)
+            if state.channel:
+                self.outbox.queue({"model": model, "channel": state.channel, "release": bad, "outcome": "rolled_back",
+                                   "detail": f"failed to load: {exc}"[:500]})
+                self.flush_reports()
+            return open_session(self.slots.path(model, state.active), **kwargs)
+
+    # -- reports ---------------------------------------------------------------------------------
+
+    def _report(self, offer: Offer, outcome: str, detail: str) -> None:
+        self.outbox.queue({"model": offer.model, "channel": offer.channel, "release": offer.release,
+                           "outcome": outcome, "detail": detail[:500]})
+        self.flush_reports()
+
+    def flush_reports(self) -> int:
+        """Send queued outcome reports with this device's token; those the server cannot take now stay
+        queued (at most ``Outbox.MAX``, oldest dropped first). How many were sent."""
+        return self.outbox.flush()
