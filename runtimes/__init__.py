@@ -19,11 +19,11 @@ from edgekit.errors import BundleError, EdgekitError, IntegrityError, ProviderEr
 from edgekit.formats import format_of
 from edgekit.runtimes.adapt import AdaptedSession, adapt
 from edgekit.runtimes.base import POLICIES, Attempt, Runtime, Session, TimedSession
-from edgekit.runtimes.check import smoke_test
 from edgekit.runtimes.coreml import CoreMlRuntime, host_can_run_coreml
 from edgekit.runtimes.litert import LiteRtRuntime, LiteRtSession
 from edgekit.runtimes.null import NullSession
 from edgekit.runtimes.onnxruntime import CPU, OrtRuntime, OrtSession, provider_chain
+from edgekit.runtimes.smoke import smoke_test
 from edgekit.runtimes.stats import LatencyHistogram, Stats
 
 __all__ = ["AdaptedSession", "Attempt", "CoreMlRuntime", "LatencyHistogram", "LiteRtRuntime", "LiteRtSession",

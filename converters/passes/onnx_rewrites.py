@@ -71,7 +71,7 @@ def expand_function_ops(model: Any, rounds: int = 4, known: set[str] | frozenset
     import onnx
     from onnx import defs
 
-    from edgekit.converters.check import onnx2tf_ops
+    from edgekit.converters.preflight import onnx2tf_ops
 
     known = onnx2tf_ops() if known is None else known
     if not known:

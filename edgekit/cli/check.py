@@ -29,7 +29,7 @@ def check(
         import json
 
         from edgekit._console import captured_output
-        from edgekit.converters.check import check as run_check
+        from edgekit.converters.preflight import check as run_check
 
         with LiveProgress(live=False if not probe else None) as say, captured_output():
             results = run_check(model, target, probe=probe, min_ios=min_ios, progress=say)

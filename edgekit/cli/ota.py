@@ -206,6 +206,9 @@ def pull(
         "--enrolment-token", envvar="EDGEKIT_ENROLMENT_TOKEN", show_default=False,
         help="Enrols this device on its first report (edgekit ota enrolment makes one); without it and "
              "without an earlier enrolment, outcome reports wait in the outbox")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", "-t", help="Install this target's artifact instead of the best one this host runs, also one it "
+                               "cannot run (coreml-fp16 for an Apple device): verified, not smoke-tested")] = None,
     json_: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Update MODEL on this device: check, download (resumable), verify, install, smoke-test, switch, report."""
@@ -214,7 +217,8 @@ def pull(
 
     with LiveProgress() as live:  # a bar per file downloaded, on a terminal
         result = Updater(server, cache, device_id, root, enrolment_token=enrolment_token).update(
-            model, channel, progress=lambda name, have, total: live.bar(f"downloading {name}", have, total))
+            model, channel, progress=lambda name, have, total: live.bar(f"downloading {name}", have, total),
+            target=target)
     payload = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
     line = {"installed": f"installed {model} release {result.release} ({result.version}): {result.detail} in {result.path}",
             "up_to_date": f"{model} is up to date (release {result.release})",

@@ -150,11 +150,12 @@ class ChannelState:
 
 def descriptor(*, model: str, channel: str, version: str, release: int, file: str, kind: str, size: int,
                rollout: Rollout, rollback_of: int | None = None,
-               artifact: dict[str, str] | None = None) -> dict[str, Any]:
+               artifact: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``custom`` field of a release file's TUF target.
 
     ``kind`` is ``manifest`` (bundle.json), ``reference`` (reference.npz) or ``artifact``; artifacts
-    (``{"target", "format", "precision"}``) add those and the runtime they need.
+    (``{"target", "format", "precision"}``) add those and the runtime they need; a directory artifact
+    delivered as its tar also names the directory (``packed_from``) and its own hash and size.
     """
     out: dict[str, Any] = {
         "edgekit": DESCRIPTOR_VERSION, "model": model, "channel": channel, "version": version, "release": release,
@@ -164,6 +165,9 @@ def descriptor(*, model: str, channel: str, version: str, release: int, file: st
         out.update(target=artifact["target"], format=artifact["format"], precision=artifact["precision"],
                    runtime=FORMATS[artifact["format"]].device_runtime if artifact["format"] in FORMATS
                    else artifact["format"])
+        if artifact.get("packed_from"):  # a directory artifact delivered as its tar (pack_directory)
+            out.update(packed_from=artifact["packed_from"], directory_sha256=artifact["directory_sha256"],
+                       directory_size=int(artifact["directory_size"]))
     return out
 
 
@@ -173,3 +177,92 @@ def target_key(path: str, sha256: str) -> str:
     the device downloads it from there."""
     directory, _, base = path.rpartition("/")
     return f"targets/{directory}/{sha256}.{base}" if directory else f"targets/{sha256}.{base}"
+
+
+# -- directory artifacts (Core ML's .mlpackage) ---------------------------------------------------
+# A directory is delivered as one file: a tar whose bytes depend only on the names and contents of the
+# files in it (sorted, mtime 0, owner 0, modes 0644/0755, no compression), so its sha256 is stable and
+# TUF signs it like any target. The descriptor records the directory's own hash as well (the manifest's
+# sha256 of the artifact: edgekit._files.hash_path), which the device checks after unpacking.
+PACKED_SUFFIX = ".tar"
+PACK_MAX_MEMBERS = 10_000
+
+
+def packed_name(file: str) -> str:
+    """The delivered file of a directory artifact: ``coreml.mlpackage`` -> ``coreml.mlpackage.tar``."""
+    return file + PACKED_SUFFIX
+
+
+def pack_directory(path: Any) -> bytes:
+    """The deterministic tar of the directory ``path`` (regular files and folders only).
+
+    Raises:
+        VerificationError: The directory holds a link or another kind of file, which no device unpacks.
+    """
+    import io
+    import tarfile
+    from pathlib import Path
+
+    root = Path(path)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for item in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
+            name = item.relative_to(root).as_posix()
+            if item.is_symlink() or not (item.is_file() or item.is_dir()):
+                raise VerificationError(f"{root.name} holds {name}, which is not a regular file or folder; "
+                                        "a directory artifact must hold only files and folders to be delivered")
+            info = tarfile.TarInfo(name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            if item.is_dir():
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = item.stat().st_size, 0o644
+                with item.open("rb") as fh:
+                    tar.addfile(info, fh)
+    return out.getvalue()
+
+
+def unpack_directory(archive: Any, dst: Any, *, max_bytes: int) -> None:
+    """Unpack a :func:`pack_directory` tar into the new folder ``dst``: relative names without ``..``,
+    regular files and folders only, at most ``max_bytes`` of files (the artifact's size from its
+    signed descriptor) and :data:`PACK_MAX_MEMBERS` entries.
+
+    Raises:
+        VerificationError: Not such a tar, or an entry that breaks a rule (nothing is left in ``dst``).
+    """
+    import shutil
+    import tarfile
+    from pathlib import Path, PurePosixPath
+
+    root = Path(dst)
+    root.mkdir()
+    written = 0
+    try:
+        with tarfile.open(archive, "r:") as tar:
+            for count, member in enumerate(tar, start=1):
+                name = PurePosixPath(member.name)
+                if count > PACK_MAX_MEMBERS or name.is_absolute() or ".." in name.parts or not name.parts \
+                        or "\\" in member.name:
+                    raise VerificationError(f"the archive holds {member.name!r}: names must be relative and stay inside "
+                                            "the folder")
+                target = root.joinpath(*name.parts)
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                if not member.isfile():
+                    raise VerificationError(f"the archive holds {member.name!r}, which is not a regular file or folder")
+                written += member.size
+                if written > max_bytes:
+                    raise VerificationError(f"the archive unpacks to more than the {max_bytes} bytes its descriptor signs")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                if source is None:
+                    raise VerificationError(f"cannot read {member.name!r} from the archive")
+                with source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out)
+    except (tarfile.TarError, OSError, VerificationError) as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        if isinstance(exc, VerificationError):
+            raise
+        raise VerificationError(f"the directory archive cannot be unpacked: {type(exc).__name__}: {exc}") from exc

@@ -53,8 +53,10 @@ def call(server: str, method: str, path: str, *, token: str | None = None, body:
 
 
 def bundle_tar(bundle: Path) -> bytes:
-    """The bundle directory's files as one flat tar (what the publish endpoint takes)."""
+    """The bundle directory's files as one flat tar (what the publish endpoint takes); a directory artifact
+    (Core ML's ``.mlpackage``) goes in as its deterministic tar, ``NAME.tar`` (:func:`contract.pack_directory`)."""
     from edgekit.bundle import read_bundle
+    from edgekit.ota.contract import pack_directory, packed_name
 
     read_bundle(bundle)  # refuse a damaged bundle before uploading it
     out = io.BytesIO()
@@ -62,6 +64,11 @@ def bundle_tar(bundle: Path) -> bytes:
         for path in sorted(bundle.iterdir()):
             if path.is_file():
                 tar.add(path, arcname=path.name)
+            elif path.is_dir():
+                data = pack_directory(path)
+                info = tarfile.TarInfo(packed_name(path.name))
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
     return out.getvalue()
 
 

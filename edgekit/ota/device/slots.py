@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit._files import fsync_dir, write_atomic
-from edgekit.errors import EdgekitError
+from edgekit._files import fsync_dir, hash_path, write_atomic
+from edgekit.errors import EdgekitError, VerificationError
 from edgekit.ota import contract
 
 STAGING_PREFIX = ".tmp-"
@@ -66,16 +66,31 @@ class Slots:
         state = self.state(model)
         return self.path(model, state.active) if state.active is not None else None
 
-    def install(self, model: str, release: int, parts: dict[str, Path]) -> Path:
-        """Copy the verified downloads into a new slot folder (fsynced), renamed into place whole."""
+    def install(self, model: str, release: int, parts: dict[str, Path], packed: dict[str, Any] | None = None) -> Path:
+        """Copy the verified downloads into a new slot folder (fsynced), renamed into place whole.
+
+        ``packed`` names the downloads that are a directory artifact's tar (``contract.pack_directory``),
+        with the manifest's artifact: each is unpacked into its directory, whose hash must be the
+        artifact's sha256 in the manifest.
+
+        Raises:
+            VerificationError: A tar breaks the packing rules, or its directory differs from the manifest.
+        """
         slots = self.root / model / "slots"
         slots.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=slots, prefix=f"{STAGING_PREFIX}{release}-"))
-        for name, part in parts.items():
-            dst = staging / name
-            shutil.copyfile(part, dst)
-            with dst.open("rb") as f:
-                os.fsync(f.fileno())
+        try:
+            for name, part in parts.items():
+                if packed and name in packed:
+                    _unpack_artifact(part, staging, packed[name])
+                    continue
+                dst = staging / name
+                shutil.copyfile(part, dst)
+                with dst.open("rb") as f:
+                    os.fsync(f.fileno())
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         fsync_dir(staging)
         slot = self.path(model, release)
         if slot.exists():  # a slot a failed attempt left behind (never the active one)
@@ -107,3 +122,22 @@ def smoke(slot: Path, target: str, providers: Any) -> str:
     if not parity.passed:
         return f"the new model's outputs differ from its reference (max abs error {parity.max_abs_error:.3g})"
     return ""
+
+
+def _unpack_artifact(archive: Path, staging: Path, artifact: Any) -> None:
+    """Unpack a directory artifact's tar into ``staging`` and check it against the manifest's hash."""
+    directory = staging / artifact.file
+    contract.unpack_directory(archive, directory, max_bytes=artifact.size_bytes)
+    digest, size = hash_path(directory)
+    if (digest, size) != (artifact.sha256, artifact.size_bytes):
+        raise VerificationError(f"{artifact.file} unpacked from its signed archive differs from the manifest's sha256 "
+                                "or size; nothing was installed")
+    folders = {directory}
+    for file in directory.rglob("*"):
+        if file.is_dir():
+            folders.add(file)
+        else:
+            with file.open("rb") as f:
+                os.fsync(f.fileno())
+    for folder in folders:
+        fsync_dir(folder)

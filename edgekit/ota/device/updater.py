@@ -233,8 +233,12 @@ class Updater:
     # -- installing ------------------------------------------------------------------------------
 
     def update(self, model: str, channel: str, progress: Progress | None = None, *,
-               providers: Any = "auto") -> UpdateResult:
+               providers: Any = "auto", target: str | None = None) -> UpdateResult:
         """Bring ``model`` up to date from ``channel``; the old slot stays active on any failure.
+
+        ``target`` installs that target's artifact instead of the best one this host can run, also one
+        it cannot run (a Core ML package fetched on Linux for an Apple device): its bytes are verified
+        and the smoke test says why it was not run.
 
         Raises:
             VerificationError: What the server sent fails verification (nothing installed).
@@ -250,16 +254,19 @@ class Updater:
 
         manifest_part, fetched, resumed = self._download(offer.targets["bundle.json"], progress)
         manifest = Manifest.from_json(manifest_part.read_text(encoding="utf-8"), where=offer.targets["bundle.json"].path)
-        chosen = self._choose(manifest, offer, providers)
-        wanted = ["bundle.json"] + ([manifest.reference.file] if manifest.reference else []) + [chosen.file]
+        chosen = self._choose(manifest, offer, providers, target)
+        delivered = _delivered_name(offer, chosen.file)
+        wanted = ["bundle.json"] + ([manifest.reference.file] if manifest.reference else []) + [delivered]
         parts = {"bundle.json": manifest_part}
         for name in wanted[1:]:
             if name not in offer.targets:
                 raise VerificationError(f"release {offer.release} has no signed target for {name}")
             parts[name], more, again = self._download(offer.targets[name], progress)
             fetched, resumed = fetched + more, resumed + again
-        slot = self.slots.install(model, offer.release, parts)
-        detail = smoke(slot, chosen.target, providers)
+        packed = {delivered: chosen} if delivered != chosen.file else {}
+        slot = self.slots.install(model, offer.release, parts, packed)
+        runs_here = _runs_here(chosen.format)
+        detail = smoke(slot, chosen.target, providers) if runs_here is None else ""
         if detail:
             state = self.state(model)
             state.failed = sorted({*state.failed, offer.release})
@@ -276,9 +283,10 @@ class Updater:
         self.slots.save(model, state)  # the switch: one atomic rename
         self.slots.prune(model, state)
         self._drop_installed_downloads(model)
-        self._report(offer, "installed", f"{chosen.target} ({chosen.format})")
-        return UpdateResult("installed", model, offer.release, offer.version, f"{chosen.target} ({chosen.format})",
-                            slot, fetched, resumed)
+        said = f"{chosen.target} ({chosen.format})" + (f"; verified, not runnable on this host: {runs_here}"
+                                                      if runs_here is not None else "")
+        self._report(offer, "installed", said)
+        return UpdateResult("installed", model, offer.release, offer.version, said, slot, fetched, resumed)
 
     def _drop_installed_downloads(self, model: str) -> None:
         """Remove the downloads the active slot was installed from (they live on in the slot)."""
@@ -287,12 +295,20 @@ class Updater:
             if "/" not in name and name.endswith(".part"):
                 (self.cache / "downloads" / name).unlink(missing_ok=True)
 
-    def _choose(self, manifest: Any, offer: Offer, providers: Any) -> Any:
+    def _choose(self, manifest: Any, offer: Offer, providers: Any, target: str | None = None) -> Any:
         import dataclasses
 
         from edgekit.runtimes import choose
 
-        offered = dataclasses.replace(manifest, artifacts=tuple(a for a in manifest.artifacts if a.file in offer.targets))
+        offered = dataclasses.replace(manifest, artifacts=tuple(
+            a for a in manifest.artifacts if a.file in offer.targets or contract.packed_name(a.file) in offer.targets))
+        if target is not None:
+            named = [a for a in offered.artifacts if a.target == target]
+            if not named:
+                targets = ", ".join(sorted({a.target for a in offered.artifacts})) or "none"
+                raise UpdateError(f"release {offer.release} of {offer.model} offers no {target} artifact "
+                                  f"(it offers: {targets})")
+            return named[0]
         ranked, reason = choose(offered, providers=providers)
         if not ranked:
             raise UpdateError(f"release {offer.release} of {offer.model} has no artifact this device can run ({reason})")
@@ -311,8 +327,12 @@ class Updater:
         state = self.state(model)
         if state.active is None:
             raise UpdateError(f"no release of {model} is installed here yet; run an update first")
+        slot = self.slots.path(model, state.active)
+        elsewhere = _installed_for_another_host(slot)
+        if elsewhere:  # installed with target= for another platform: not a failure of the release
+            raise UpdateError(f"release {state.active} of {model} was installed for another platform: {elsewhere}")
         try:
-            return open_session(self.slots.path(model, state.active), **kwargs)
+            return open_session(slot, **kwargs)
         except EdgekitError as exc:
             if state.previous is None:
                 raise UpdateError(f"the active release {state.active} of {model} fails to load ({exc}) and there is "
@@ -340,3 +360,29 @@ class Updater:
         """Send queued outcome reports with this device's token; those the server cannot take now stay
         queued (at most ``Outbox.MAX``, oldest dropped first). How many were sent."""
         return self.outbox.flush()
+
+
+def _delivered_name(offer: Offer, file: str) -> str:
+    """The target a manifest's artifact file arrives as: itself, or its tar for a directory (.mlpackage)."""
+    packed = contract.packed_name(file)
+    return packed if file not in offer.targets and packed in offer.targets else file
+
+
+def _runs_here(fmt: str) -> str | None:
+    """None when this host can run ``fmt``, else why not."""
+    from edgekit.runtimes import host_formats
+
+    return host_formats().get(fmt, f"no runtime for {fmt}") or None
+
+
+def _installed_for_another_host(slot: Path) -> str:
+    """Why this host cannot run the artifact installed in ``slot`` ('' when it can)."""
+    from edgekit.bundle import read_bundle
+
+    try:
+        manifest = read_bundle(slot, verify=False).manifest
+    except EdgekitError:
+        return ""  # the runtime says what is wrong with it
+    here = [a for a in manifest.artifacts if (slot / a.file).exists()]
+    reasons = [_runs_here(a.format) for a in here]
+    return f"{here[0].target} ({here[0].format}): {reasons[0]}" if here and all(reasons) else ""

@@ -116,7 +116,8 @@ class OtaService:
         contract.check_name(model)
         contract.check_name(channel, "channel name")
         _check_points(basis_points)
-        bundle = read_bundle(bundle_dir)  # sizes and sha256 of every file
+        _unpack_directories(bundle_dir)
+        bundle = read_bundle(bundle_dir)  # sizes and sha256 of every file (a directory's too)
         manifest = bundle.manifest
         if manifest.reference is None:
             raise BundleError(f"{bundle_dir} has no reference samples (reference.npz), so devices could not smoke-test "
@@ -125,25 +126,27 @@ class OtaService:
         files: list[dict[str, Any]] = []
         for name in names:
             files.append({"file": contract.check_file_name(name), "kind": "manifest" if name == "bundle.json" else "reference"})
-        skipped = []
+        packed: dict[str, bytes] = {}  # directory artifacts (.mlpackage), delivered as their deterministic tar
         for art in manifest.artifacts:
-            if art.format == "mlpackage":  # a directory, not one file: not delivered over the air yet
-                skipped.append(art.file)
-                continue
-            files.append({"file": contract.check_file_name(art.file), "kind": "artifact",
-                          "artifact": {"target": art.target, "format": art.format, "precision": art.precision}})
+            entry: dict[str, Any] = {"target": art.target, "format": art.format, "precision": art.precision}
+            name = contract.check_file_name(art.file)
+            if (bundle.path / art.file).is_dir():
+                name = contract.packed_name(art.file)
+                packed[name] = contract.pack_directory(bundle.path / art.file)
+                entry.update(packed_from=art.file, directory_sha256=art.sha256, directory_size=art.size_bytes)
+            files.append({"file": name, "kind": "artifact", "artifact": entry})
         from tuf.api.metadata import TargetFile
 
         with self.registry.lock():
             latest = self.registry.latest(model, channel)
-            if latest is not None and _same_files(latest.files, bundle.path, files):
+            if latest is not None and _same_files(latest.files, bundle.path, files, packed):
                 # a retried publish (the answer was lost to a crash or a cut connection): the release exists
                 self.event("publish_repeated", model=model, channel=channel, release=latest.release)
                 latest.already_published = True
                 return latest
             number = latest.release + 1 if latest else 1
             for f in files:
-                data = (bundle.path / f["file"]).read_bytes()
+                data = packed[f["file"]] if f["file"] in packed else (bundle.path / f["file"]).read_bytes()
                 info = TargetFile.from_data(contract.target_path(model, channel, number, f["file"]), data, ["sha256"])
                 f["size"], f["sha256"] = info.length, info.hashes["sha256"]
                 key = contract.target_key(info.path, f["sha256"])
@@ -154,7 +157,7 @@ class OtaService:
             self.registry.add_release(release)
             self._sign(release, files_too=True)
         self.event("published", model=model, channel=channel, release=number, version=manifest.version,
-                   basis_points=basis_points, skipped=skipped)
+                   basis_points=basis_points)
         return release
 
     def _current(self, model: str, channel: str) -> Release:
@@ -381,10 +384,34 @@ def _stable_after(latest: Release | None) -> int | None:
     return latest.stable_release
 
 
-def _same_files(published: list[dict[str, Any]], folder: Path, files: list[dict[str, Any]]) -> bool:
+def _same_files(published: list[dict[str, Any]], folder: Path, files: list[dict[str, Any]],
+                packed: dict[str, bytes]) -> bool:
     """Whether ``folder``'s ``files`` are, name for name and byte for byte, a release's ``published`` files."""
+    import hashlib
+
     from edgekit._files import hash_path
 
     if sorted(f["file"] for f in published) != sorted(f["file"] for f in files):
         return False
-    return all(hash_path(folder / f["file"])[0] == f.get("sha256") for f in published)
+    return all((hashlib.sha256(packed[f["file"]]).hexdigest() if f["file"] in packed else
+                hash_path(folder / f["file"])[0]) == f.get("sha256") for f in published)
+
+
+def _unpack_directories(folder: Path) -> None:
+    """An upload carries a directory artifact as its tar (``coreml.mlpackage.tar``, what ``edgekit publish``
+    sends): unpack it beside it, so the bundle reads and verifies as ``edgekit convert`` wrote it.
+
+    Raises:
+        BundleError: The tar breaks the packing rules (a link, a path outside the folder, not a tar).
+    """
+    from edgekit.errors import VerificationError
+
+    for archive in sorted(folder.glob(f"*{contract.PACKED_SUFFIX}")):
+        directory = folder / archive.name.removesuffix(contract.PACKED_SUFFIX)
+        if directory.exists():
+            continue
+        try:  # an uncompressed tar holds at most its own size in files
+            contract.unpack_directory(archive, directory, max_bytes=archive.stat().st_size)
+        except VerificationError as exc:
+            raise BundleError(f"{archive.name} in the upload: {exc}") from exc
+        archive.unlink()
