@@ -150,10 +150,12 @@ class ChannelState:
 
 def descriptor(*, model: str, channel: str, version: str, release: int, file: str, kind: str, size: int,
                rollout: Rollout, rollback_of: int | None = None,
-               artifact: dict[str, Any] | None = None) -> dict[str, Any]:
+               artifact: dict[str, Any] | None = None, delta: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``custom`` field of a release file's TUF target.
 
-    ``kind`` is ``manifest`` (bundle.json), ``reference`` (reference.npz) or ``artifact``; artifacts
+    ``kind`` is ``manifest`` (bundle.json), ``reference`` (reference.npz), ``artifact`` or ``delta``
+    (``edgekit.ota.delta``: ``{"of", "from_release", "from_sha256", "format"}``, the file it rebuilds
+    and the base it needs); artifacts
     (``{"target", "format", "precision"}``) add those and the runtime they need; a directory artifact
     delivered as its tar also names the directory (``packed_from``) and its own hash and size.
     """
@@ -168,6 +170,9 @@ def descriptor(*, model: str, channel: str, version: str, release: int, file: st
         if artifact.get("packed_from"):  # a directory artifact delivered as its tar (pack_directory)
             out.update(packed_from=artifact["packed_from"], directory_sha256=artifact["directory_sha256"],
                        directory_size=int(artifact["directory_size"]))
+    if delta is not None:
+        out["delta"] = {"of": delta["of"], "from_release": int(delta["from_release"]),
+                        "from_sha256": delta["from_sha256"], "format": delta["format"]}
     return out
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from edgekit.errors import EdgekitError, UpdateError, VerificationError
 from edgekit.ota import contract
+from edgekit.ota.device.deltas import rebuild
 from edgekit.ota.device.fetcher import Fetcher, FetchError, HttpError, UrllibFetcher, tuf_fetcher
 from edgekit.ota.device.outbox import Outbox
 from edgekit.ota.device.slots import Slots, SlotState, smoke
@@ -59,6 +60,7 @@ class UpdateResult:
     path: Path | None = None
     downloaded_bytes: int = 0
     resumed_bytes: int = 0
+    delta_from: int | None = None  # the artifact was rebuilt from this release's copy by a delta target
 
 
 class Updater:
@@ -258,9 +260,16 @@ class Updater:
         delivered = _delivered_name(offer, chosen.file)
         wanted = ["bundle.json"] + ([manifest.reference.file] if manifest.reference else []) + [delivered]
         parts = {"bundle.json": manifest_part}
+        delta_from = None
         for name in wanted[1:]:
             if name not in offer.targets:
                 raise VerificationError(f"release {offer.release} has no signed target for {name}")
+            rebuilt = rebuild(offer.targets, name, self.active(model), self.cache / "downloads",
+                              lambda t: self._download(t, progress))
+            if rebuilt is not None:
+                parts[name], more, delta_from = rebuilt
+                fetched += more
+                continue
             parts[name], more, again = self._download(offer.targets[name], progress)
             fetched, resumed = fetched + more, resumed + again
         packed = {delivered: chosen} if delivered != chosen.file else {}
@@ -285,8 +294,10 @@ class Updater:
         self._drop_installed_downloads(model)
         said = f"{chosen.target} ({chosen.format})" + (f"; verified, not runnable on this host: {runs_here}"
                                                       if runs_here is not None else "")
+        if delta_from is not None:
+            said += f"; rebuilt from release {delta_from} by a delta"
         self._report(offer, "installed", said)
-        return UpdateResult("installed", model, offer.release, offer.version, said, slot, fetched, resumed)
+        return UpdateResult("installed", model, offer.release, offer.version, said, slot, fetched, resumed, delta_from)
 
     def _drop_installed_downloads(self, model: str) -> None:
         """Remove the downloads the active slot was installed from (they live on in the slot)."""

@@ -20,6 +20,7 @@ from typing import Any
 from edgekit.errors import BundleError, OtaRequestError
 from edgekit.ota import contract
 from edgekit.ota.service.database import Release, SqliteRegistry, SqlRegistry
+from edgekit.ota.service.deltas import make_deltas
 from edgekit.ota.service.repository import Expiry, Repository, canonical, custom_of, load_signers
 from edgekit.ota.service.storage import FileStorage, Storage
 
@@ -90,7 +91,7 @@ class OtaService:
             path = contract.target_path(r.model, r.channel, r.release, f["file"])
             custom = contract.descriptor(model=r.model, channel=r.channel, version=r.version, release=r.release,
                                       file=f["file"], kind=f["kind"], size=f["size"], rollout=self._rollout(r),
-                                      rollback_of=r.rollback_of, artifact=f.get("artifact"))
+                                      rollback_of=r.rollback_of, artifact=f.get("artifact"), delta=f.get("delta"))
             out[path] = TargetFile(f["size"], {"sha256": f["sha256"]}, path, {"custom": custom})
         return out
 
@@ -145,13 +146,15 @@ class OtaService:
                 latest.already_published = True
                 return latest
             number = latest.release + 1 if latest else 1
+            data_of: dict[str, bytes] = {}
             for f in files:
-                data = packed[f["file"]] if f["file"] in packed else (bundle.path / f["file"]).read_bytes()
+                data = data_of[f["file"]] = packed[f["file"]] if f["file"] in packed else (bundle.path / f["file"]).read_bytes()
                 info = TargetFile.from_data(contract.target_path(model, channel, number, f["file"]), data, ["sha256"])
                 f["size"], f["sha256"] = info.length, info.hashes["sha256"]
                 key = contract.target_key(info.path, f["sha256"])
                 if self.storage.stat(key) is None:
                     self.storage.put(key, data)
+            files += make_deltas(self.storage, model, channel, number, files, data_of, self._delta_bases(latest))
             release = Release(model, channel, number, manifest.version, files, basis_points,
                               stable_release=_stable_after(latest))
             self.registry.add_release(release)
@@ -159,6 +162,13 @@ class OtaService:
         self.event("published", model=model, channel=channel, release=number, version=manifest.version,
                    basis_points=basis_points)
         return release
+
+    def _delta_bases(self, latest: Release | None) -> list[Release]:
+        """The releases devices most likely hold when a new one comes: the latest and the stable one."""
+        if latest is None:
+            return []
+        stable = self.registry.release(latest.model, latest.channel, latest.stable_release) if latest.stable_release else None
+        return [latest] + ([stable] if stable is not None and stable.release != latest.release else [])
 
     def _current(self, model: str, channel: str) -> Release:
         contract.check_name(model)
@@ -220,7 +230,7 @@ class OtaService:
             if old is None or old.release >= current.release:
                 raise OtaRequestError(f"release {target_number} is not an earlier release of {model}/{channel}", status=409)
             number = current.release + 1
-            files = [dict(f) for f in old.files]
+            files = [dict(f) for f in old.files if f["kind"] != "delta"]  # old's deltas rebuild it from older ones
             for f in files:
                 src = contract.target_key(contract.target_path(model, channel, old.release, f["file"]), f["sha256"])
                 dst = contract.target_key(contract.target_path(model, channel, number, f["file"]), f["sha256"])
@@ -386,11 +396,13 @@ def _stable_after(latest: Release | None) -> int | None:
 
 def _same_files(published: list[dict[str, Any]], folder: Path, files: list[dict[str, Any]],
                 packed: dict[str, bytes]) -> bool:
-    """Whether ``folder``'s ``files`` are, name for name and byte for byte, a release's ``published`` files."""
+    """Whether ``folder``'s ``files`` are, name for name and byte for byte, a release's ``published`` files
+    (its deltas aside: the service made them)."""
     import hashlib
 
     from edgekit._files import hash_path
 
+    published = [f for f in published if f["kind"] != "delta"]
     if sorted(f["file"] for f in published) != sorted(f["file"] for f in files):
         return False
     return all((hashlib.sha256(packed[f["file"]]).hexdigest() if f["file"] in packed else

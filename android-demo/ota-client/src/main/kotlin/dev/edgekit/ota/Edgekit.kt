@@ -150,7 +150,9 @@ class ModelUpdater(
             return Result("up_to_date", local.active, local.activeVersion, "", null)
         }
         val names = state.files[ref.release.toString()] ?: throw TufException("no files listed for release ${ref.release}")
-        val wanted = listOf("bundle.json", "reference.npz", chooseFile(names.filter { it != "bundle.json" && it != "reference.npz" }))
+        // Delta targets (NAME.from-N.delta, edgekit.ota.delta) are for clients that rebuild files; this one downloads whole files.
+        val wanted = listOf("bundle.json", "reference.npz",
+            chooseFile(names.filter { it != "bundle.json" && it != "reference.npz" && !it.endsWith(".delta") }))
         val parts = LinkedHashMap<String, File>()
         for (name in wanted.filter { it in names }) {
             val t = tuf.targetInfo("$model/$channel/${ref.release}/$name") ?: throw TufException("$name has no signed target")
