@@ -50,6 +50,12 @@ $(FAKETIME):
 	@command -v apt-get >/dev/null || { echo "install faketime at $(FAKETIME) (Debian: apt-get install faketime)"; exit 1; }
 	apt-get install -y -qq faketime >/dev/null || { apt-get update -qq && apt-get install -y -qq faketime >/dev/null; }
 
+# tests/test_ota_nginx.py runs examples/nginx/edgekit-ota.conf in Debian's nginx.
+NGINX ?= /usr/sbin/nginx
+$(NGINX):
+	@command -v apt-get >/dev/null || { echo "install nginx at $(NGINX) (Debian: apt-get install nginx)"; exit 1; }
+	apt-get install -y -qq nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
+
 TUFC := build/tuf-conformance
 $(TUFC)/.installed: android-demo/ota-client/tuf-conformance/pyproject.toml | $(FAKETIME)
 	rm -rf $(TUFC) && mkdir -p $(TUFC)
@@ -75,7 +81,7 @@ services:
 services-stop:
 	bash tests/services/down.sh $(SERVICES)
 
-test: $(VENV)/.test-installed $(CHROMIUM) $(QEMU) $(TUFC)/.installed web/node_modules/.package-lock.json
+test: $(VENV)/.test-installed $(CHROMIUM) $(QEMU) $(NGINX) $(TUFC)/.installed web/node_modules/.package-lock.json
 	$(BIN)/python -m ruff check .
 	MYPYPATH=$$(ls -d build/__editable__*) $(BIN)/python -m mypy -p edgekit
 	bash tests/services/up.sh $(SERVICES)
@@ -85,11 +91,13 @@ test: $(VENV)/.test-installed $(CHROMIUM) $(QEMU) $(TUFC)/.installed web/node_mo
 # carries O-Net's weights here: its declared dependencies (torchvision) would pull a CUDA torch.
 bench: $(VENV)/.test-installed $(CHROMIUM) web/node_modules/.package-lock.json
 	$(PIP) --no-deps facenet-pytorch==2.6.0
+	$(PIP) bsdiff4==1.3.2
 	$(BIN)/python benchmarks/bench_onnx_web.py
 	$(BIN)/python benchmarks/bench_tflite.py
 	$(BIN)/python benchmarks/bench_coreml.py
 	$(BIN)/python benchmarks/bench_runtime.py
 	$(BIN)/python benchmarks/bench_web.py
+	$(BIN)/python benchmarks/bench_delta.py
 
 # Regenerate examples/digits (trains the CNN; needs the torch extra).
 example: $(VENV)/.test-installed

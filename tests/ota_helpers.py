@@ -61,6 +61,60 @@ class LiveServer:
         self.registry.close()
 
 
+class ServedProcess:
+    """``edgekit serve`` itself (its default server, granian, unless ``server``) in a subprocess on a
+    free loopback port, with ``limits`` passed as the workers read them; tokens are made in the same
+    registry from this process."""
+
+    def __init__(self, data: Path, keys: Path, *, limits: Any = None, server: str = "granian", workers: int = 1) -> None:
+        import dataclasses
+        import os
+        import subprocess
+        import sys
+        import urllib.request
+
+        self.service = OtaService.embedded(data, keys)
+        if self.service.storage.stat("metadata/timestamp.json") is None:
+            Repository.create(self.service.storage, keys)
+        self.registry: SqlRegistry = self.service.registry
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(os.environ)
+        if limits is not None:
+            env["EDGEKIT_OTA_LIMITS"] = json.dumps(dataclasses.asdict(limits))
+        edgekit = str(Path(sys.executable).parent / "edgekit")
+        self.proc = subprocess.Popen([edgekit, "serve", "--data", str(data), "--keys", str(keys), "--port", str(port),
+                                      "--workers", str(workers), "--server", server], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=1)  # noqa: S310
+                break
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    self.proc.kill()
+                    raise RuntimeError("edgekit serve did not start") from None
+                time.sleep(0.1)
+
+    def token(self, *scopes: str) -> str:
+        return self.registry.create_token("test", list(scopes))
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.service.close()
+        self.registry.close()
+
+
 def edit_manifest(bundle: Path, change: Any) -> None:
     """Rewrite a bundle's bundle.json through ``change(dict)``."""
     path = bundle / "bundle.json"

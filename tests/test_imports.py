@@ -57,7 +57,7 @@ def test_running_a_tflite_artifact_loads_no_heavy_module(tmp_path) -> None:
     assert _loaded_after(stmt) == []
 
 
-SERVER_SIDE = ("fastapi", "starlette", "uvicorn", "pydantic", "prometheus_client", "psycopg", "boto3", "botocore")
+SERVER_SIDE = ("fastapi", "starlette", "uvicorn", "granian", "pydantic", "prometheus_client", "psycopg", "boto3", "botocore")
 
 
 def test_the_ota_device_client_loads_no_server_or_heavy_module() -> None:

@@ -1,6 +1,7 @@
 """The OTA service under hostile input: every request an attacker shapes gets a 4xx, never a 5xx, and
 the service keeps answering devices at its normal latency while a decompression bomb, an oversized
-upload and hundreds of slow connections are refused. Real uvicorn on loopback, raw sockets."""
+upload and hundreds of slow connections are refused. Real servers on loopback (edgekit serve on granian,
+and uvicorn), raw sockets."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.ota.service.app import Limits
-from tests.ota_helpers import LiveServer, SlowClients, tar_of_members
+from tests.ota_helpers import LiveServer, ServedProcess, SlowClients, tar_of_members
 
 pytest.importorskip("fastapi")
 
@@ -44,11 +45,14 @@ def _get(path: bytes) -> bytes:
     return b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
-@pytest.fixture
-def guarded(tmp_path: Path, ota_keys: Path) -> Iterator[LiveServer]:
+@pytest.fixture(params=["edgekit serve", "uvicorn in a thread"])
+def guarded(request: pytest.FixtureRequest, tmp_path: Path, ota_keys: Path) -> Iterator[LiveServer | ServedProcess]:
+    """The service with small limits: ``edgekit serve`` as users run it (granian), and the app under
+    uvicorn with its guarded protocol (``--server uvicorn``)."""
     limits = Limits(max_upload_bytes=32 << 20, max_extracted_bytes=16 << 20, ratio_floor_bytes=1 << 20, max_members=64,
                     header_timeout_s=2.0, body_grace_s=2.0, min_body_rate=4096)
-    live = LiveServer(tmp_path / "server", ota_keys, limits=limits)
+    live = (ServedProcess(tmp_path / "server", ota_keys, limits=limits) if request.param == "edgekit serve"
+            else LiveServer(tmp_path / "server", ota_keys, limits=limits))
     yield live
     live.stop()
 
@@ -56,7 +60,7 @@ def guarded(tmp_path: Path, ota_keys: Path) -> Iterator[LiveServer]:
 REPORT = b'{"device_id":"%s","model":"digits","channel":"stable","release":%s,"outcome":"failed"}'
 
 
-def test_hostile_paths_numbers_and_strings_get_a_4xx(guarded: LiveServer) -> None:
+def test_hostile_paths_numbers_and_strings_get_a_4xx(guarded: LiveServer | ServedProcess) -> None:
     token = guarded.token("admin")
     requests = {
         "NUL in a target path": _get(b"/targets/a%00b"),
@@ -96,7 +100,7 @@ def _bomb(size: int) -> bytes:
     return out.getvalue()
 
 
-def test_a_bomb_an_oversized_upload_and_slow_connections_are_refused_while_devices_are_served(guarded: LiveServer,
+def test_a_bomb_an_oversized_upload_and_slow_connections_are_refused_while_devices_are_served(guarded: LiveServer | ServedProcess,
                                                                                             tmp_path: Path) -> None:
     token = guarded.token("publish")
     publish = "/v1/models/digits/channels/stable/releases"

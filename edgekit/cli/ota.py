@@ -154,28 +154,56 @@ def serve(
     halt_failure_rate: Annotated[float, typer.Option("--halt-failure-rate",
                                                      help="Percent of failed reports that halts a rollout")] = 20.0,
     halt_min_reports: Annotated[int, typer.Option("--halt-min-reports", help="Reports needed before halting")] = 5,
-    workers: Annotated[int, typer.Option("--workers", help="uvicorn worker processes")] = 1,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes")] = 1,
+    server: Annotated[str, typer.Option(
+        "--server", help="granian (Rust HTTP, the default: device paths near a static server's speed) or uvicorn")] = "granian",
 ) -> None:
     """Run the OTA service (TUF metadata and files for devices; publish and rollout API; /metrics; /docs)."""
+    import dataclasses
+    import json
     import logging
 
-    import uvicorn
+    from edgekit.errors import UserError
+    from edgekit.ota.service.app import ENV_PREFIX, Limits, configure_logging
 
-    from edgekit.ota.service.app import ENV_PREFIX, configure_logging
-
+    if server not in ("granian", "uvicorn"):
+        raise UserError(f"--server {server!r}: choose granian or uvicorn")
     configure_logging()
+    limits = Limits()
     settings = {"data": str(data) if data else "", "keys": str(keys), "registry": registry or "",
                 "storage": storage or "", "halt_bp": str(round(halt_failure_rate * 100)), "halt_min": str(halt_min_reports)}
     os.environ.update({ENV_PREFIX + k.upper(): v for k, v in settings.items()})
+    os.environ.setdefault(ENV_PREFIX + "LIMITS", json.dumps(dataclasses.asdict(limits)))
+    limits = Limits(**json.loads(os.environ[ENV_PREFIX + "LIMITS"]))
     from edgekit.ota.service.app import app_from_env
 
     app_from_env()  # fails here, with a clear message, on bad keys or backends (before any worker starts)
     logging.getLogger("edgekit.ota").info("serving", extra={
-        "event": "serving", "url": f"http://{host}:{port}", "workers": workers,
+        "event": "serving", "url": f"http://{host}:{port}", "workers": workers, "server": server,
         "registry": "postgresql" if registry else "sqlite", "storage": "s3" if storage else "files"})
-    uvicorn.run("edgekit.ota.service.app:app_from_env", factory=True, host=host, port=port, workers=max(1, workers),
-                http="edgekit.ota.service.guards:GuardedHttpProtocol",  # header and body deadlines (guards.Limits)
-                log_level="warning", access_log=False)  # events are logged as JSON lines; per-request lines cost
+    if server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run("edgekit.ota.service.app:app_from_env", factory=True, host=host, port=port, workers=max(1, workers),
+                    http="edgekit.ota.service.guards:GuardedHttpProtocol",  # header and body deadlines (guards.Limits)
+                    log_level="warning", access_log=False)  # events are logged as JSON lines; per-request lines cost
+        return
+    import importlib.util
+
+    from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    # Measured in benchmarks/bench_ota.py: uvloop and one Python thread per worker keep the P99 of device
+    # checks near nginx's. Each worker holds up to backlog/workers connections (as nginx's
+    # worker_connections); the header deadline is granian's own, the body deadline the app's
+    # (guards.receive_upload).
+    loop = Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.auto
+    os.environ[ENV_PREFIX + "WORKER_OF"] = str(os.getpid())  # workers end with this process (app._die_with)
+    Server("edgekit.ota.service.app:app_from_env", address=host, port=port, interface=Interfaces.ASGI, factory=True,
+           workers=max(1, workers), loop=loop, blocking_threads=1, backlog=4096, log_level=LogLevels.warning,
+           http1_settings=HTTP1Settings(header_read_timeout=max(1, round(limits.header_timeout_s * 1000)))).serve()
 
 
 def publish(

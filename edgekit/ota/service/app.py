@@ -30,6 +30,7 @@ from edgekit.ota.service.guards import (
     clean_publish_leftovers,
     extract_bundle,
     guarded_protocol,
+    receive_upload,
 )
 
 __all__ = ["GuardedHttpProtocol", "Limits", "app_from_env", "configure_logging", "create_app", "guarded_protocol"]
@@ -39,7 +40,8 @@ MAX_RELEASE = (1 << 53) - 1  # the largest integer every JSON reader keeps exact
 
 ERRORS = {400: "the body is not valid JSON", 401: "no token, or an unknown one",
           403: "the token lacks the scope, or names another device",
-          404: "no such model, channel, release or file", 409: "in conflict with the current state",
+          404: "no such model, channel, release or file", 408: "the upload came too slowly",
+          409: "in conflict with the current state",
           413: "the upload is over a limit", 422: "the request does not match the API", 429: "too many requests"}
 
 
@@ -268,7 +270,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
               summary="Publish a bundle (a tar of its directory, optionally gzipped) as the next release; the same "
               "files again (a retry) answer 200 with the release already made",
               responses={200: {"description": "the same files are this channel's latest release already"},
-                         **_responses(401, 403, 409, 413, 422)},
+                         **_responses(401, 403, 408, 409, 413, 422)},
               openapi_extra={"requestBody": {"required": True, "description": "the bundle directory's files as one flat "
                              "tar, optionally gzipped (edgekit publish makes it)", "content": {
                                  media: {"schema": {"type": "string", "format": "binary"}}
@@ -287,13 +289,8 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
         work = Path(tempfile.mkdtemp(prefix=f"{PUBLISH_TMP_PREFIX}{os.getpid()}-"))
         try:
             upload = work / "upload.tar"
-            size = 0
             with upload.open("wb") as f:
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limits.max_upload_bytes:
-                        raise OtaRequestError(f"the upload is over the {limits.max_upload_bytes} bytes allowed", status=413)
-                    f.write(chunk)
+                await receive_upload(request.stream(), f, limits)
             bundle = work / "bundle"
             await anyio.to_thread.run_sync(lambda: extract_bundle(upload, bundle, limits))
             release = await anyio.to_thread.run_sync(
@@ -374,17 +371,41 @@ ENV_PREFIX = "EDGEKIT_OTA_"
 
 
 def app_from_env() -> Any:
-    """The app for ``uvicorn --factory`` worker processes (``edgekit serve --workers N`` sets the variables)."""
+    """The app for the server's worker processes (``edgekit serve`` sets the variables; ``limits`` is the
+    JSON of :class:`Limits`' fields)."""
     import os
 
     from edgekit.ota.service.core import HaltPolicy
 
     env = {k[len(ENV_PREFIX):].lower(): v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    if env.get("worker_of"):
+        _die_with(int(env["worker_of"]))
+    limits = Limits(**json.loads(env["limits"])) if env.get("limits") else Limits()
     configure_logging()
     service = OtaService.embedded(env.get("data") or None, env["keys"], registry_url=env.get("registry") or None,
                                   storage_url=env.get("storage") or None,
                                   halt_policy=HaltPolicy(int(env.get("halt_bp", "2000")), int(env.get("halt_min", "5"))))
-    return create_app(service)
+    app = create_app(service, limits=limits)
+    import gc
+
+    gc.collect()
+    gc.freeze()  # the startup's objects (FastAPI, pydantic, TUF) leave the collector's scans: no long pauses
+    return app
+
+
+def _die_with(parent: int) -> None:
+    """A worker process ends when ``edgekit serve`` does, also when it was SIGKILLed (granian's
+    workers would otherwise keep the port and serve on)."""
+    import os
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it was gone before the line above
+        os._exit(1)
 
 
 def configure_logging() -> None:

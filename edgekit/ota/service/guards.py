@@ -131,6 +131,37 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
+async def receive_upload(stream: Any, out: Any, limits: Limits) -> int:
+    """Write an upload's body (``stream``: Starlette's ``request.stream()``) to ``out``; its size.
+
+    The body deadline of :class:`Limits`, whatever the server: after ``body_grace_s``, each next chunk
+    must come before the bytes so far fall under ``min_body_rate`` (a dripping upload gets a 408).
+
+    Raises:
+        OtaRequestError: Over ``max_upload_bytes`` (413), or too slow (408).
+    """
+    import anyio
+
+    started, size = time.monotonic(), 0
+    chunks = stream.__aiter__()
+    while True:
+        wait = max(limits.body_grace_s, size / limits.min_body_rate) - (time.monotonic() - started)
+        try:
+            with anyio.fail_after(max(wait, 0.001)):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return size
+        except TimeoutError as exc:
+            log.info("slow upload refused", extra={"event": "slow_client", "bytes": size})
+            raise OtaRequestError(f"the upload is too slow ({size} bytes in {time.monotonic() - started:.0f} s; "
+                                  f"at least {limits.min_body_rate} bytes/s after {limits.body_grace_s:g} s)",
+                                  status=408) from exc
+        size += len(chunk)
+        if size > limits.max_upload_bytes:
+            raise OtaRequestError(f"the upload is over the {limits.max_upload_bytes} bytes allowed", status=413)
+        out.write(chunk)
+
+
 def guarded_protocol(limits: Limits) -> type[GuardedHttpProtocol]:
     """The protocol class (uvicorn's ``http=``) that enforces ``limits``."""
     return type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"limits": limits})
