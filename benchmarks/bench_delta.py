@@ -4,7 +4,7 @@ One run, on the artifacts `edgekit convert` writes (onnx-web .onnx and tflite .t
   retrained head   MobileNetV2 (examples/retrained_head): release N's 10-class head trained 1 epoch,
                    release N+1 the same model with the head trained 3 more (every other tensor equal)
   all moved        release N with every weight scaled by (1 + 1e-3 noise): fine-tuning everything,
-                   where no delta should be published (the service keeps only deltas under half the file)
+                   (the service publishes deltas up to 80 % of the file)
 For each pair: the full file's size, each delta's size (and its share of the full file), the time to
 make it and to apply it (rebuilt bytes checked equal to the new file).
 Run: .venv/bin/python benchmarks/bench_delta.py   (about 3 minutes; needs the tensorflow extra,

@@ -2,8 +2,9 @@
 tensor-level delta (``edgekit.ota.delta``) from the same target's artifact in the releases devices
 most likely hold (the channel's latest and its stable release), stored and signed like any file.
 
-A delta is kept only when it is at most ``MAX_SHARE`` of the full file: when every weight moved
-(fine-tuning the whole network), devices download the file as before.
+A delta is kept only when it is at most ``MAX_SHARE`` of the full file (fine-tuning the whole
+network still saves about 45 %: weights that moved a little share their high bytes); a release that
+shares nothing with the base gets no delta, and devices download the file as before.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from edgekit.ota.service.database import Release
 from edgekit.ota.service.storage import Storage
 
 log = logging.getLogger("edgekit.ota")
-MAX_SHARE = 0.5
+MAX_SHARE = 0.8
 
 
 def make_deltas(storage: Storage, model: str, channel: str, number: int, files: list[dict[str, Any]],
