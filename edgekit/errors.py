@@ -25,6 +25,7 @@ Anything else is a bug in edgekit and maps to exit code 1.
     │   ├── InvalidInputError          feeds do not match the model's inputs
     │   ├── InvalidNameError           a model, channel, device or file name breaks the naming rule
     │   ├── NotFoundError              no such stored object (a key that cannot exist, or does not)
+    │   ├── TelemetryError             a device's telemetry batch is malformed or over a limit
     │   └── OtaRequestError            the OTA service refused a request (token, scope, state)
     │       └── AuthError              no API token, an unknown one, or one without the scope
     ├── NotVerifiableError             no checker on this host can run the artifact (kept, unverified)
@@ -151,6 +152,10 @@ class NotFoundError(UserError):
     """No such stored object: a storage key that cannot exist (a traversal, an absolute path) or does not."""
 
 
+class TelemetryError(UserError):
+    """A device's telemetry batch is malformed, over a limit, or not plausible for its device."""
+
+
 class OtaRequestError(UserError):
     """The OTA service refused a request the caller can correct; ``status`` is the HTTP status to answer."""
 
@@ -203,6 +208,7 @@ __all__ = [
     "ParityError",
     "PartialConversionError",
     "ProviderError",
+    "TelemetryError",
     "UnknownTargetError",
     "UnsupportedModelError",
     "UpdateError",

@@ -11,7 +11,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgekit.bundle import TensorSpec
-from edgekit.runtimes.stats import LatencyHistogram, Stats
+from edgekit.histogram import LatencyHistogram
+from edgekit.runtimes.stats import Stats
 
 POLICIES = ("fallback", "strict")
 _now = time.perf_counter_ns
@@ -79,6 +80,7 @@ class TimedSession:
     def __init__(self) -> None:
         self._latency = LatencyHistogram()
         self._errors = 0
+        self._error_kinds: dict[str, int] = {}
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -88,8 +90,10 @@ class TimedSession:
         start = _now()
         try:
             out = self._run(feeds)
-        except BaseException:
+        except BaseException as exc:
             self._errors += 1
+            kind = type(exc).__name__
+            self._error_kinds[kind] = self._error_kinds.get(kind, 0) + 1
             raise
         self._latency.add(_now() - start)
         return out
@@ -98,7 +102,16 @@ class TimedSession:
         """Runs, failed runs, latency P50/P95/P99 (ms) and load time (s) so far."""
         return Stats.of(self._latency, self._errors, self.load_seconds)
 
+    def histogram(self) -> LatencyHistogram:
+        """A copy of the latency histogram so far (what fleet telemetry sends the delta of)."""
+        return self._latency.copy()
+
+    def error_kinds(self) -> dict[str, int]:
+        """Failed runs so far by exception class name."""
+        return dict(self._error_kinds)
+
     def reset_stats(self) -> None:
         """Forget the runs so far (after a warm-up, say); the load time stays."""
         self._latency = LatencyHistogram()
         self._errors = 0
+        self._error_kinds = {}

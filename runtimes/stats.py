@@ -1,77 +1,13 @@
-"""Latency statistics in fixed memory: a log-linear histogram, as HdrHistogram keeps them.
-
-A session records every run in :class:`LatencyHistogram`: 8 sub-buckets per power of two of
-nanoseconds, so a percentile is exact to within 12.5% whatever the number of runs, and memory stays
-at a few hundred integers (no list of samples grows with the run count).
-"""
+"""A session's statistics: its runs recorded in :class:`~edgekit.histogram.LatencyHistogram` (fixed
+memory; mergeable across sessions and devices, which is how fleet telemetry adds them up)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SUB_BITS = 3  # 8 sub-buckets per octave: relative bucket width <= 1/8
-_SUB = 1 << SUB_BITS
-_OCTAVES = 40  # 2**40 ns is about 18 minutes; longer runs land in the last bucket
-_LAST = _OCTAVES * _SUB - 1
-_NEVER = 1 << 62  # min_ns before the first run
+from edgekit.histogram import LatencyHistogram
 
-
-class LatencyHistogram:
-    """Counts of run durations (nanoseconds) in log-linear buckets, plus count, sum, min and max."""
-
-    __slots__ = ("counts", "count", "total_ns", "min_ns", "max_ns")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (_OCTAVES * _SUB)
-        self.count = 0
-        self.total_ns = 0
-        self.min_ns = _NEVER
-        self.max_ns = 0
-
-    @staticmethod
-    def bucket(ns: int) -> int:
-        """The bucket index of a duration: octave from the bit length, sub-bucket from the next 3 bits."""
-        if ns < _SUB:
-            return ns if ns > 0 else 0
-        octave = ns.bit_length() - SUB_BITS
-        return min(octave * _SUB + ((ns >> (octave - 1)) & (_SUB - 1)), _LAST)
-
-    @staticmethod
-    def upper(index: int) -> int:
-        """The largest duration (ns) that falls in bucket ``index``."""
-        if index < _SUB:
-            return index
-        octave, sub = divmod(index, _SUB)
-        return ((_SUB | sub) + 1 << (octave - 1)) - 1
-
-    def add(self, ns: int) -> None:
-        """Record one run's duration (the bucket arithmetic of :meth:`bucket`, inlined: it runs per call)."""
-        if ns < _SUB:
-            index = ns if ns > 0 else 0
-        else:
-            octave = ns.bit_length() - SUB_BITS
-            index = octave * _SUB + ((ns >> (octave - 1)) & (_SUB - 1))
-            if index > _LAST:
-                index = _LAST
-        self.counts[index] += 1
-        self.count += 1
-        self.total_ns += ns
-        if ns > self.max_ns:
-            self.max_ns = ns
-        if ns < self.min_ns:
-            self.min_ns = ns
-
-    def percentile(self, q: float) -> float:
-        """The q-th percentile (0-100) in milliseconds: the upper edge of its bucket, capped at the max."""
-        if self.count == 0:
-            return 0.0
-        rank = max(1, int(q / 100.0 * self.count + 0.999999))
-        seen = 0
-        for index, n in enumerate(self.counts):
-            seen += n
-            if seen >= rank:
-                return min(self.upper(index), self.max_ns) / 1e6
-        return self.max_ns / 1e6
+__all__ = ["LatencyHistogram", "Stats"]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ PARTS = [  # (part, module-name prefixes), the first match wins
     ("cli", ("edgekit.cli", "edgekit._entry", "edgekit.__main__")),
     ("ota-operator", ("edgekit.ota.operator",)),
     ("ota-device", ("edgekit.ota.device", "edgekit.ota.client")),  # client: the deprecated alias of device
-    ("ota-contract", ("edgekit.ota.contract", "edgekit.ota.delta")),
+    ("ota-contract", ("edgekit.ota.contract", "edgekit.ota.delta", "edgekit.ota.telemetry")),
     ("ota-service", ("edgekit.ota.service",)),
     ("lazy-names", ("edgekit.ota",)),
     ("web-server", ("edgekit.web.server",)),
@@ -132,5 +132,5 @@ def test_the_ota_folders_are_its_sides() -> None:
     """Every OTA module lives in its side's folder: nothing new lands beside them by accident."""
     ota = ROOT / "edgekit" / "ota"
     loose = sorted(p.name for p in ota.glob("*.py"))
-    assert loose == ["__init__.py", "client.py", "contract.py", "delta.py", "operator.py"]
+    assert loose == ["__init__.py", "client.py", "contract.py", "delta.py", "operator.py", "telemetry.py"]
     assert {p.name for p in ota.iterdir() if p.is_dir() and p.name != "__pycache__"} == {"device", "service"}

@@ -166,14 +166,14 @@ def _wrong_maker(make: Any) -> Any:
 @pytest.mark.parametrize("damage", ["stored bytes", "signed but wrong"])
 def test_a_bad_delta_falls_back_to_the_full_download(server: LiveServer, releases: tuple[Path, Path], tmp_path: Path,
                                                      damage: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgekit.ota.service import deltas
+    from edgekit.ota.service import delta_targets
 
     first, second = releases
     _publish(server, first)
     device = _device(server, tmp_path, "dev")
     device.update("head", "stable", target="tflite")
     if damage == "signed but wrong":
-        monkeypatch.setattr(deltas.delta, "make", _wrong_maker(delta.make))
+        monkeypatch.setattr(delta_targets.delta, "make", _wrong_maker(delta.make))
     published = _files(_publish(server, second))
     name = delta.delta_name("tflite.tflite", 1)
     assert name in published

@@ -37,4 +37,4 @@ def test_schemathesis_with_all_checks_finds_nothing(tmp_path: Path, ota_keys: Pa
     finally:
         live.stop()
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
-    assert "Tested: 12" in run.stdout and " failure" not in run.stdout.split("SUMMARY")[-1], run.stdout[-3000:]
+    assert "Tested: 15" in run.stdout and " failure" not in run.stdout.split("SUMMARY")[-1], run.stdout[-3000:]

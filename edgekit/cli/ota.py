@@ -58,7 +58,7 @@ def init(
     data: Data = None, registry: RegistryUrl = None, storage: StorageUrl = None,
 ) -> None:
     """Create the TUF repository and the first admin token (printed once)."""
-    from edgekit.ota.service.core import open_backends
+    from edgekit.ota.service.backends import open_backends
     from edgekit.ota.service.repository import Repository
 
     files, db = open_backends(data, registry, storage)
@@ -141,9 +141,73 @@ def rollback(server: Server, model: Model, channel: Channel,
 
 
 @ota_app.command()
-def status(server: Server, model: Model, channel: Channel, token: Token = None) -> None:
-    """A channel's signed state, releases and device outcomes (JSON; any operator token reads it)."""
-    typer.echo(json.dumps(call(server, "GET", f"/v1/models/{model}/channels/{channel}", token=_token(token)), indent=2))
+def status(server: Server, model: Model, channel: Channel, token: Token = None,
+           json_: Annotated[bool, typer.Option("--json", help="The channel and fleet figures as JSON")] = False) -> None:
+    """A channel's releases, device outcomes, and the current release against the stable one on the fleet
+    (P95 and error rate per device class, the guard's verdict); any operator token reads it."""
+    token = _token(token)
+    state = call(server, "GET", f"/v1/models/{model}/channels/{channel}", token=token)
+    fleet = call(server, "GET", f"/v1/models/{model}/channels/{channel}/fleet", token=token)
+    if json_:
+        typer.echo(json.dumps({**state, "fleet": fleet}, indent=2))
+        return
+    typer.echo(_status_text(model, channel, state, fleet))
+
+
+def _status_text(model: str, channel: str, state: dict[str, Any], fleet: dict[str, Any]) -> str:
+    from edgekit.cli._app import table
+
+    rows = [["release", "version", "share", "state", "outcomes"]]
+    for r in state["releases"]:
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r.get("outcomes", {}).items())) or "-"
+        rows.append([str(r["release"]), r["version"], f"{r['basis_points'] / 100:g}%",
+                     "halted" if r["halted"] else "live", outcomes])
+    lines = [f"{model}/{channel}", table(rows, last_free=True)]
+    current = state["releases"][-1] if state["releases"] else None
+    if current and current["halted"]:
+        lines.append(f"halted: {current['halted_reason']}")
+    cmp = fleet["comparison"]
+    guard = cmp["guard"]
+    lines.append("")
+    lines.append(f"fleet: release {cmp['canary']} against release {cmp['baseline']}" if cmp["baseline"] else
+                 f"fleet: release {cmp['canary']} (no staged rollout to compare)")
+    lines.append("guard: " + (f"P95 at most {guard['p95_ratio']}x, error rate at most {guard['error_rate']:.2%}, "
+                              f"from {guard['min_devices']} devices per class" if guard else "none"))
+    if cmp["classes"]:
+        rows = [["device class", "devices", "P95 ms", "base P95", "ratio", "errors", "verdict"]]
+        for c in cmp["classes"]:
+            k, b = c["canary"] or {}, c["baseline"] or {}
+            rows.append([c["device_class"], f"{k.get('devices', 0)}/{b.get('devices', 0)}",
+                         f"{k['p95_ms']:.3g}" if k else "-", f"{b['p95_ms']:.3g}" if b else "-",
+                         f"{c['p95_ratio']:.2f}x" if c["p95_ratio"] is not None else "-",
+                         f"{k['error_rate']:.2%}" if k else "-", c["verdict"]])
+        lines.append(table(rows, last_free=True))
+    else:
+        lines.append("no telemetry yet")
+    return "\n".join(lines)
+
+
+@ota_app.command()
+def guard(server: Server, model: Model, channel: Channel,
+          p95_ratio: Annotated[float, typer.Option("--p95-ratio", min=1, max=100,
+                                                   help="Halt when a class's P95 passes this times the stable one's")] = 1.2,
+          error_rate: Annotated[float, typer.Option("--error-rate", min=0, max=100,
+                                                    help="Halt when a class's failed runs pass this percent")] = 1.0,
+          min_devices: Annotated[int, typer.Option("--min-devices", min=1,
+                                                   help="Judge a class from this many reporting devices")] = 10,
+          off: Annotated[bool, typer.Option("--off", help="Remove the channel's guard")] = False,
+          token: Token = None, json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Set the rollout guard of a channel: a staged release halts when, on any device class, its P95 or its
+    error rate (from device telemetry) breaks the guard against the stable release."""
+    path = f"/v1/models/{model}/channels/{channel}/guard"
+    if off:
+        _echo(call(server, "PUT", path, token=_token(token), body={"p95_ratio": None, "error_rate": None}), json_,
+              f"{model}/{channel}: no guard")
+        return
+    r = call(server, "PUT", path, token=_token(token),
+             body={"p95_ratio": p95_ratio, "error_rate": error_rate / 100, "min_devices": min_devices})
+    _echo(r, json_, f"{model}/{channel}: halt a staged release when P95 > {p95_ratio:g}x or errors > {error_rate:g}% "
+                    f"on a device class with {min_devices}+ devices")
 
 
 def serve(

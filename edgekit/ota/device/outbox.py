@@ -1,6 +1,8 @@
-"""Outcome reports waiting to reach the service (``outbox.jsonl``), and the device token they carry.
+"""Outcome reports and telemetry batches waiting to reach the service (``outbox.jsonl``), and the
+device token they carry.
 
-A report is appended (fsynced) before it is sent, so a crash or a lost connection only delays it.
+A report or batch is appended (fsynced) before it is sent, so a crash or a lost connection only
+delays it; a telemetry line is ``{"telemetry": BATCH}`` and goes to ``/v1/telemetry``.
 The device enrols once with the operator's enrolment token and keeps the device token it gets in
 ``device.json`` (mode 0600); reports without a token wait.
 """
@@ -31,10 +33,16 @@ class Outbox:
         self.enabled, self.enrolment_token = enabled, enrolment_token
 
     def queue(self, report: dict[str, Any]) -> None:
+        self._append({"device_id": self.device_id, **report})
+
+    def queue_telemetry(self, batch: dict[str, Any]) -> None:
+        self._append({"telemetry": batch})
+
+    def _append(self, entry: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
-            f.write(json.dumps({"device_id": self.device_id, **report}) + "\n")
+            f.write(json.dumps(entry, separators=(",", ":")) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -72,7 +80,11 @@ class Outbox:
                 left.extend(pending[i:])
                 break
             try:
-                self.fetcher.post(f"{self.server}/v1/reports", line.encode(), token=token)
+                if line.startswith('{"telemetry":'):
+                    body = json.dumps(json.loads(line)["telemetry"], separators=(",", ":")).encode()
+                    self.fetcher.post(f"{self.server}/v1/telemetry", body, token=token)
+                else:
+                    self.fetcher.post(f"{self.server}/v1/reports", line.encode(), token=token)
                 sent += 1
             except HttpError as exc:
                 if exc.status >= 500 or exc.status == 429:
@@ -82,7 +94,7 @@ class Outbox:
                     left.extend(pending[i:])
                     break
                 else:  # the server refuses it for good (unknown release...): drop it, say so
-                    log.warning("the server refused a report (%s): %s", exc.status, line)
+                    log.warning("the server refused a report (%s): %s: %s", exc.status, line[:200], exc.body[:300])
             except FetchError:
                 left.append(line)
         write_atomic(self.path, "".join(f"{line}\n" for line in left).encode())

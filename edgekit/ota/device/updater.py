@@ -26,10 +26,11 @@ from typing import Any
 
 from edgekit.errors import EdgekitError, UpdateError, VerificationError
 from edgekit.ota import contract
-from edgekit.ota.device.deltas import rebuild
 from edgekit.ota.device.fetcher import Fetcher, FetchError, HttpError, UrllibFetcher, tuf_fetcher
 from edgekit.ota.device.outbox import Outbox
+from edgekit.ota.device.rebuild import rebuild
 from edgekit.ota.device.slots import Slots, SlotState, smoke
+from edgekit.ota.device.telemetry import Telemetry, this_device_class
 
 log = logging.getLogger("edgekit.ota")
 Progress = Callable[[str, int, int], None]  # (file, bytes so far, total)
@@ -77,11 +78,18 @@ class Updater:
             authenticate its reports. Without either, reports wait in the outbox.
         fetcher: How to reach the service (default: :class:`~edgekit.ota.device.fetcher.UrllibFetcher` with
             ``timeout``); the TUF metadata, the files and the reports all go through it.
+        telemetry_every_s: How often :meth:`send_telemetry` sends what the sessions :meth:`open` made did
+            (latency histograms, errors, load time, providers; never inputs or outputs); 0 turns it off.
+        device_tier: The app's own name for this device's class (``low``, ``flagship``...): the service
+            compares releases per OS, CPU architecture, accelerator family and this tier.
+        device_class: Replace the detected class (``os.type``, ``host.arch``, ``edgekit.accelerator``).
     """
 
     def __init__(self, server_url: str, cache_dir: str | os.PathLike[str], device_id: str,
                  trusted_root: bytes | str | os.PathLike[str], *, timeout: float = 30.0, report: bool = True,
-                 enrolment_token: str | None = None, fetcher: Fetcher | None = None) -> None:
+                 enrolment_token: str | None = None, fetcher: Fetcher | None = None,
+                 telemetry_every_s: float = 300.0, device_tier: str = "",
+                 device_class: dict[str, str] | None = None) -> None:
         self.server = server_url.rstrip("/")
         self.cache = Path(cache_dir)
         self.device_id = contract.check_device_id(device_id)
@@ -92,6 +100,8 @@ class Updater:
         self.slots = Slots(self.cache / "models")
         self.outbox = Outbox(self.cache, self.server, self.device_id, self.fetcher, enabled=report,
                              enrolment_token=enrolment_token)
+        self._telemetry_every_s, self._tier, self._class = telemetry_every_s, device_tier, device_class
+        self._telemetry: Telemetry | None = None
 
     # -- TUF -------------------------------------------------------------------------------------
 
@@ -343,7 +353,7 @@ class Updater:
         if elsewhere:  # installed with target= for another platform: not a failure of the release
             raise UpdateError(f"release {state.active} of {model} was installed for another platform: {elsewhere}")
         try:
-            return open_session(slot, **kwargs)
+            return self._tracked(open_session(slot, **kwargs), model, state)
         except EdgekitError as exc:
             if state.previous is None:
                 raise UpdateError(f"the active release {state.active} of {model} fails to load ({exc}) and there is "
@@ -358,7 +368,26 @@ class Updater:
                 self.outbox.queue({"model": model, "channel": state.channel, "release": bad, "outcome": "rolled_back",
                                    "detail": f"failed to load: {exc}"[:500]})
                 self.flush_reports()
-            return open_session(self.slots.path(model, state.active), **kwargs)
+            return self._tracked(open_session(self.slots.path(model, state.active), **kwargs), model, state)
+
+    def _tracked(self, session: Any, model: str, state: SlotState) -> Any:
+        if self._telemetry_every_s and self.outbox.enabled and state.channel and state.active:
+            if self._telemetry is None:
+                resource = {**this_device_class(self._tier), **(self._class or {})}
+                self._telemetry = Telemetry(self.device_id, resource, every_s=self._telemetry_every_s)
+            self._telemetry.track(session, model, state.channel, state.active)
+        return session
+
+    def send_telemetry(self, *, force: bool = False) -> int:
+        """Queue what the sessions :meth:`open` made did since the last batch (when ``telemetry_every_s``
+        has passed, or ``force``) and send the outbox. How many reports and batches were sent."""
+        t = self._telemetry
+        if t is None or not (force or t.due()):
+            return 0
+        batch = t.batch()
+        if batch is not None:
+            self.outbox.queue_telemetry(batch)
+        return self.outbox.flush()
 
     # -- reports ---------------------------------------------------------------------------------
 

@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import AuthError, BundleError, InvalidNameError, NotFoundError, OtaRequestError, UserError
+from edgekit.errors import (
+    AuthError,
+    BundleError,
+    InvalidNameError,
+    NotFoundError,
+    OtaRequestError,
+    TelemetryError,
+    UserError,
+)
 from edgekit.ota.service.core import OtaService
 from edgekit.ota.service.fastpath import DeviceFastPath
 from edgekit.ota.service.guards import (
@@ -100,7 +108,6 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
     from typing import Annotated
 
     from fastapi import Depends, FastAPI, Request
-    from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -108,10 +115,10 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from edgekit.ota.contract import DEVICE_ID, NAME_SCHEMA
+    from edgekit.ota.service.fleet_api import FleetCollector, add_fleet_routes
+    from edgekit.ota.service.params import ChannelName, ModelName
 
     limits = limits or Limits()
-    ModelName = Annotated[str, PathParam(pattern=NAME_SCHEMA, max_length=64, description="a-z 0-9 . _ -")]
-    ChannelName = Annotated[str, PathParam(pattern=NAME_SCHEMA, max_length=64, description="a-z 0-9 . _ -")]
 
     metrics = _metrics()
 
@@ -155,6 +162,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
 
     @app.exception_handler(BundleError)
     @app.exception_handler(InvalidNameError)
+    @app.exception_handler(TelemetryError)
     async def _unprocessable(_request: Request, exc: UserError) -> JSONResponse:  # the domain's errors, as HTTP
         return JSONResponse({"error": str(exc)}, status_code=422)
 
@@ -363,6 +371,8 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
     def prometheus(_who: str = scope("read")) -> Response:  # Prometheus sends the token (authorization: credentials)
         return Response(generate_latest(metrics["registry"]), media_type=CONTENT_TYPE_LATEST)
 
+    add_fleet_routes(app, service, device=device, scope=scope, limits=limits, responses=_responses)
+    metrics["registry"].register(FleetCollector(service))
     fast.append(DeviceFastPath(app, service, metrics))
     return fast[0]
 

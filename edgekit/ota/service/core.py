@@ -19,10 +19,13 @@ from typing import Any
 
 from edgekit.errors import BundleError, OtaRequestError
 from edgekit.ota import contract
-from edgekit.ota.service.database import Release, SqliteRegistry, SqlRegistry
-from edgekit.ota.service.deltas import make_deltas
+from edgekit.ota.service.backends import open_backends
+from edgekit.ota.service.database import Release, SqlRegistry
+from edgekit.ota.service.delta_targets import make_deltas
+from edgekit.ota.service.fleet import Fleet, check_plausible
 from edgekit.ota.service.repository import Expiry, Repository, canonical, custom_of, load_signers
-from edgekit.ota.service.storage import FileStorage, Storage
+from edgekit.ota.service.storage import Storage
+from edgekit.ota.telemetry import Batch
 
 log = logging.getLogger("edgekit.ota")
 OUTCOMES = ("installed", "failed", "rolled_back")
@@ -47,6 +50,7 @@ class OtaService:
         self.registry = registry
         self.repo = Repository(storage, signers, expiry)
         self.halt_policy = halt_policy or HaltPolicy()
+        self.fleet = Fleet(registry)
         self._listeners: list[Any] = [events] if events else []
         self._stop = threading.Event()
 
@@ -291,6 +295,32 @@ class OtaService:
         return any(not contract.Rollout(x.basis_points, f"{x.model}/{x.channel}/{x.release}").includes(device_id)
                    for x in later)
 
+    def telemetry(self, device_id: str, batch: Batch) -> dict[str, Any]:
+        """Take an enrolled device's telemetry batch; halt a staged rollout whose guard it breaks."""
+        check_plausible(self, device_id, batch)
+        self.fleet.add(batch)
+        halted = []
+        for model, channel in sorted({(p.model, p.channel) for p in batch.points}):
+            latest = self.registry.latest(model, channel)
+            if (latest is None or latest.halted or latest.basis_points >= FULL or latest.stable_release is None
+                    or all(p.release != latest.release for p in batch.points)):
+                continue
+            reason = self.fleet.breach(latest, latest.stable_release)
+            if reason:
+                self.halt(model, channel, reason, auto=True)
+                halted.append({"model": model, "channel": channel, "release": latest.release, "reason": reason})
+        self.event("telemetry", device=device_id, points=len(batch.points))
+        return {"accepted": True, "points": len(batch.points), "halted": halted}
+
+    def fleet_status(self, model: str, channel: str) -> dict[str, Any]:
+        """The channel's current release against its baseline per device class, and each release's series."""
+        current = self._current(model, channel)
+        baseline = current.stable_release if current.basis_points < FULL else None
+        releases = sorted({current.release, *([baseline] if baseline else [])})
+        return {"model": model, "channel": channel, "halted": current.halted, "halted_reason": current.halted_reason,
+                "comparison": self.fleet.compare(current, baseline),
+                "series": {str(n): self.fleet.series(model, channel, n) for n in releases}}
+
     # -- upkeep ---------------------------------------------------------------------------------
 
     def resync(self) -> int:
@@ -350,33 +380,6 @@ class OtaService:
         return {"state": self._state(current).to_custom(),
                 "releases": [dict(r.to_dict(), outcomes=self.registry.outcomes(model, channel, r.release))
                              for r in releases]}
-
-
-def open_backends(data_dir: str | Path | None, registry_url: str | None = None,
-                  storage_url: str | None = None) -> tuple[Storage, SqlRegistry]:
-    """The storage and registry: ``data_dir/files`` and ``data_dir/registry.sqlite3`` by default;
-    ``registry_url`` ``postgresql://...`` and ``storage_url`` ``s3://bucket?endpoint=...`` for replicas."""
-    if (registry_url is None or storage_url is None) and data_dir is None:
-        raise OtaRequestError("give --data, or both --registry and --storage")
-    data = Path(data_dir) if data_dir is not None else Path(".")
-    if storage_url is None:
-        storage: Storage = FileStorage(data / "files")
-    elif storage_url.startswith("s3://"):
-        from edgekit.ota.service.s3 import S3Storage
-
-        storage = S3Storage.from_url(storage_url)
-    else:
-        raise OtaRequestError(f"--storage {storage_url!r}: use s3://BUCKET?endpoint=URL (or leave it out for files)")
-    registry: SqlRegistry
-    if registry_url is None:
-        registry = SqliteRegistry(data / "registry.sqlite3")
-    elif registry_url.startswith(("postgresql://", "postgres://")):
-        from edgekit.ota.service.postgres import PostgresRegistry
-
-        registry = PostgresRegistry(registry_url)
-    else:
-        raise OtaRequestError(f"--registry {registry_url!r}: use postgresql://... (or leave it out for SQLite)")
-    return storage, registry
 
 
 def _check_points(basis_points: int) -> None:

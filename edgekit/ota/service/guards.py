@@ -47,6 +47,7 @@ class Limits:
     reports_per_device_per_min: float = 12.0
     reports_per_address_per_min: float = 6000.0
     enrolments_per_address_per_min: float = 600.0
+    telemetry_per_device_per_min: float = 12.0
 
 
 class RateLimiter:

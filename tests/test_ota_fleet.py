@@ -1,0 +1,222 @@
+"""Fleet monitoring on loopback: devices send what their sessions did (OTLP JSON batches through the
+outbox), the service adds it up per release and device class, and a rollout guard halts a canary that
+is slower on one class. Real installs, real sessions on onnxruntime, a real HTTP service."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgekit.errors import TelemetryError
+from edgekit.histogram import LatencyHistogram
+from edgekit.ota import telemetry
+from edgekit.ota.device import Updater
+from edgekit.ota.operator import bundle_tar, call
+from tests.conftest import DIGITS, run_cli
+from tests.ota_helpers import LiveServer
+
+pytest.importorskip("tuf")
+pytest.importorskip("fastapi")
+
+FLEET = 200
+BASE_MS, SLOW = 2.0, 1.5  # every device's runs take about 2 ms; the canary on the "low" class 1.5x that
+MIN_DEVICES = 8
+RUNS = 30
+
+
+# -- the histogram and the batch format --------------------------------------------------------------
+
+
+def test_histograms_merge_and_round_trip_through_the_otlp_form_exactly() -> None:
+    rng = np.random.default_rng(0)
+    a, b = LatencyHistogram(), LatencyHistogram()
+    for ns in rng.lognormal(14, 1, 500).astype(int):
+        a.add(int(ns))
+    for ns in rng.lognormal(15, 0.5, 300).astype(int):
+        b.add(int(ns))
+    merged = a.copy().merge(b)
+    assert merged.count == 800 and merged.counts == [x + y for x, y in zip(a.counts, b.counts, strict=True)]
+    back = LatencyHistogram.from_explicit(*(merged.to_explicit()[k] for k in ("bucketCounts", "explicitBounds", "sum",
+                                                                              "min", "max")))  # type: ignore[arg-type]
+    assert back.counts == merged.counts and back.count == merged.count
+    assert [back.percentile(q) for q in (50, 95, 99)] == [merged.percentile(q) for q in (50, 95, 99)]
+    assert merged.since(a).counts == b.counts  # the delta a batch carries
+
+
+def _batch(**change: Any) -> dict[str, Any]:
+    h = LatencyHistogram()
+    for ns in (1_000_000, 2_000_000, 2_100_000):
+        h.add(ns)
+    point = telemetry.Point("digits", "stable", 1, "onnx-web", "CPUExecutionProvider", "", h, {"InferenceError": 1}, 0.01)
+    batch = telemetry.make_batch("device-1", {"os.type": "linux", "host.arch": "amd64", "edgekit.accelerator": "none",
+                                              "edgekit.device.tier": "low"}, [point], start_ns=1, end_ns=2)
+    dp = batch["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["histogram"]["dataPoints"][0]
+    dp.update(change)
+    return batch
+
+
+def test_a_batch_parses_to_what_the_device_recorded() -> None:
+    parsed = telemetry.parse_batch(json.loads(json.dumps(_batch())))
+    assert parsed.device_id == "device-1" and parsed.device_class == "linux/amd64/none/low"
+    (p,) = parsed.points
+    assert (p.model, p.release, p.provider, p.errors, p.load_seconds) == ("digits", 1, "CPUExecutionProvider",
+                                                                           {"InferenceError": 1}, 0.01)
+    assert p.latency.count == 3 and p.latency.percentile(50) == pytest.approx(2.0, rel=0.125)
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"count": "4"}, "not the sum of its bucket counts"),
+    ({"bucketCounts": ["1", "-2"]}, "non-negative integer"),
+    ({"explicitBounds": [0.002, 0.001]}, "len(bucketCounts) == len(explicitBounds) + 1"),
+    ({"sum": float("nan")}, "finite"),
+    ({"attributes": []}, "must name edgekit.model"),
+])
+def test_malformed_batches_are_refused_with_the_reason(change: dict[str, Any], says: str) -> None:
+    with pytest.raises(TelemetryError, match="refused") as caught:
+        telemetry.parse_batch(_batch(**change))
+    assert says in str(caught.value)
+
+
+# -- the fleet on loopback ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server(tmp_path: Path, ota_keys: Path) -> Iterator[LiveServer]:
+    from edgekit.ota.service.guards import Limits
+
+    live = LiveServer(tmp_path / "server", ota_keys, limits=Limits(telemetry_per_device_per_min=600))
+    yield live
+    live.stop()
+
+
+def _publish(server: LiveServer, bundle: Path, percent: float) -> dict[str, Any]:
+    return call(server.url, "POST", f"/v1/models/digits/channels/stable/releases?basis_points={round(percent * 100)}",
+                token=server.token("publish"), data=bundle_tar(bundle), content_type="application/x-tar")
+
+
+def _slowed(session: Any, ms: float) -> Any:
+    """The delay injected in the device's runtime: each run takes about ``ms`` more."""
+    run = session._run
+
+    def slow(feeds: Any) -> Any:
+        time.sleep(ms / 1e3)
+        return run(feeds)
+
+    session._run = slow
+    return session
+
+
+def _post(url: str, body: bytes, token: str | None) -> tuple[int, str]:
+    request = urllib.request.Request(url, body, {"content-type": "application/json",
+                                                 **({"authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.slow
+def test_a_guard_halts_a_canary_slower_on_one_device_class(server: LiveServer, ota_bundles: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    root = server.service.repo.root_bytes()
+    operator = server.token("rollout")
+    call(server.url, "PUT", "/v1/models/digits/channels/stable/guard", token=operator,
+         body={"p95_ratio": 1.2, "error_rate": 0.01, "min_devices": MIN_DEVICES})
+    _publish(server, ota_bundles["v1"], 100)
+    fleet = [Updater(server.url, tmp_path / "d" / str(i), f"device-{i}", root, enrolment_token=server.enrolment(),
+                     device_tier="low" if i % 2 else "high", device_class={"edgekit.accelerator": "none"})
+             for i in range(FLEET)]
+    assert {d.update("digits", "stable").status for d in fleet} == {"installed"}
+    _publish(server, ota_bundles["v2"], 20)
+    statuses = [d.update("digits", "stable").status for d in fleet]
+    canary = [i for i, s in enumerate(statuses) if s == "installed"]
+    assert 0.12 * FLEET < len(canary) < 0.28 * FLEET  # the 20% rollout
+    x = np.load(DIGITS / "digits.npz")["x"][:1]
+
+    def run(i: int) -> bool:
+        """Device i runs its model and sends its batch; whether the rollout is halted after it."""
+        d = fleet[i]
+        slow = SLOW if i in canary and i % 2 else 1.0
+        session = _slowed(d.open("digits"), BASE_MS * slow)
+        for _ in range(RUNS):
+            session.run({"x": x})
+        assert d.send_telemetry(force=True) == 1
+        return bool(server.registry.latest("digits", "stable").halted)
+
+    assert not any(run(i) for i in range(FLEET) if i not in canary)  # the baseline: release 1 everywhere else
+    high, low = [i for i in canary if i % 2 == 0], [i for i in canary if i % 2]
+    assert len(high) >= MIN_DEVICES and len(low) >= MIN_DEVICES + 2
+    assert not any(run(i) for i in high)  # the class the canary is not slower on: judged, and it holds
+    slow_batches = 0
+    for i in low:
+        slow_batches += 1
+        if run(i):
+            break
+    latest = server.registry.latest("digits", "stable")
+    assert latest.halted and latest.release == 2
+    assert latest.halted_reason.startswith("automatic: on linux/") and "/none/low release 2's P95" in latest.halted_reason
+    assert slow_batches <= MIN_DEVICES + 2  # halted as soon as the guard had its devices
+
+    status = call(server.url, "GET", "/v1/models/digits/channels/stable/fleet", token=operator)
+    verdicts = {c["device_class"].rsplit("/", 1)[1]: c for c in status["comparison"]["classes"]}
+    assert verdicts["low"]["verdict"] == "p95 over the guard" and verdicts["low"]["p95_ratio"] > 1.3
+    assert verdicts["high"]["verdict"] == "ok" and verdicts["high"]["p95_ratio"] < 1.2
+    assert verdicts["low"]["baseline"]["devices"] >= 70 and verdicts["low"]["baseline"]["inferences"] >= 70 * RUNS
+    assert status["series"]["2"] and status["series"]["2"][-1]["p95_ms"] > 0
+    # the other class runs on, unaffected: its canary devices keep release 2 and it loads
+    assert {fleet[i].state("digits").active for i in high} == {2}
+    assert fleet[high[0]].open("digits").run({"x": x})["logits"].shape == (1, 10)
+
+    shown = run_cli("ota", "status", "--server", server.url, "--model", "digits", "--channel", "stable",
+                    "--token", operator)
+    assert shown.exit_code == 0, shown.output
+    assert "halted: automatic: on linux/" in shown.output and "p95 over the guard" in shown.output
+
+    with urllib.request.urlopen(urllib.request.Request(f"{server.url}/metrics",
+                                                       headers={"authorization": f"Bearer {operator}"})) as r:
+        text = r.read().decode()
+    low = [line for line in text.splitlines()
+           if line.startswith("edgekit_fleet_inference_duration_seconds_count") and 'release="2"' in line
+           and "/low" in line]
+    assert low and float(low[0].rsplit(" ", 1)[1]) >= MIN_DEVICES * RUNS
+    assert 'edgekit_fleet_inference_latency_seconds{' in text
+
+
+def test_the_service_refuses_bad_and_implausible_batches(server: LiveServer, ota_bundles: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    _publish(server, ota_bundles["v1"], 100)
+    root = server.service.repo.root_bytes()
+    d = Updater(server.url, tmp_path / "d", "device-1", root, enrolment_token=server.enrolment())
+    d.update("digits", "stable")
+    token = d.outbox.device_token()
+    url = f"{server.url}/v1/telemetry"
+    good = json.dumps(_batch()).encode()
+    assert _post(url, good, None)[0] == 401
+    code, body = _post(url, good, token)
+    assert code == 200, body
+    assert _post(url, b"{not json", token)[0] == 400
+    code, body = _post(url, json.dumps(_batch(count="9")).encode(), token)
+    assert code == 422 and "not the sum of its bucket counts" in body
+    assert _post(url, b" " * (telemetry.MAX_BYTES + 1), token)[0] == 413
+    other = json.loads(good)
+    other["resourceMetrics"][0]["resource"]["attributes"][0]["value"]["stringValue"] = "device-2"
+    code, body = _post(url, json.dumps(other).encode(), token)
+    assert code == 403 and "device-2" in body
+    unknown = json.loads(good)
+    attrs = unknown["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["histogram"]["dataPoints"][0]["attributes"]
+    next(a for a in attrs if a["key"] == "edgekit.release")["value"] = {"intValue": "7"}
+    code, body = _post(url, json.dumps(unknown).encode(), token)
+    assert code == 422 and "no release 7" in body
+    _publish(server, ota_bundles["v2"], 0)  # release 2 offered to nobody
+    next(a for a in attrs if a["key"] == "edgekit.release")["value"] = {"intValue": "2"}
+    code, body = _post(url, json.dumps(unknown).encode(), token)
+    assert code == 403 and "not offered" in body
