@@ -124,27 +124,35 @@ def _post(url: str, body: bytes, token: str | None) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-@pytest.mark.slow
-def test_a_guard_halts_a_canary_slower_on_one_device_class(server: LiveServer, ota_bundles: dict[str, Path],
-                                                           tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, ota_keys: Path, ota_bundles: dict[str, Path]) -> Iterator[Any]:
+    """200 devices on two classes: release 1 everywhere, release 2 to 20% with a guard, 1.5x slower on
+    the "low" class; devices run and report (baseline first, then the canary's "high" devices, then its
+    "low" ones until the rollout halts)."""
+    from edgekit.ota.service.guards import Limits
+
+    tmp = tmp_path_factory.mktemp("fleet")
+    # one address enrols the whole fleet here: lift that limit, which is per address
+    server = LiveServer(tmp / "server", ota_keys, limits=Limits(telemetry_per_device_per_min=600,
+                                                                enrolments_per_address_per_min=60_000))
     root = server.service.repo.root_bytes()
     operator = server.token("rollout")
     call(server.url, "PUT", "/v1/models/digits/channels/stable/guard", token=operator,
          body={"p95_ratio": 1.2, "error_rate": 0.01, "min_devices": MIN_DEVICES})
     _publish(server, ota_bundles["v1"], 100)
-    fleet = [Updater(server.url, tmp_path / "d" / str(i), f"device-{i}", root, enrolment_token=server.enrolment(),
-                     device_tier="low" if i % 2 else "high", device_class={"edgekit.accelerator": "none"})
-             for i in range(FLEET)]
-    assert {d.update("digits", "stable").status for d in fleet} == {"installed"}
+    devices = [Updater(server.url, tmp / "d" / str(i), f"device-{i}", root, enrolment_token=server.enrolment(),
+                       device_tier="low" if i % 2 else "high", device_class={"edgekit.accelerator": "none"})
+               for i in range(FLEET)]
+    assert {d.update("digits", "stable").status for d in devices} == {"installed"}
     _publish(server, ota_bundles["v2"], 20)
-    statuses = [d.update("digits", "stable").status for d in fleet]
+    statuses = [d.update("digits", "stable").status for d in devices]
     canary = [i for i, s in enumerate(statuses) if s == "installed"]
     assert 0.12 * FLEET < len(canary) < 0.28 * FLEET  # the 20% rollout
     x = np.load(DIGITS / "digits.npz")["x"][:1]
 
     def run(i: int) -> bool:
         """Device i runs its model and sends its batch; whether the rollout is halted after it."""
-        d = fleet[i]
+        d = devices[i]
         slow = SLOW if i in canary and i % 2 else 1.0
         session = _slowed(d.open("digits"), BASE_MS * slow)
         for _ in range(RUNS):
@@ -152,29 +160,42 @@ def test_a_guard_halts_a_canary_slower_on_one_device_class(server: LiveServer, o
         assert d.send_telemetry(force=True) == 1
         return bool(server.registry.latest("digits", "stable").halted)
 
-    assert not any(run(i) for i in range(FLEET) if i not in canary)  # the baseline: release 1 everywhere else
+    halted_early = any(run(i) for i in range(FLEET) if i not in canary)  # the baseline: release 1 elsewhere
     high, low = [i for i in canary if i % 2 == 0], [i for i in canary if i % 2]
     assert len(high) >= MIN_DEVICES and len(low) >= MIN_DEVICES + 2
-    assert not any(run(i) for i in high)  # the class the canary is not slower on: judged, and it holds
+    halted_early = halted_early or any(run(i) for i in high)  # the class the canary is not slower on
     slow_batches = 0
     for i in low:
         slow_batches += 1
         if run(i):
             break
+    try:
+        yield {"server": server, "operator": operator, "devices": devices, "high": high, "x": x,
+               "halted_early": halted_early, "slow_batches": slow_batches}
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_guard_halts_a_canary_slower_on_one_device_class(fleet: dict[str, Any]) -> None:
+    server, operator, high, x = fleet["server"], fleet["operator"], fleet["high"], fleet["x"]
+    assert not fleet["halted_early"]  # neither the baseline nor the class the canary is not slower on halts it
     latest = server.registry.latest("digits", "stable")
     assert latest.halted and latest.release == 2
     assert latest.halted_reason.startswith("automatic: on linux/") and "/none/low release 2's P95" in latest.halted_reason
-    assert slow_batches <= MIN_DEVICES + 2  # halted as soon as the guard had its devices
+    assert fleet["slow_batches"] <= MIN_DEVICES + 2  # halted as soon as the guard had its devices
 
     status = call(server.url, "GET", "/v1/models/digits/channels/stable/fleet", token=operator)
     verdicts = {c["device_class"].rsplit("/", 1)[1]: c for c in status["comparison"]["classes"]}
     assert verdicts["low"]["verdict"] == "p95 over the guard" and verdicts["low"]["p95_ratio"] > 1.3
     assert verdicts["high"]["verdict"] == "ok" and verdicts["high"]["p95_ratio"] < 1.2
     assert verdicts["low"]["baseline"]["devices"] >= 70 and verdicts["low"]["baseline"]["inferences"] >= 70 * RUNS
+    assert verdicts["high"]["canary_providers"] == {"CPUExecutionProvider": len(high) * RUNS}
     assert status["series"]["2"] and status["series"]["2"][-1]["p95_ms"] > 0
     # the other class runs on, unaffected: its canary devices keep release 2 and it loads
-    assert {fleet[i].state("digits").active for i in high} == {2}
-    assert fleet[high[0]].open("digits").run({"x": x})["logits"].shape == (1, 10)
+    devices = fleet["devices"]
+    assert {devices[i].state("digits").active for i in high} == {2}
+    assert devices[high[0]].open("digits").run({"x": x})["logits"].shape == (1, 10)
 
     shown = run_cli("ota", "status", "--server", server.url, "--model", "digits", "--channel", "stable",
                     "--token", operator)
@@ -189,6 +210,51 @@ def test_a_guard_halts_a_canary_slower_on_one_device_class(server: LiveServer, o
            and "/low" in line]
     assert low and float(low[0].rsplit(" ", 1)[1]) >= MIN_DEVICES * RUNS
     assert 'edgekit_fleet_inference_latency_seconds{' in text
+
+
+@pytest.mark.slow
+def test_the_dashboard_plots_the_fleet_in_chromium_from_this_origin_only(fleet: dict[str, Any], browser: Any) -> None:
+    server, operator = fleet["server"], fleet["operator"]
+    status = call(server.url, "GET", "/v1/models/digits/channels/stable/fleet", token=operator)
+    page = browser.new_page()
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(f"{server.url}/dashboard?model=digits&channel=stable#token={operator}")
+    page.wait_for_selector("body[data-state=ready]", timeout=15_000)
+    assert "#token" not in page.url  # the token left the address bar
+
+    def plotted(chart: str) -> dict[str, list[tuple[int, float]]]:
+        out: dict[str, list[tuple[int, float]]] = {}
+        for release, t, v in page.eval_on_selector_all(
+                f'svg[data-chart="{chart}"] circle',
+                "els => els.map(e => [e.dataset.release, Number(e.dataset.time), Number(e.dataset.value)])"):
+            out.setdefault(release, []).append((t, v))
+        return out
+
+    def expected(series: dict[str, list[dict[str, Any]]], key: str) -> dict[str, list[tuple[int, float]]]:
+        return {r: [(p["time"], p[key]) for p in points] for r, points in series.items() if points}
+
+    assert plotted("all-p95_ms") == expected(status["series"], "p95_ms") and set(plotted("all-p95_ms")) == {"1", "2"}
+    assert plotted("all-error_rate") == expected(status["series"], "error_rate")
+    low = next(c for c in status["series_by_class"] if c.endswith("/low"))
+    assert plotted(f"class-p95_ms-{low}") == expected(status["series_by_class"][low], "p95_ms")
+    canary_p95 = max(v for _, v in plotted(f"class-p95_ms-{low}")["2"])
+    assert canary_p95 > 1.3 * max(v for _, v in plotted(f"class-p95_ms-{low}")["1"])  # the slowdown, as plotted
+    # every point lies inside its chart
+    for cx, cy in page.eval_on_selector_all("svg circle", "els => els.map(e => [e.cx.baseVal.value, e.cy.baseVal.value])"):
+        assert 0 < cx < 520 and 0 < cy < 190
+    assert "Rollout halted: automatic: on linux/" in page.inner_text("#halted")
+    assert page.inner_text(f'tr[data-class="{low}"] td:nth-child(2)') == "p95 over the guard"
+    assert "CPUExecutionProvider" in page.inner_text(f'tr[data-class="{low}"]')
+    assert requested and all(u.startswith(server.url + "/") for u in requested), requested
+    page.close()
+
+    with urllib.request.urlopen(f"{server.url}/dashboard") as r:
+        policy = r.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "connect-src 'self'" in policy and b"operator token" in r.read()
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{server.url}/dashboard/..%2Fapp.py")
+    assert missing.value.code == 404
 
 
 def test_the_service_refuses_bad_and_implausible_batches(server: LiveServer, ota_bundles: dict[str, Path],

@@ -115,7 +115,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from edgekit.ota.contract import DEVICE_ID, NAME_SCHEMA
-    from edgekit.ota.service.fleet_api import FleetCollector, add_fleet_routes
+    from edgekit.ota.service.fleet_api import FleetCollector, add_dashboard_routes, add_fleet_routes
     from edgekit.ota.service.params import ChannelName, ModelName
 
     limits = limits or Limits()
@@ -372,6 +372,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
         return Response(generate_latest(metrics["registry"]), media_type=CONTENT_TYPE_LATEST)
 
     add_fleet_routes(app, service, device=device, scope=scope, limits=limits, responses=_responses)
+    add_dashboard_routes(app)
     metrics["registry"].register(FleetCollector(service))
     fast.append(DeviceFastPath(app, service, metrics))
     return fast[0]

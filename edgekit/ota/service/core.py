@@ -317,9 +317,12 @@ class OtaService:
         current = self._current(model, channel)
         baseline = current.stable_release if current.basis_points < FULL else None
         releases = sorted({current.release, *([baseline] if baseline else [])})
+        comparison = self.fleet.compare(current, baseline)
         return {"model": model, "channel": channel, "halted": current.halted, "halted_reason": current.halted_reason,
-                "comparison": self.fleet.compare(current, baseline),
-                "series": {str(n): self.fleet.series(model, channel, n) for n in releases}}
+                "comparison": comparison,
+                "series": {str(n): self.fleet.series(model, channel, n) for n in releases},
+                "series_by_class": {c["device_class"]: {str(n): self.fleet.series(model, channel, n, c["device_class"])
+                                                        for n in releases} for c in comparison["classes"]}}
 
     # -- upkeep ---------------------------------------------------------------------------------
 

@@ -189,15 +189,16 @@ class Fleet:
                     break
         return out
 
-    def series(self, model: str, channel: str, release: int) -> list[dict[str, Any]]:
-        """Per window: runs, error rate and P50/P95/P99 of the release (all classes): the dashboard's plot."""
-        rows = self.registry._read("SELECT window_start, SUM(inferences), SUM(errors) FROM fleet_counts WHERE model = ? "
-                                   "AND channel = ? AND release = ? GROUP BY window_start ORDER BY window_start",
-                                   (model, channel, release))
+    def series(self, model: str, channel: str, release: int, device_class: str | None = None) -> list[dict[str, Any]]:
+        """Per window: runs, error rate and P50/P95/P99 of the release (on one device class, or all): the
+        dashboard's plots."""
+        where = "WHERE model = ? AND channel = ? AND release = ?" + (" AND device_class = ?" if device_class else "")
+        args = (model, channel, release, *((device_class,) if device_class else ()))
+        rows = self.registry._read(f"SELECT window_start, SUM(inferences), SUM(errors) FROM fleet_counts {where} "
+                                   "GROUP BY window_start ORDER BY window_start", args)
         hists: dict[int, LatencyHistogram] = {}
         for window, bucket, n in self.registry._read(
-                "SELECT window_start, bucket, SUM(n) FROM fleet_buckets WHERE model = ? AND channel = ? AND release = ? "
-                "GROUP BY window_start, bucket", (model, channel, release)):
+                f"SELECT window_start, bucket, SUM(n) FROM fleet_buckets {where} GROUP BY window_start, bucket", args):
             h = hists.setdefault(int(window), LatencyHistogram())
             h.counts[int(bucket)] += int(n)
             h.count += int(n)
@@ -217,6 +218,9 @@ class Fleet:
         mine = {c: a for (c, _), a in self.aggregates(canary.model, canary.channel, canary.release).items()}
         theirs = ({c: a for (c, _), a in self.aggregates(canary.model, canary.channel, baseline).items()}
                   if baseline is not None else {})
+        providers: dict[str, dict[str, int]] = {}
+        for (cls, provider), a in self.aggregates(canary.model, canary.channel, canary.release, by_provider=True).items():
+            providers.setdefault(cls, {})[provider] = a.inferences + a.errors
         classes = []
         for cls in sorted(set(mine) | set(theirs)):
             k, b = mine.get(cls), theirs.get(cls)
@@ -225,6 +229,7 @@ class Fleet:
             classes.append({"device_class": cls, "canary": k.to_dict() if k else None,
                             "baseline": b.to_dict() if b else None,
                             "p95_ratio": round(ratio, 3) if ratio is not None else None,
+                            "canary_providers": dict(sorted(providers.get(cls, {}).items())),
                             "verdict": _verdict(guard, k, b, ratio)})
         return {"canary": canary.release, "baseline": baseline, "guard": guard.to_dict() if guard else None,
                 "classes": classes}

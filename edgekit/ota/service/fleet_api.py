@@ -4,9 +4,11 @@ and the fleet's aggregates for Prometheus (``/metrics``)."""
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgekit.errors import OtaRequestError, TelemetryError
@@ -16,6 +18,12 @@ from edgekit.ota.service.fleet import Guard
 from edgekit.ota.service.guards import RateLimiter
 from edgekit.ota.service.params import ChannelName, ModelName
 
+DASHBOARD = Path(__file__).parent / "dashboard"
+DASHBOARD_FILES = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
+                   "dashboard.css": "text/css; charset=utf-8"}
+# The page talks to this origin only: no script, style, font or image from anywhere else, no framing.
+DASHBOARD_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+                    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 PROMETHEUS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -80,6 +88,27 @@ def add_fleet_routes(app: FastAPI, service: Any, *, device: Any, scope: Callable
         service.fleet.set_guard(model, channel, new)
         service.event("guard_set", model=model, channel=channel, **(new.to_dict() if new else {}))
         return {"guard": new.to_dict() if new else None}
+
+
+def add_dashboard_routes(app: FastAPI) -> None:
+    """``GET /dashboard`` (the page; it holds no data: it reads ``.../fleet`` with the operator token the
+    user gives it) and its script and style sheet."""
+
+    def page(name: str) -> Response:
+        kind = DASHBOARD_FILES.get(name)
+        if kind is None:
+            raise OtaRequestError(f"no dashboard file {name!r}", status=404)
+        return Response((DASHBOARD / name).read_bytes(), media_type=kind,
+                        headers={"content-security-policy": DASHBOARD_POLICY, "x-content-type-options": "nosniff",
+                                 "cache-control": "no-cache", "referrer-policy": "no-referrer"})
+
+    @app.get("/dashboard", include_in_schema=False)
+    def dashboard() -> Response:
+        return page("index.html")
+
+    @app.get("/dashboard/{name}", include_in_schema=False)
+    def dashboard_file(name: str) -> Response:
+        return page(name)
 
 
 class FleetCollector:
