@@ -56,6 +56,12 @@ $(NGINX):
 	@command -v apt-get >/dev/null || { echo "install nginx at $(NGINX) (Debian: apt-get install nginx)"; exit 1; }
 	apt-get install -y -qq nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
 
+# tests/test_ota_fleet.py scrapes the fleet's /metrics with Debian's Prometheus (examples/prometheus).
+PROMETHEUS ?= /usr/bin/prometheus
+$(PROMETHEUS):
+	@command -v apt-get >/dev/null || { echo "install prometheus at $(PROMETHEUS) (Debian: apt-get install prometheus)"; exit 1; }
+	apt-get install -y -qq --no-install-recommends prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
 TUFC := build/tuf-conformance
 $(TUFC)/.installed: android-demo/ota-client/tuf-conformance/pyproject.toml | $(FAKETIME)
 	rm -rf $(TUFC) && mkdir -p $(TUFC)
@@ -81,7 +87,7 @@ services:
 services-stop:
 	bash tests/services/down.sh $(SERVICES)
 
-test: $(VENV)/.test-installed $(CHROMIUM) $(QEMU) $(NGINX) $(TUFC)/.installed web/node_modules/.package-lock.json
+test: $(VENV)/.test-installed $(CHROMIUM) $(QEMU) $(NGINX) $(PROMETHEUS) $(TUFC)/.installed web/node_modules/.package-lock.json
 	$(BIN)/python -m ruff check .
 	MYPYPATH=$$(ls -d build/__editable__*) $(BIN)/python -m mypy -p edgekit
 	bash tests/services/up.sh $(SERVICES)

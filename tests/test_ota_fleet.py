@@ -5,8 +5,12 @@ is slower on one class. Real installs, real sessions on onnxruntime, a real HTTP
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +24,7 @@ from edgekit.histogram import LatencyHistogram
 from edgekit.ota import telemetry
 from edgekit.ota.device import Updater
 from edgekit.ota.operator import bundle_tar, call
-from tests.conftest import DIGITS, run_cli
+from tests.conftest import DIGITS, ROOT, run_cli
 from tests.ota_helpers import LiveServer
 
 pytest.importorskip("tuf")
@@ -187,7 +191,7 @@ def test_a_guard_halts_a_canary_slower_on_one_device_class(fleet: dict[str, Any]
 
     status = call(server.url, "GET", "/v1/models/digits/channels/stable/fleet", token=operator)
     verdicts = {c["device_class"].rsplit("/", 1)[1]: c for c in status["comparison"]["classes"]}
-    assert verdicts["low"]["verdict"] == "p95 over the guard" and verdicts["low"]["p95_ratio"] > 1.3
+    assert verdicts["low"]["verdict"] == "p95 over the guard" and verdicts["low"]["p95_ratio"] > 1.2
     assert verdicts["high"]["verdict"] == "ok" and verdicts["high"]["p95_ratio"] < 1.2
     assert verdicts["low"]["baseline"]["devices"] >= 70 and verdicts["low"]["baseline"]["inferences"] >= 70 * RUNS
     assert verdicts["high"]["canary_providers"] == {"CPUExecutionProvider": len(high) * RUNS}
@@ -239,7 +243,7 @@ def test_the_dashboard_plots_the_fleet_in_chromium_from_this_origin_only(fleet: 
     low = next(c for c in status["series_by_class"] if c.endswith("/low"))
     assert plotted(f"class-p95_ms-{low}") == expected(status["series_by_class"][low], "p95_ms")
     canary_p95 = max(v for _, v in plotted(f"class-p95_ms-{low}")["2"])
-    assert canary_p95 > 1.3 * max(v for _, v in plotted(f"class-p95_ms-{low}")["1"])  # the slowdown, as plotted
+    assert canary_p95 > 1.2 * max(v for _, v in plotted(f"class-p95_ms-{low}")["1"])  # the slowdown, as plotted
     # every point lies inside its chart
     for cx, cy in page.eval_on_selector_all("svg circle", "els => els.map(e => [e.cx.baseVal.value, e.cy.baseVal.value])"):
         assert 0 < cx < 520 and 0 < cy < 190
@@ -255,6 +259,73 @@ def test_the_dashboard_plots_the_fleet_in_chromium_from_this_origin_only(fleet: 
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"{server.url}/dashboard/..%2Fapp.py")
     assert missing.value.code == 404
+
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_a_real_prometheus_scrapes_the_fleet_figures(fleet: dict[str, Any], tmp_path: Path) -> None:
+    """examples/prometheus/prometheus.yml as it is (token file, interval and target changed) in Debian's
+    Prometheus: what it stores is what the service counted."""
+    server, operator = fleet["server"], fleet["operator"]
+    (tmp_path / "token").write_text(server.token("read") + "\n")
+    config = (ROOT / "examples/prometheus/prometheus.yml").read_text()
+    config = (config.replace("/etc/prometheus/edgekit-ota.token", str(tmp_path / "token"))
+              .replace("scrape_interval: 15s", "scrape_interval: 1s")
+              .replace('"127.0.0.1:8080"', f'"{server.url.removeprefix("http://")}"'))
+    (tmp_path / "prometheus.yml").write_text(config)
+    port = _free_port()
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def query(q: str) -> list[dict[str, Any]]:
+        url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(q)}"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            answer = json.load(r)
+        assert answer["status"] == "success", answer
+        return list(answer["data"]["result"])
+
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                if query('edgekit_fleet_inferences_total{model="digits"}'):
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise AssertionError(f"Prometheus held no fleet figures: {proc.stderr.read() if proc.stderr else ''}")
+            time.sleep(0.25)
+        (up,) = query('up{job="edgekit-ota"}')
+        assert up["value"][1] == "1"
+        status = call(server.url, "GET", "/v1/models/digits/channels/stable/fleet", token=operator)
+        by_class = {c["device_class"]: c for c in status["comparison"]["classes"]}
+        stored = {(r["metric"]["release"], r["metric"]["device_class"]): float(r["value"][1])
+                  for r in query('sum by (release, device_class) (edgekit_fleet_inferences_total{model="digits"})')}
+        for cls, c in by_class.items():
+            assert stored[("2", cls)] == c["canary"]["inferences"] and stored[("1", cls)] == c["baseline"]["inferences"]
+        counted = {(r["metric"]["release"], r["metric"]["device_class"]): float(r["value"][1]) for r in
+                   query('sum by (release, device_class) (edgekit_fleet_inference_duration_seconds_count)')}
+        assert counted == stored
+        low = next(c for c in by_class if c.endswith("/low"))
+        p95 = {r["metric"]["release"]: float(r["value"][1]) for r in query(
+            f'histogram_quantile(0.95, sum by (le, release) '
+            f'(edgekit_fleet_inference_duration_seconds_bucket{{device_class="{low}"}}))')}
+        assert p95["2"] > 1.2 * p95["1"]  # the canary's slowdown, as Prometheus computes it from the buckets
+        (ours,) = query(f'edgekit_fleet_inference_latency_seconds{{quantile="0.95", release="2", device_class="{low}"}}')
+        assert float(ours["value"][1]) == pytest.approx(by_class[low]["canary"]["p95_ms"] / 1e3)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_the_service_refuses_bad_and_implausible_batches(server: LiveServer, ota_bundles: dict[str, Path],

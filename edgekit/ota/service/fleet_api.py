@@ -24,7 +24,8 @@ DASHBOARD_FILES = {"index.html": "text/html; charset=utf-8", "dashboard.js": "te
 # The page talks to this origin only: no script, style, font or image from anywhere else, no framing.
 DASHBOARD_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
                     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-PROMETHEUS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+PROMETHEUS_BOUNDS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075,
+                     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def add_fleet_routes(app: FastAPI, service: Any, *, device: Any, scope: Callable[[str], Any], limits: Any,
