@@ -3,10 +3,11 @@
 Device paths are plain files any CDN or object store could serve: ``GET /metadata/<name>`` and
 ``GET /targets/<path>``, with ``ETag``/``If-None-Match`` and ``Range``. Devices decide their rollout
 from the signed rule, so the hot path reads no per-device state (``fastpath``). Enrolled devices
-``POST /v1/reports`` with their device token (ADR 0015). Publishing and rollout changes need a bearer
+``POST /v1/reports`` and ``POST /v1/telemetry`` with their device token (ADR 0015;
+fleet_api). Publishing and rollout changes need a bearer
 token with the ``publish`` or ``rollout`` scope; reading operator data, any operator token. What a
 request may cost is bounded by ``guards.Limits``.
-``/metrics`` is Prometheus text; logs are JSON lines (one event per line).
+``/metrics`` is Prometheus text, ``/dashboard`` the fleet's page; logs are JSON lines (one event per line).
 """
 
 
