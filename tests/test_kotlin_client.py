@@ -30,7 +30,7 @@ def client() -> list[str]:
     """The CLI. bin/build compiles the module with Debian's kotlinc and runs its JUnit tests."""
     build = subprocess.run([str(MODULE / "bin" / "build")], capture_output=True, text=True)
     assert build.returncode == 0, build.stdout + build.stderr
-    assert "OK (10 tests)" in build.stdout, build.stdout  # the Kotlin unit tests, all of them, passed
+    assert "OK (13 tests)" in build.stdout, build.stdout  # the Kotlin unit tests, all of them, passed
     return ["java", "-cp", str(JAR), "dev.edgekit.ota.Main"]
 
 
@@ -261,6 +261,42 @@ def test_the_kotlin_client_reads_edgekits_own_repository(client: list[str], ota_
     finally:
         live.stop()
     shutil.rmtree(meta)
+
+
+def test_the_kotlin_client_sends_telemetry_the_service_takes(client: list[str], ota_keys: Path,
+                                                            ota_bundles: dict[str, Path], tmp_path: Path) -> None:
+    """ModelStats -> Telemetry -> the outbox -> POST /v1/telemetry with the device's enrolled token: the
+    service's fleet figures count every recorded run, error and the load time; offline, the batch waits."""
+    from tests.ota_helpers import LiveServer
+    from tests.telemetry_vectors import BATCHES
+
+    live = LiveServer(tmp_path / "server", ota_keys)
+    try:
+        live.service.publish("digits", "stable", ota_bundles["v1"], basis_points=10000)
+        root = tmp_path / "root.json"
+        root.write_bytes(live.service.repo.root_bytes())
+        point = {**BATCHES[0]["points"][0], "release": 1}
+        runs = tmp_path / "runs.json"
+        runs.write_text(json.dumps({"resource": BATCHES[0]["resource"], "points": [point]}))
+        cache = tmp_path / "device"
+        device = ["--cache-dir", cache, "--device-id", "pixel-8:a1b2", "--trusted-root", root]
+        offline = _run(client, "--server", "http://127.0.0.1:9", *device, "--enrolment-token", live.enrolment(),
+                       "telemetry", runs)
+        assert offline.returncode == 1 and "1 outbox entries still wait" in offline.stderr, offline.stderr
+        assert json.loads((cache / "outbox.jsonl").read_text())["telemetry"]["resourceMetrics"]
+        shutil.rmtree(cache)
+        sent = _run(client, "--server", live.url, *device, "--enrolment-token", live.enrolment(), "telemetry", runs)
+        assert sent.returncode == 0 and sent.stdout.strip() == "1", sent.stdout + sent.stderr
+        status = live.service.fleet_status("digits", "stable")
+        [cls] = status["comparison"]["classes"]
+        assert cls["device_class"] == "android/arm64/nnapi/high"
+        figures = cls["canary"]
+        assert figures["inferences"] == len(point["durations_ns"]) and figures["errors"] == 2
+        assert figures["error_kinds"] == {"InferenceError": 2} and figures["load_ms"] == pytest.approx(42.1)
+        assert cls["canary_providers"] == {"litert": len(point["durations_ns"]) + 2}
+        assert figures["p50_ms"] == pytest.approx(0.8, rel=0.125)
+    finally:
+        live.stop()
 
 
 CONFORMANCE = ROOT / "build" / "tuf-conformance"

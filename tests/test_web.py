@@ -100,6 +100,33 @@ def test_provider_report_names_what_ran_and_what_was_passed_over(browser: Any, s
     strict.context.close()
 
 
+def test_a_sessions_runs_become_a_telemetry_batch_the_service_reads(browser: Any, server: Any) -> None:
+    """EdgekitSession records each run (and each refused input) into its histogram; the library's
+    Telemetry turns them into the batch format the service parses (edgekit.ota.telemetry)."""
+    from edgekit.ota.telemetry import parse_batch
+
+    page, described = _open_demo(browser, f"{server.url}/demo/")
+    x = np.load(DIGITS / "digits.npz")["x"][:1]
+    batch = page.evaluate("""async ([v, d]) => {
+        const { Telemetry, MemoryStorage } = await import("/src/telemetry.js");
+        const session = window.edgekitDemo.session;
+        const telemetry = new Telemetry({ deviceId: "browser-1", storage: new MemoryStorage() });
+        telemetry.track(session, { model: "digits", channel: "stable", release: 2 });
+        const feeds = { x: { data: new Float32Array(v), dims: d } };
+        for (let i = 0; i < 7; i += 1) await session.run(feeds);
+        try { await session.run({ y: feeds.x }); } catch (e) { /* counted as InvalidInputError */ }
+        return telemetry.queue();
+    }""", [x.ravel().tolist(), list(x.shape)])
+    [point] = parse_batch(batch).points
+    assert (point.model, point.release, point.artifact) == ("digits", 2, described["target"])
+    assert point.provider == "wasm" and point.passed_over == "webgpu"
+    assert point.latency.count == 7 and point.errors == {"InvalidInputError": 1}
+    assert point.load_seconds == pytest.approx(described["loadMs"] / 1e3)
+    stats = page.evaluate("() => window.edgekitDemo.session.stats()")
+    assert stats["count"] >= 7 and stats["errors"] == 1 and 0 < stats["p50"] <= stats["p99"]
+    page.context.close()
+
+
 def test_the_artifact_suits_the_backend(browser: Any, server: Any, digits_bundle: Path) -> None:
     page, _ = _open_demo(browser, f"{server.url}/demo/?prefer=speed")
     manifest = json.loads((digits_bundle / "bundle.json").read_text())

@@ -11,6 +11,9 @@
 // Cache Storage, so a reload does not download it again and a new release (a new hash) does.
 // Every failure is an EdgekitWebError whose message says what happened and what to do.
 
+import { LatencyHistogram } from "./telemetry.js";
+
+export { LatencyHistogram, Telemetry, browserDeviceClass, enrol, makeBatch } from "./telemetry.js";
 export const VERSION = "0.1.0";
 const SCHEMA = "edgekit.bundle/1";
 const CACHE_NAME = "edgekit-artifacts-v1";
@@ -296,7 +299,8 @@ function zerosFor(spec) {
 export class EdgekitSession {
   constructor(fields) {
     Object.assign(this, fields);
-    this._latencies = [];
+    this.histogram = new LatencyHistogram(); // every run's latency in fixed memory (edgekit.histogram's layout)
+    this.errorKinds = {}; // failed runs by kind, as the Python runtime names them
   }
 
   /** Check feeds against the manifest's input spec; throws EdgekitWebError("input") with the fix. */
@@ -334,7 +338,12 @@ export class EdgekitSession {
 
   /** Run the model. feeds: { name: { data, dims } }. Returns { name: { data, dims } }. */
   async run(feeds) {
-    this.checkInputs(feeds);
+    try {
+      this.checkInputs(feeds);
+    } catch (err) {
+      this._failed("InvalidInputError");
+      throw err;
+    }
     const tensors = {};
     for (const spec of this.inputs) {
       const feed = feeds[spec.name];
@@ -346,24 +355,28 @@ export class EdgekitSession {
     try {
       result = await this.ortSession.run(tensors);
     } catch (err) {
-      this.errors = (this.errors || 0) + 1;
+      this._failed("InferenceError");
       throw new EdgekitWebError("inference", `inference failed on ${this.provider}: ${err.message}`);
     }
     const ms = performance.now() - t0;
-    this._latencies.push(ms);
-    if (this._latencies.length > 1000) this._latencies.shift();
+    this.histogram.add(Math.round(ms * 1e6));
     this.lastMs = ms;
     const out = {};
     for (const [name, t] of Object.entries(result)) out[name] = { data: t.data, dims: Array.from(t.dims) };
     return out;
   }
 
-  /** Latency so far: { count, p50, p95, p99, mean, last } in ms (the last 1000 runs), plus loadMs. */
+  _failed(kind) {
+    this.errors = (this.errors || 0) + 1;
+    this.errorKinds[kind] = (this.errorKinds[kind] || 0) + 1;
+  }
+
+  /** Latency so far: { count, errors, p50, p95, p99, mean, last } in ms (percentiles to within 12.5%:
+   *  the upper edge of the histogram bucket, as the Python runtime reports them), plus loadMs. */
   stats() {
-    const sorted = [...this._latencies].sort((a, b) => a - b);
-    const q = (p) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : null);
-    const mean = sorted.length ? sorted.reduce((a, b) => a + b, 0) / sorted.length : null;
-    return { count: sorted.length, errors: this.errors || 0, p50: q(0.5), p95: q(0.95), p99: q(0.99), mean, last: this.lastMs ?? null, loadMs: this.loadMs };
+    const h = this.histogram;
+    return { count: h.count, errors: this.errors || 0, p50: h.percentile(50), p95: h.percentile(95), p99: h.percentile(99),
+      mean: h.count ? h.totalNs / h.count / 1e6 : null, last: this.lastMs ?? null, loadMs: this.loadMs };
   }
 
   /** What a page shows about this session (plain values). */

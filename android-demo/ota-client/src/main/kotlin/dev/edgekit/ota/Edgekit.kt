@@ -240,6 +240,12 @@ class ModelUpdater(
         flushReports()
     }
 
+    /** Queue a telemetry batch ([Telemetry.batch]) in the outbox, as a line `{"telemetry": BATCH}`; it goes
+     *  to /v1/telemetry with the next [flushReports]. The batch must be this device's ([deviceId]). */
+    fun queueTelemetry(batch: Map<String, Any?>) {
+        File(cacheDir, "outbox.jsonl").appendText(Json.write(linkedMapOf("telemetry" to batch)) + "\n")
+    }
+
     /** This device's token from its enrolment (device.json), enrolling now when there is none; null if it cannot yet. */
     private fun deviceToken(): String? {
         val file = File(cacheDir, "device.json")
@@ -265,7 +271,8 @@ class ModelUpdater(
         }
     }
 
-    /** Send queued reports with this device's token; keep those the server cannot take now (at most 1000, oldest dropped). */
+    /** Send queued reports and telemetry batches with this device's token; keep those the server cannot take now
+     *  (at most 1000, oldest dropped); drop those it refuses for good. How many were sent. */
     fun flushReports(): Int {
         val outbox = File(cacheDir, "outbox.jsonl")
         if (!outbox.isFile) return 0
@@ -279,19 +286,21 @@ class ModelUpdater(
                 break
             }
             try {
-                val conn = URL("$server/v1/reports").openConnection() as HttpURLConnection
+                val telemetry = line.startsWith("{\"telemetry\":")
+                val body = if (telemetry) Json.write(Json.parse(line).obj("outbox line")["telemetry"]) else line
+                val conn = URL("$server/v1/" + (if (telemetry) "telemetry" else "reports")).openConnection() as HttpURLConnection
                 conn.requestMethod = "POST"
                 conn.doOutput = true
                 conn.setRequestProperty("Content-Type", "application/json")
                 conn.setRequestProperty("Authorization", "Bearer $token")
-                conn.outputStream.use { it.write(line.toByteArray()) }
+                conn.outputStream.use { it.write(body.toByteArray()) }
                 val code = conn.responseCode
                 if (code == 401) {  // the service no longer knows this token: enrol again next time
                     File(cacheDir, "device.json").delete()
                     left.addAll(pending.subList(i, pending.size))
                     break
                 }
-                if (code >= 500 || code == 429) left.add(line) else sent++
+                if (code >= 500 || code == 429) left.add(line) else if (code < 300) sent++  // other 4xx: refused for good, dropped
             } catch (e: java.io.IOException) {
                 left.add(line)
             }
