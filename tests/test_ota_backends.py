@@ -105,6 +105,16 @@ def test_two_replicas_share_postgres_and_s3(database: str, bucket: str, ota_keys
         assert {d.state("digits").active_version for d in fleet} == {"1.0.0"}
         outcomes = call(a.url, "GET", "/v1/models/digits/channels/stable", token=token)["releases"][2]["outcomes"]
         assert outcomes == {"installed": 6}
+        # telemetry through both replicas lands in the one registry: either replica shows the whole fleet
+        for d in fleet:
+            session = d.open("digits")
+            for _ in range(5):
+                session.run({"x": data["x"][:1]})
+            assert d.send_telemetry(force=True) == 1
+        views = [call(s.url, "GET", "/v1/models/digits/channels/stable/fleet", token=token)["comparison"] for s in (a, b)]
+        assert views[0] == views[1] and views[0]["canary"] == 4
+        [cls] = views[0]["classes"]
+        assert cls["canary"]["devices"] == 6 and cls["canary"]["inferences"] == 6 * 5 and cls["canary"]["batches"] == 6
     finally:
         a.stop()
         b.stop()

@@ -357,3 +357,59 @@ def test_the_service_refuses_bad_and_implausible_batches(server: LiveServer, ota
     next(a for a in attrs if a["key"] == "edgekit.release")["value"] = {"intValue": "2"}
     code, body = _post(url, json.dumps(unknown).encode(), token)
     assert code == 403 and "not offered" in body
+
+
+def _failing(session: Any, every: int) -> Any:
+    """Injected in the device's runtime: every ``every``-th run raises, as a broken kernel would."""
+    run, calls = session._run, [0]
+
+    def flaky(feeds: Any) -> Any:
+        calls[0] += 1
+        if calls[0] % every == 0:
+            raise RuntimeError("injected kernel failure")
+        return run(feeds)
+
+    session._run = flaky
+    return session
+
+
+def test_a_guard_halts_a_canary_whose_runs_fail(server: LiveServer, ota_bundles: dict[str, Path], tmp_path: Path) -> None:
+    """The error-rate half of a guard: a canary failing 5% of its runs (the baseline none) halts at 1%."""
+    operator = server.token("rollout")
+    call(server.url, "PUT", "/v1/models/digits/channels/stable/guard", token=operator,
+         body={"p95_ratio": None, "error_rate": 0.01, "min_devices": 4})
+    _publish(server, ota_bundles["v1"], 100)
+    root = server.service.repo.root_bytes()
+    devices = [Updater(server.url, tmp_path / str(i), f"device-{i}", root, enrolment_token=server.enrolment())
+               for i in range(24)]
+    assert {d.update("digits", "stable").status for d in devices} == {"installed"}
+    _publish(server, ota_bundles["v2"], 50)
+    canary = [i for i, d in enumerate(devices) if d.update("digits", "stable").status == "installed"]
+    assert len(canary) >= 5
+    x = np.load(DIGITS / "digits.npz")["x"][:1]
+
+    def run(i: int, fail_every: int | None) -> bool:
+        session = devices[i].open("digits")
+        if fail_every:
+            session = _failing(session, fail_every)
+        for _ in range(40):
+            try:
+                session.run({"x": x})
+            except RuntimeError:
+                pass
+        assert devices[i].send_telemetry(force=True) == 1
+        return bool(server.registry.latest("digits", "stable").halted)
+
+    assert not any(run(i, None) for i in range(24) if i not in canary)  # the baseline runs clean
+    batches = 0
+    for i in canary:
+        batches += 1
+        if run(i, 20):
+            break
+    latest = server.registry.latest("digits", "stable")
+    assert latest.halted and batches == 4  # halted by the batch that gave the guard its 4th device
+    assert "failed" in latest.halted_reason and "guard: at most 1.00%" in latest.halted_reason
+    [cls] = call(server.url, "GET", "/v1/models/digits/channels/stable/fleet", token=operator)["comparison"]["classes"]
+    assert cls["verdict"] == "error rate over the guard"
+    assert cls["canary"]["error_kinds"] == {"RuntimeError": 4 * 2} and cls["canary"]["error_rate"] == pytest.approx(0.05)
+    assert cls["baseline"]["errors"] == 0

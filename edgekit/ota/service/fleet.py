@@ -122,16 +122,22 @@ class Fleet:
                             "load_n = fleet_counts.load_n + excluded.load_n, passed_over = excluded.passed_over",
                             (*key, p.artifact, p.provider, window, p.latency.count, sum(p.errors.values()),
                              p.latency.total_ns, load or 0.0, 0 if load is None else 1, p.passed_over))
-                for bucket, n in enumerate(p.latency.counts):
-                    if n:
-                        cur.execute("INSERT INTO fleet_buckets (model, channel, release, device_class, provider, "
-                                    "window_start, bucket, n) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, "
-                                    "channel, release, device_class, provider, window_start, bucket) DO UPDATE SET "
-                                    "n = fleet_buckets.n + excluded.n", (*key, p.provider, window, bucket, n))
+                # one statement for all of a point's buckets (and one for its errors): a round trip each on
+                # PostgreSQL, not one per bucket; within a point the conflict keys are distinct, as both need
+                buckets = [(*key, p.provider, window, bucket, n) for bucket, n in enumerate(p.latency.counts) if n]
+                if buckets:
+                    cur.execute("INSERT INTO fleet_buckets (model, channel, release, device_class, provider, "
+                                "window_start, bucket, n) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(buckets))
+                                + " ON CONFLICT (model, channel, release, device_class, provider, window_start, bucket) "
+                                "DO UPDATE SET n = fleet_buckets.n + excluded.n", tuple(v for row in buckets for v in row))
+                kinds: dict[str, int] = {}
                 for kind, n in p.errors.items():
-                    cur.execute("INSERT INTO fleet_errors (model, channel, release, device_class, kind, n) "
-                                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (model, channel, release, device_class, kind) "
-                                "DO UPDATE SET n = fleet_errors.n + excluded.n", (*key, kind[:64], n))
+                    kinds[kind[:64]] = kinds.get(kind[:64], 0) + n
+                if kinds:
+                    cur.execute("INSERT INTO fleet_errors (model, channel, release, device_class, kind, n) VALUES "
+                                + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(kinds)) + " ON CONFLICT (model, channel, "
+                                "release, device_class, kind) DO UPDATE SET n = fleet_errors.n + excluded.n",
+                                tuple(v for kind, n in kinds.items() for v in (*key, kind, n)))
                 cur.execute("INSERT INTO fleet_devices (model, channel, release, device_class, device_id) "
                             "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (*key, batch.device_id))
 
