@@ -78,7 +78,7 @@ class ConvertOptions:
     report: bool = True  # write report.html into the bundle
     isolate: bool | None = None  # a worker process per target family (default: for model files)
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # NAME -> sizes of its dims
-    output_kinds: Mapping[str, str] = field(default_factory=dict)  # NAME -> embedding|scores|map|exact
+    output_kinds: Mapping[str, str] = field(default_factory=dict)  # NAME -> embedding|scores|probability|map|exact
 
     def __post_init__(self) -> None:
         """Normalize the containers and refuse malformed values (UserError)."""

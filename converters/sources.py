@@ -204,6 +204,10 @@ def _onnx_source(path: Path) -> Source:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidModelError(f"{path} is not a valid ONNX model: {first}; {fix}") from exc
     inputs, outputs = onnx_io(model)
+    from edgekit.converters.ranges import unit_range_outputs
+
+    bounded = unit_range_outputs(model)  # probabilities by construction: parity judges them against [0, 1]
+    outputs = tuple(replace(o, extra={**o.extra, "range": [0, 1]}) if o.name in bounded else o for o in outputs)
     if not inputs:
         raise UnsupportedModelError(f"{path} has no inputs (all values are constants); nothing to convert")
 

@@ -96,7 +96,8 @@ class TensorSpec(_Record):
     tensors in the source model's layout and dtype whichever artifact runs.
 
     ``kind`` (outputs of the manifest) is how parity judges the output: ``exact``, ``scores``,
-    ``embedding`` or ``map`` (see :data:`edgekit.parity.OUTPUT_KINDS`), inferred or set by the user.
+    ``embedding``, ``probability`` or ``map`` (see :data:`edgekit.parity.OUTPUT_KINDS`), inferred or set
+    by the user; ``range`` (in ``extra``), where the source graph bounds the output, is that interval.
     """
 
     name: str

@@ -20,8 +20,9 @@ class Tolerance:
     """When an artifact's outputs count as matching the source's.
 
     ``max_rel_error`` bounds each output's max abs error divided by the largest magnitude of the
-    source output. For outputs that are class scores, ``min_top1_agreement`` (when set) replaces the
-    error bound: quantized models move logits but must keep the decisions. For embeddings,
+    source output (by 1, the range, for a ``probability`` output). For outputs that are class scores,
+    ``min_top1_agreement`` (when set) replaces the error bound: quantized models move logits but must
+    keep the decisions. For embeddings,
     ``min_cosine`` (when set) does: the least cosine similarity of any vector to the source's (see
     :data:`OUTPUT_KINDS`).
     """
@@ -43,9 +44,13 @@ class Tolerance:
 # target's agreement floor, where it has one, bounds how many may differ) and stay out of the error
 # statistics. ``scores``: class scores, judged by top-1 agreement along the last axis where the target
 # sets a floor. ``embedding``: vectors along the last axis, judged by cosine similarity where the target
-# sets a floor (token vectors outside an attention mask are not judged). ``map``: everything else
-# (detection and segmentation maps, regressions, signals), held to the relative error bound.
-OUTPUT_KINDS = ("exact", "scores", "embedding", "map")
+# sets a floor (token vectors outside an attention mask are not judged). ``probability``: values in [0, 1]
+# by construction (a sigmoid or softmax, maybe averaged, pooled or reshaped; the source graph says so,
+# see edgekit.converters.ranges), held to the error bound against their range, 1, not against the
+# samples' largest value: a speech probability of 0.003 off by 0.002 is 0.2% of its range, not 67%.
+# ``map``: everything else (detection and segmentation maps, regressions, signals), held to the
+# relative error bound.
+OUTPUT_KINDS = ("exact", "scores", "embedding", "probability", "map")
 EMBEDDING_WORDS = ("embed", "pool", "sentence", "hidden_state", "last_hidden", "encod", "feature")
 MIN_EMBEDDING_WIDTH = 16
 TOKEN_MODEL_MIN_WIDTH = 64
@@ -58,7 +63,8 @@ def infer_kind(spec: TensorSpec, ref: np.ndarray, n_outputs: int, token_inputs: 
     ``embedding`` when its name says so (embedding, pooled, sentence, hidden state, encoding, features),
     or when the model takes token ids (an integer input of rank 2) and the vectors are at least 64
     wide: a sentence encoder's pooled output is (samples, 384), which would otherwise read as 384
-    class scores. Class scores as :func:`is_class_scores` sees them are ``scores``; the rest ``map``.
+    class scores. Class scores as :func:`is_class_scores` sees them are ``scores``; of the rest, an output
+    the source graph bounds to [0, 1] (``spec.extra["range"]``) is ``probability``, the others ``map``.
     """
     if spec.kind:
         return spec.kind
@@ -72,7 +78,7 @@ def infer_kind(spec: TensorSpec, ref: np.ndarray, n_outputs: int, token_inputs: 
         return "embedding"  # (a classifier of token or byte sequences ends in probabilities: scores)
     if is_class_scores(ref, only_output=n_outputs == 1) or _probability_rows(ref):
         return "scores"
-    return "map"
+    return "probability" if list(spec.extra.get("range") or ()) == [0, 1] else "map"
 
 
 def _probability_rows(ref: np.ndarray, min_rank: int = 3) -> bool:
@@ -272,7 +278,7 @@ def compare(
         diff[~np.isfinite(diff)] = 0.0
         max_abs = float(diff.max()) if diff.size else 0.0
         finite_ref = np.abs(ref[np.isfinite(ref)])
-        scale = float(finite_ref.max()) if finite_ref.size else 0.0
+        scale = 1.0 if kind == "probability" else float(finite_ref.max()) if finite_ref.size else 0.0
         rel = max_abs / scale if scale > 0 else max_abs
         entry: dict[str, Any] = {
             "name": spec.name,

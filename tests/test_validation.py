@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgekit.bundle import TensorSpec
-from edgekit.parity import Tolerance, compare, describe_failure
+from edgekit.parity import Tolerance, compare, describe_failure, infer_kind
 from tests.conftest import run_cli
 
 OUT = (TensorSpec("logits", ("batch", 3), "float32"),)
@@ -165,8 +165,6 @@ def test_embeddings_are_judged_by_cosine_similarity_outside_the_attention_mask()
 
 
 def test_output_kinds_are_inferred_and_can_be_set() -> None:
-    from edgekit.parity import infer_kind
-
     rng = np.random.default_rng(0)
     pooled = rng.standard_normal((3, 384)).astype(np.float32)
     spec = TensorSpec("output", ("batch", 384), "float32")
@@ -188,6 +186,82 @@ def test_output_kinds_are_inferred_and_can_be_set() -> None:
     assert held.passed and held.top1_agreement == 1.0 and held.per_output[0]["max_rel_error"] > 0.25
     exact = (TensorSpec("logits", ("b", 7, 10), "float32", kind="exact"),)
     assert not compare({"logits": steps}, {"logits": steps + 1e-6}, exact, Tolerance(0.25))[0].passed
+
+
+def test_a_probability_is_judged_against_its_range_not_the_samples_largest_value() -> None:
+    """A voice detector on silent samples: speech probabilities near 0.003, int8 off by 0.002. As a map
+    that is 67% of the largest value and fails; as a probability it is 0.2% of the range and passes."""
+    ref = np.array([[0.003], [0.0021], [0.0008]], dtype=np.float32)
+    act = ref + np.float32(0.002)
+    tolerance = Tolerance(0.25, min_top1_agreement=0.95)
+    as_map = compare({"p": ref}, {"p": act}, (TensorSpec("p", ("b", 1), "float32", kind="map"),), tolerance)[0]
+    assert not as_map.passed and as_map.per_output[0]["max_rel_error"] > 0.6
+    spec = TensorSpec("p", ("b", 1), "float32", extra={"range": [0, 1]})
+    assert infer_kind(spec, ref, 2) == "probability" and infer_kind(TensorSpec("p", ("b", 1), "float32"), ref, 2) == "map"
+    held = compare({"p": ref}, {"p": act}, (spec,), tolerance)[0]
+    assert held.passed and held.per_output[0]["kind"] == "probability"
+    assert held.per_output[0]["max_rel_error"] == pytest.approx(0.002, rel=1e-3)
+    off = compare({"p": ref}, {"p": ref + np.float32(0.3)}, (spec,), tolerance)[0]  # 30% of the range: fails
+    assert not off.passed
+
+
+def test_the_graph_says_which_outputs_are_probabilities() -> None:
+    from onnx import TensorProto, helper
+
+    from edgekit.converters.ranges import unit_range_values
+
+    then = helper.make_graph([helper.make_node("Squeeze", ["sig"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Sigmoid", ["x"], ["sig"]), helper.make_node("ReduceMean", ["sig"], ["mean"]),
+             helper.make_node("Softmax", ["x"], ["soft"]), helper.make_node("Mul", ["mean", "soft"], ["both"]),
+             helper.make_node("Add", ["sig", "x"], ["shifted"]), helper.make_node("Concat", ["sig", "x"], ["mixed"], axis=0),
+             helper.make_node("If", ["cond"], ["branch"], then_branch=then, else_branch=other),
+             helper.make_node("If", ["cond"], ["both_bounded"], then_branch=then, else_branch=then)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+                                           helper.make_tensor_value_info("cond", TensorProto.BOOL, [])], [])
+    found = unit_range_values(graph)
+    assert {"sig", "mean", "soft", "both", "both_bounded"} <= found
+    assert not found & {"shifted", "mixed", "branch", "x"}  # a sum, an unbounded input, one unbounded branch
+
+
+def _voice_detector(path: Path) -> Path:
+    """frames (batch, 16) -> a linear layer -> sigmoid -> the mean over 4 windows: a speech probability
+    (batch, 1), near 0 on these samples (a strongly negative bias), and the pre-activation (batch, 4)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32) * 0.5, "w")
+    b = numpy_helper.from_array(np.full(4, -7.0, np.float32), "b")
+    nodes = [helper.make_node("Gemm", ["frames", "w", "b"], ["logits"]), helper.make_node("Sigmoid", ["logits"], ["p"]),
+             helper.make_node("ReduceMean", ["p"], ["speech"], axes=[1], keepdims=1)]
+    graph = helper.make_graph(nodes, "vad", [helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", 16])],
+                              [helper.make_tensor_value_info("speech", TensorProto.FLOAT, ["batch", 1]),
+                               helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_sigmoid_output_is_recorded_and_judged_as_a_probability(tmp_path: Path) -> None:
+    model = _voice_detector(tmp_path / "vad.onnx")
+    frames = np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", frames=frames)
+    result = run_cli("convert", model, "-t", "onnx-web-int8", "--calibration", tmp_path / "calib.npz",
+                     "-o", tmp_path / "b", "--no-report", "--accept-parity-failure")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    outputs = {o["name"]: o for o in manifest["outputs"]}
+    assert outputs["speech"]["kind"] == "probability" and outputs["speech"]["range"] == [0, 1]
+    assert outputs["logits"]["kind"] == "map" and "range" not in outputs["logits"]
+    judged = {e["name"]: e for e in manifest["artifacts"][0]["parity"]["per_output"]}
+    speech = judged["speech"]
+    assert speech["kind"] == "probability" and speech["max_rel_error"] == pytest.approx(speech["max_abs_error"])
+    reference = np.load(tmp_path / "b" / "reference.npz")
+    assert float(reference["out.speech"].max()) < 0.05  # near 0: as a map its error would be judged against that
 
 
 def _token_encoder(path: Path) -> Path:

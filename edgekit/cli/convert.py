@@ -97,7 +97,7 @@ def convert(
     input_shape: Annotated[list[str] | None, typer.Option(
         help="Fix an input's dynamic dimensions for converters that need static shapes: NAME:D0,D1,...")] = None,
     output_kind: Annotated[list[str] | None, typer.Option(
-        help="How parity judges an output: NAME=embedding|scores|map|exact (default: inferred)")] = None,
+        help="How parity judges an output: NAME=embedding|scores|probability|map|exact (default: inferred)")] = None,
     write_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the bundle")] = True,
     isolate: Annotated[bool, typer.Option(
         "--isolate/--no-isolate", help="Convert each target family in a worker process (a converter crash fails "
