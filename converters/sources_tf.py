@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,10 @@ def keras_source(path: Path | None, model: Any = None) -> Source:
                                        for i, d in enumerate(t.shape)), dtype=str(t.dtype))
         for n, t in zip(out_names, model.outputs, strict=True)
     )
+    from edgekit.converters.ranges import unit_range_keras_outputs
+
+    bounded = unit_range_keras_outputs(model)  # a sigmoid or softmax head: a probability (judged on [0, 1])
+    outputs = tuple(replace(o, extra={**o.extra, "range": [0, 1]}) if b else o for o, b in zip(outputs, bounded, strict=True))
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [feeds[n] for n in names]

@@ -6,6 +6,7 @@ import hashlib
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,13 @@ def torch_module_source(module: Any, example_inputs: tuple[Any, ...]) -> Source:
     with torch.no_grad():
         result = module(*example_inputs)
     out_names = output_names(result)
+    from edgekit.converters.ranges import unit_range_autograd
+
+    try:  # one pass with autograd on says which outputs are probabilities by construction
+        with torch.enable_grad():
+            bounded = [unit_range_autograd(t) for t in flatten_outputs(module(*example_inputs))]
+    except Exception:  # a module that cannot run with autograd (inference-mode tensors...): none known
+        bounded = []
     digest = hashlib.sha256()
     size = 0
     for key, tensor in module.state_dict().items():
@@ -70,7 +78,8 @@ def torch_module_source(module: Any, example_inputs: tuple[Any, ...]) -> Source:
         Value(Kind.TORCH_MODULE, obj=module),
         info,
         _torch_specs(names, list(example_inputs), dynamic_batch=True),
-        _torch_specs(out_names, flatten_outputs(result), dynamic_batch=True),
+        tuple(replace(o, extra={**o.extra, "range": [0, 1]}) if i < len(bounded) and bounded[i] else o
+              for i, o in enumerate(_torch_specs(out_names, flatten_outputs(result), dynamic_batch=True))),
         _torch_reference(module, names, out_names),
         example_inputs,
     )
@@ -100,6 +109,11 @@ def torch_program_source(path: Path) -> Source:
         result = module(*args)
     out_names = output_names(result)
     dynamic = any(isinstance(d, str) for s in specs for d in s.shape[:1])
+    from edgekit.converters.ranges import unit_range_program_outputs
+
+    bounded = unit_range_program_outputs(program)  # probabilities by construction (parity judges them on [0, 1])
+    outputs = tuple(replace(o, extra={**o.extra, "range": [0, 1]}) if i < len(bounded) and bounded[i] else o
+                    for i, o in enumerate(_torch_specs(out_names, flatten_outputs(result), dynamic_batch=dynamic)))
     digest, size = hash_path(path)
     info = SourceInfo(format="torch.export", file=path.name, sha256=digest, size_bytes=size)
     return Source(
@@ -107,7 +121,7 @@ def torch_program_source(path: Path) -> Source:
         Value(Kind.TORCH_EXPORT, path=path, obj=program),
         info,
         tuple(specs),
-        _torch_specs(out_names, flatten_outputs(result), dynamic_batch=dynamic),
+        outputs,
         _torch_reference(module, names, out_names),
         tuple(args),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -224,6 +225,47 @@ def test_the_graph_says_which_outputs_are_probabilities() -> None:
     found = unit_range_values(graph)
     assert {"sig", "mean", "soft", "both", "both_bounded"} <= found
     assert not found & {"shifted", "mixed", "branch", "x"}  # a sum, an unbounded input, one unbounded branch
+
+
+@pytest.mark.torch
+def test_pytorch_sources_say_which_outputs_are_probabilities(tmp_path: Path) -> None:
+    """A module (read from one autograd pass) and its torch.export program (read from its ATen graph)."""
+    import torch
+
+    from edgekit.converters.sources import load_source, with_output_kinds
+
+    class Heads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 4)
+
+        def forward(self, x: Any) -> Any:
+            z = self.linear(x)
+            return (torch.sigmoid(z).mean(dim=1, keepdim=True), z, torch.softmax(z, -1).reshape(-1, 2, 2),
+                    torch.sigmoid(z) + 1)
+
+    x = torch.randn(3, 8)
+    torch.export.save(torch.export.export(Heads(), (x,)), str(tmp_path / "heads.pt2"))
+    for source in (load_source(Heads(), (x,)), load_source(tmp_path / "heads.pt2")):
+        reference = source.run({source.inputs[0].name: x.numpy()})
+        kinds = [o.kind for o in with_output_kinds(source, reference).outputs]
+        assert kinds == ["probability", "map", "probability", "map"], (source.kind, kinds)  # sigmoid + 1 is not
+
+
+@pytest.mark.tensorflow
+def test_keras_sources_say_which_outputs_are_probabilities() -> None:
+    import keras
+
+    from edgekit.converters.sources import load_source, with_output_kinds
+
+    inp = keras.Input((8,))
+    logits = keras.layers.Dense(3)(inp)
+    model = keras.Model(inp, [keras.layers.Dense(1, activation="sigmoid")(inp), logits, keras.layers.Softmax()(logits)])
+    source = load_source(model)
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    reference = source.run({source.inputs[0].name: x})
+    kinds = [o.kind for o in with_output_kinds(source, reference).outputs]
+    assert kinds == ["probability", "map", "scores"]  # softmax rows are class scores; a sigmoid a probability
 
 
 def _voice_detector(path: Path) -> Path:
