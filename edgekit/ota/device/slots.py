@@ -141,3 +141,23 @@ def _unpack_artifact(archive: Path, staging: Path, artifact: Any) -> None:
                 os.fsync(f.fileno())
     for folder in folders:
         fsync_dir(folder)
+
+
+def runs_here(fmt: str) -> str | None:
+    """None when this host can run ``fmt``, else why not."""
+    from edgekit.runtimes import host_formats
+
+    return host_formats().get(fmt, f"no runtime for {fmt}") or None
+
+
+def installed_for_another_host(slot: Path) -> str:
+    """Why this host cannot run the artifact installed in ``slot`` ('' when it can)."""
+    from edgekit.bundle import read_bundle
+
+    try:
+        manifest = read_bundle(slot, verify=False).manifest
+    except EdgekitError:
+        return ""  # the runtime says what is wrong with it
+    here = [a for a in manifest.artifacts if (slot / a.file).exists()]
+    reasons = [runs_here(a.format) for a in here]
+    return f"{here[0].target} ({here[0].format}): {reasons[0]}" if here and all(reasons) else ""

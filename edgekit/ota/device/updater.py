@@ -20,48 +20,20 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError, UpdateError, VerificationError
 from edgekit.ota import contract
 from edgekit.ota.device.fetcher import Fetcher, FetchError, HttpError, UrllibFetcher, tuf_fetcher
+from edgekit.ota.device.offer import Offer, UpdateResult
 from edgekit.ota.device.outbox import Outbox
 from edgekit.ota.device.rebuild import rebuild
-from edgekit.ota.device.slots import Slots, SlotState, smoke
+from edgekit.ota.device.slots import Slots, SlotState, installed_for_another_host, runs_here, smoke
 from edgekit.ota.device.telemetry import Telemetry, this_device_class
 
 log = logging.getLogger("edgekit.ota")
 Progress = Callable[[str, int, int], None]  # (file, bytes so far, total)
-
-
-@dataclass
-class Offer:
-    """A release this device should install: its files' verified TUF target infos."""
-
-    model: str
-    channel: str
-    release: int
-    version: str
-    rollback_of: int | None
-    targets: dict[str, Any]  # file name -> TargetFile
-    in_rollout: bool
-
-
-@dataclass
-class UpdateResult:
-    """What :meth:`Updater.update` did: ``installed``, ``up_to_date``, ``failed`` (kept the old slot)."""
-
-    status: str
-    model: str
-    release: int | None = None
-    version: str | None = None
-    detail: str = ""
-    path: Path | None = None
-    downloaded_bytes: int = 0
-    resumed_bytes: int = 0
-    delta_from: int | None = None  # the artifact was rebuilt from this release's copy by a delta target
 
 
 class Updater:
@@ -284,8 +256,8 @@ class Updater:
             fetched, resumed = fetched + more, resumed + again
         packed = {delivered: chosen} if delivered != chosen.file else {}
         slot = self.slots.install(model, offer.release, parts, packed)
-        runs_here = _runs_here(chosen.format)
-        detail = smoke(slot, chosen.target, providers) if runs_here is None else ""
+        elsewhere = runs_here(chosen.format)
+        detail = smoke(slot, chosen.target, providers) if elsewhere is None else ""
         if detail:
             state = self.state(model)
             state.failed = sorted({*state.failed, offer.release})
@@ -302,8 +274,8 @@ class Updater:
         self.slots.save(model, state)  # the switch: one atomic rename
         self.slots.prune(model, state)
         self._drop_installed_downloads(model)
-        said = f"{chosen.target} ({chosen.format})" + (f"; verified, not runnable on this host: {runs_here}"
-                                                      if runs_here is not None else "")
+        said = f"{chosen.target} ({chosen.format})" + (f"; verified, not runnable on this host: {elsewhere}"
+                                                      if elsewhere is not None else "")
         if delta_from is not None:
             said += f"; rebuilt from release {delta_from} by a delta"
         self._report(offer, "installed", said)
@@ -349,7 +321,7 @@ class Updater:
         if state.active is None:
             raise UpdateError(f"no release of {model} is installed here yet; run an update first")
         slot = self.slots.path(model, state.active)
-        elsewhere = _installed_for_another_host(slot)
+        elsewhere = installed_for_another_host(slot)
         if elsewhere:  # installed with target= for another platform: not a failure of the release
             raise UpdateError(f"release {state.active} of {model} was installed for another platform: {elsewhere}")
         try:
@@ -406,23 +378,3 @@ def _delivered_name(offer: Offer, file: str) -> str:
     """The target a manifest's artifact file arrives as: itself, or its tar for a directory (.mlpackage)."""
     packed = contract.packed_name(file)
     return packed if file not in offer.targets and packed in offer.targets else file
-
-
-def _runs_here(fmt: str) -> str | None:
-    """None when this host can run ``fmt``, else why not."""
-    from edgekit.runtimes import host_formats
-
-    return host_formats().get(fmt, f"no runtime for {fmt}") or None
-
-
-def _installed_for_another_host(slot: Path) -> str:
-    """Why this host cannot run the artifact installed in ``slot`` ('' when it can)."""
-    from edgekit.bundle import read_bundle
-
-    try:
-        manifest = read_bundle(slot, verify=False).manifest
-    except EdgekitError:
-        return ""  # the runtime says what is wrong with it
-    here = [a for a in manifest.artifacts if (slot / a.file).exists()]
-    reasons = [_runs_here(a.format) for a in here]
-    return f"{here[0].target} ({here[0].format}): {reasons[0]}" if here and all(reasons) else ""

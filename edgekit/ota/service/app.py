@@ -41,31 +41,13 @@ from edgekit.ota.service.guards import (
     guarded_protocol,
     receive_upload,
 )
+from edgekit.ota.service.logs import JsonLogFormatter, configure_logging
 
-__all__ = ["GuardedHttpProtocol", "Limits", "app_from_env", "configure_logging", "create_app", "guarded_protocol"]
+__all__ = ["GuardedHttpProtocol", "JsonLogFormatter", "Limits", "app_from_env", "configure_logging", "create_app",
+           "guarded_protocol"]
 
 log = logging.getLogger("edgekit.ota")
 MAX_RELEASE = (1 << 53) - 1  # the largest integer every JSON reader keeps exactly
-
-ERRORS = {400: "the body is not valid JSON", 401: "no token, or an unknown one",
-          403: "the token lacks the scope, or names another device",
-          404: "no such model, channel, release or file", 408: "the upload came too slowly",
-          409: "in conflict with the current state",
-          413: "the upload is over a limit", 422: "the request does not match the API", 429: "too many requests"}
-
-
-def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error answers a route gives (each an {"error": message} object)."""
-    schema = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
-    return {code: {"description": ERRORS[code], "content": {"application/json": {"schema": schema}}} for code in codes}
-
-
-def _file_responses() -> dict[int | str, dict[str, Any]]:
-    """The answers of the static device paths."""
-    return {200: {"description": "the file", "content": {"application/json": {}, "application/octet-stream": {}}},
-            206: {"description": "the requested byte range"}, 304: {"description": "unchanged (If-None-Match)"},
-            416: {"description": "the range is outside the file"}, **_responses(404)}
-
 
 def _printable(value: Any) -> Any:
     """``value`` safe to write as JSON in UTF-8 (a lone surrogate or a NaN sent by a client must not
@@ -73,18 +55,6 @@ def _printable(value: Any) -> Any:
     if isinstance(value, bool | int):
         return value
     return str(value).encode("utf-8", "backslashreplace").decode("utf-8")[:300]
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the event's fields."""
-
-    RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-               "logger": record.name, "message": record.getMessage()}
-        out.update({k: v for k, v in record.__dict__.items() if k not in self.RESERVED})
-        return json.dumps(out, default=str)
 
 
 def _metrics() -> dict[str, Any]:
@@ -117,7 +87,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
 
     from edgekit.ota.contract import DEVICE_ID, NAME_SCHEMA
     from edgekit.ota.service.fleet_api import FleetCollector, add_dashboard_routes, add_fleet_routes
-    from edgekit.ota.service.params import ChannelName, ModelName
+    from edgekit.ota.service.params import ChannelName, ModelName, file_responses, responses
 
     limits = limits or Limits()
 
@@ -208,12 +178,12 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
 
     # Declared for the OpenAPI document only: DeviceFastPath answers these paths before routing.
     @app.get("/metadata/{name}", tags=["devices"], summary="TUF metadata (root, timestamp, snapshot, targets, bins); "
-             "ETag / If-None-Match, Range", responses=_file_responses())
+             "ETag / If-None-Match, Range", responses=file_responses())
     def metadata(name: str) -> Response:  # pragma: no cover - never routed
         return Response(status_code=404)
 
     @app.get("/targets/{path:path}", tags=["devices"], summary="A release file by its hash-prefixed name; ETag, Range",
-             responses=_file_responses())
+             responses=file_responses())
     def targets(path: str) -> Response:  # pragma: no cover - never routed
         return Response(status_code=404)
 
@@ -252,7 +222,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
         return found
 
     @app.post("/v1/reports", tags=["devices"], summary="An enrolled device's outcome for a release (after its smoke "
-              "test); needs the device's token", responses=_responses(400, 401, 403, 404, 422, 429))
+              "test); needs the device's token", responses=responses(400, 401, 403, 404, 422, 429))
     def report(body: Report, device_id: str = Depends(device)) -> dict[str, Any]:
         if body.device_id != device_id:
             raise AuthError(f"this device token belongs to {device_id!r}, not {body.device_id!r}", status=403)
@@ -265,7 +235,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
         device_id: str = Field(max_length=128, pattern=DEVICE_ID.pattern)
         enrolment_token: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
 
-    @app.post("/v1/devices/enrol", status_code=201, tags=["devices"], responses=_responses(400, 401, 403, 409, 422, 429),
+    @app.post("/v1/devices/enrol", status_code=201, tags=["devices"], responses=responses(400, 401, 403, 409, 422, 429),
               summary="Enrol a device with an operator's enrolment token; answers the device's own token")
     def enrol(body: Enrol, request: Request) -> dict[str, Any]:
         _limited(enrolling, request.client.host if request.client else "?", "enrolments from this address")
@@ -279,7 +249,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
               summary="Publish a bundle (a tar of its directory, optionally gzipped) as the next release; the same "
               "files again (a retry) answer 200 with the release already made",
               responses={200: {"description": "the same files are this channel's latest release already"},
-                         **_responses(401, 403, 408, 409, 413, 422)},
+                         **responses(401, 403, 408, 409, 413, 422)},
               openapi_extra={"requestBody": {"required": True, "description": "the bundle directory's files as one flat "
                              "tar, optionally gzipped (edgekit publish makes it)", "content": {
                                  media: {"schema": {"type": "string", "format": "binary"}}
@@ -318,7 +288,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
         basis_points: int | None = Field(None, ge=0, le=10000)
 
     @app.post("/v1/models/{model}/channels/{channel}/rollout", tags=["operators"],
-              summary="Set the current release's rollout share", responses=_responses(400, 401, 403, 404, 409, 422))
+              summary="Set the current release's rollout share", responses=responses(400, 401, 403, 404, 409, 422))
     def rollout(model: ModelName, channel: ChannelName, body: Rollout, _who: str = scope("rollout")) -> dict[str, Any]:
         if body.basis_points is None and body.percent is None:
             raise OtaRequestError("give percent (0-100) or basis_points (0-10000)", status=422)
@@ -330,12 +300,12 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
         reason: str = Field("halted by an operator", max_length=500)
 
     @app.post("/v1/models/{model}/channels/{channel}/halt", tags=["operators"], summary="Halt the current rollout",
-              responses=_responses(400, 401, 403, 404, 422))
+              responses=responses(400, 401, 403, 404, 422))
     def halt(model: ModelName, channel: ChannelName, body: Halt | None = None, _who: str = scope("rollout")) -> dict[str, Any]:
         return service.halt(model, channel, body.reason if body else "halted by an operator").to_dict()
 
     @app.post("/v1/models/{model}/channels/{channel}/resume", tags=["operators"], summary="Resume a halted rollout",
-              responses=_responses(401, 403, 404, 422))
+              responses=responses(401, 403, 404, 422))
     def resume(model: ModelName, channel: ChannelName, _who: str = scope("rollout")) -> dict[str, Any]:
         return service.resume(model, channel).to_dict()
 
@@ -345,17 +315,17 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
 
     @app.post("/v1/models/{model}/channels/{channel}/rollback", tags=["operators"],
               summary="Publish an earlier release's files as a new release for the whole channel",
-              responses=_responses(400, 401, 403, 404, 409, 422))
+              responses=responses(400, 401, 403, 404, 409, 422))
     def rollback(model: ModelName, channel: ChannelName, body: Rollback | None = None,
                  _who: str = scope("rollout")) -> dict[str, Any]:
         return service.rollback(model, channel, body.to_release if body else None).to_dict()
 
-    @app.get("/v1/models", tags=["operators"], summary="Models and their channels", responses=_responses(401))
+    @app.get("/v1/models", tags=["operators"], summary="Models and their channels", responses=responses(401))
     def models(_who: str = scope("read")) -> list[dict[str, Any]]:
         return service.models()
 
     @app.get("/v1/models/{model}/channels/{channel}", tags=["operators"],
-             summary="A channel's signed state, its releases and device outcomes", responses=_responses(401, 404, 422))
+             summary="A channel's signed state, its releases and device outcomes", responses=responses(401, 404, 422))
     def channel(model: ModelName, channel: ChannelName, _who: str = scope("read")) -> dict[str, Any]:
         return service.channel(model, channel)
 
@@ -372,7 +342,7 @@ def create_app(service: OtaService, *, refresh_every_s: float | None = 60.0, lim
     def prometheus(_who: str = scope("read")) -> Response:  # Prometheus sends the token (authorization: credentials)
         return Response(generate_latest(metrics["registry"]), media_type=CONTENT_TYPE_LATEST)
 
-    add_fleet_routes(app, service, device=device, scope=scope, limits=limits, responses=_responses)
+    add_fleet_routes(app, service, device=device, scope=scope, limits=limits, responses=responses)
     add_dashboard_routes(app)
     metrics["registry"].register(FleetCollector(service))
     fast.append(DeviceFastPath(app, service, metrics))
@@ -418,13 +388,3 @@ def _die_with(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # it was gone before the line above
         os._exit(1)
-
-
-def configure_logging() -> None:
-    """edgekit.ota logs JSON lines to stderr."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter())
-    logger = logging.getLogger("edgekit.ota")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False

@@ -23,6 +23,7 @@ from edgekit.ota.service.backends import open_backends
 from edgekit.ota.service.database import Release, SqlRegistry
 from edgekit.ota.service.delta_targets import make_deltas
 from edgekit.ota.service.fleet import Fleet, check_plausible
+from edgekit.ota.service.intake import same_files, unpack_directories
 from edgekit.ota.service.repository import Expiry, Repository, canonical, custom_of, load_signers
 from edgekit.ota.service.storage import Storage
 from edgekit.ota.telemetry import Batch
@@ -121,7 +122,7 @@ class OtaService:
         contract.check_name(model)
         contract.check_name(channel, "channel name")
         _check_points(basis_points)
-        _unpack_directories(bundle_dir)
+        unpack_directories(bundle_dir)
         bundle = read_bundle(bundle_dir)  # sizes and sha256 of every file (a directory's too)
         manifest = bundle.manifest
         if manifest.reference is None:
@@ -144,7 +145,7 @@ class OtaService:
 
         with self.registry.lock():
             latest = self.registry.latest(model, channel)
-            if latest is not None and _same_files(latest.files, bundle.path, files, packed):
+            if latest is not None and same_files(latest.files, bundle.path, files, packed):
                 # a retried publish (the answer was lost to a crash or a cut connection): the release exists
                 self.event("publish_repeated", model=model, channel=channel, release=latest.release)
                 latest.already_published = True
@@ -398,38 +399,3 @@ def _stable_after(latest: Release | None) -> int | None:
     if latest.basis_points >= FULL and not latest.halted:
         return latest.release
     return latest.stable_release
-
-
-def _same_files(published: list[dict[str, Any]], folder: Path, files: list[dict[str, Any]],
-                packed: dict[str, bytes]) -> bool:
-    """Whether ``folder``'s ``files`` are, name for name and byte for byte, a release's ``published`` files
-    (its deltas aside: the service made them)."""
-    import hashlib
-
-    from edgekit._files import hash_path
-
-    published = [f for f in published if f["kind"] != "delta"]
-    if sorted(f["file"] for f in published) != sorted(f["file"] for f in files):
-        return False
-    return all((hashlib.sha256(packed[f["file"]]).hexdigest() if f["file"] in packed else
-                hash_path(folder / f["file"])[0]) == f.get("sha256") for f in published)
-
-
-def _unpack_directories(folder: Path) -> None:
-    """An upload carries a directory artifact as its tar (``coreml.mlpackage.tar``, what ``edgekit publish``
-    sends): unpack it beside it, so the bundle reads and verifies as ``edgekit convert`` wrote it.
-
-    Raises:
-        BundleError: The tar breaks the packing rules (a link, a path outside the folder, not a tar).
-    """
-    from edgekit.errors import VerificationError
-
-    for archive in sorted(folder.glob(f"*{contract.PACKED_SUFFIX}")):
-        directory = folder / archive.name.removesuffix(contract.PACKED_SUFFIX)
-        if directory.exists():
-            continue
-        try:  # an uncompressed tar holds at most its own size in files
-            contract.unpack_directory(archive, directory, max_bytes=archive.stat().st_size)
-        except VerificationError as exc:
-            raise BundleError(f"{archive.name} in the upload: {exc}") from exc
-        archive.unlink()
