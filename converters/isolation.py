@@ -52,19 +52,25 @@ def private_tempdir(prefix: str = "edgekit-") -> Iterator[Path]:
     removed on the way out whatever happened, Ctrl-C included.
 
     Libraries leave things in the temp dir as a side effect: importing coremltools creates
-    ``torchinductor_<user>``, onnxruntime's quantizer writes its shape-inference model there.
+    ``torchinductor_<user>``, onnxruntime's quantizer writes its shape-inference model there. Some
+    also remember where in the environment (torch sets ``TORCHINDUCTOR_CACHE_DIR``) and would create
+    the folder there again later: every variable set to a path inside the directory gets its old value
+    back on the way out, as ``TMPDIR`` does.
     """
     path = Path(tempfile.mkdtemp(prefix=prefix))
-    saved_env, saved_default = os.environ.get("TMPDIR"), tempfile.tempdir
+    saved_environ, saved_default = dict(os.environ), tempfile.tempdir
     os.environ["TMPDIR"] = tempfile.tempdir = str(path)
     try:
         yield path
     finally:
         tempfile.tempdir = saved_default
-        if saved_env is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved_env
+        inside = str(path)
+        for key, value in list(os.environ.items()):
+            if value.startswith(inside) and saved_environ.get(key) != value:
+                if key in saved_environ:
+                    os.environ[key] = saved_environ[key]
+                else:
+                    del os.environ[key]
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -131,3 +131,27 @@ def test_exit_descriptions() -> None:
     assert describe_exit(-signal.SIGSEGV).startswith("killed by SIGSEGV")
     assert "out-of-memory" in describe_exit(-signal.SIGKILL)
     assert describe_exit(1) == "exited with status 1"
+
+
+@pytest.mark.torch
+def test_a_library_remembering_the_private_temp_dir_does_not_recreate_it_later() -> None:
+    """torch's inductor stores its cache folder, made under the temp dir, in TORCHINDUCTOR_CACHE_DIR and makes
+    it again on the next call: after the private temp dir is gone, the variable must not point into it."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    from edgekit.converters.isolation import private_tempdir
+
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    try:
+        with private_tempdir() as tmp:
+            made = Path(cache_dir())
+            assert made.is_relative_to(tmp) and made.is_dir()
+        assert not tmp.exists()
+        assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ and os.environ.get("TMPDIR") != str(tmp)
+        assert not Path(default_cache_dir()).is_relative_to(tmp)  # where a later call would make it
+    finally:
+        if before is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
