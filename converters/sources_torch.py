@@ -55,16 +55,17 @@ def torch_module_source(module: Any, example_inputs: tuple[Any, ...]) -> Source:
     names = params[: len(example_inputs)] if len(params) >= len(example_inputs) else [
         f"input_{i}" for i in range(len(example_inputs))
     ]
-    with torch.no_grad():
-        result = module(*example_inputs)
-    out_names = output_names(result)
     from edgekit.converters.ranges import unit_range_autograd
 
-    try:  # one pass with autograd on says which outputs are probabilities by construction
+    try:  # the one pass, with autograd on: its graph says which outputs are probabilities by construction
         with torch.enable_grad():
-            bounded = [unit_range_autograd(t) for t in flatten_outputs(module(*example_inputs))]
+            result = module(*example_inputs)
+        bounded = [unit_range_autograd(t) for t in flatten_outputs(result)]
     except Exception:  # a module that cannot run with autograd (inference-mode tensors...): none known
+        with torch.no_grad():
+            result = module(*example_inputs)
         bounded = []
+    out_names = output_names(result)
     digest = hashlib.sha256()
     size = 0
     for key, tensor in module.state_dict().items():
