@@ -22,7 +22,9 @@ class Tolerance:
     ``max_rel_error`` bounds each output's max abs error divided by the largest magnitude of the
     source output (by 1, the range, for a ``probability`` output). For outputs that are class scores,
     ``min_top1_agreement`` (when set) replaces the error bound: quantized models move logits but must
-    keep the decisions. For embeddings,
+    keep the decisions. For probability maps it bounds the overlap of their decisions (values above
+    0.5, as intersection over union), and the error bound then holds for 99 % of the values
+    (:data:`MAP_ERROR_QUANTILE`) instead of every one. For embeddings,
     ``min_cosine`` (when set) does: the least cosine similarity of any vector to the source's (see
     :data:`OUTPUT_KINDS`).
     """
@@ -48,8 +50,16 @@ class Tolerance:
 # by construction (a sigmoid or softmax, maybe averaged, pooled or reshaped; the source graph says so,
 # see edgekit.converters.ranges), held to the error bound against their range, 1, not against the
 # samples' largest value: a speech probability of 0.003 off by 0.002 is 0.2% of its range, not 67%.
+# A probability output of at least MAP_MIN_ELEMENTS values per sample is a probability map (a text
+# detector's or segmenter's): where the target has an agreement floor (reduced precision), its decisions,
+# the values above MAP_THRESHOLD, must overlap the source's by that floor (intersection over union), and 99 %
+# of its values must be within the error bound; a few pixels at the edge of a region that flip from 0.4 to
+# 0.6 are how 8 bits move such a map, and what its users threshold away (docs/adr/0018).
 # ``map``: everything else (detection and segmentation maps, regressions, signals), held to the
 # relative error bound.
+MAP_MIN_ELEMENTS = 64
+MAP_THRESHOLD = 0.5
+MAP_ERROR_QUANTILE = 0.99
 OUTPUT_KINDS = ("exact", "scores", "embedding", "probability", "map")
 EMBEDDING_WORDS = ("embed", "pool", "sentence", "hidden_state", "last_hidden", "encod", "feature")
 MIN_EMBEDDING_WIDTH = 16
@@ -302,6 +312,13 @@ def compare(
                     source_top1=float(np.mean(ref.argmax(axis=1) == labels)),
                     n_samples=int(labels.shape[0]),
                 )
+        if kind == "probability" and ref.ndim >= 2 and ref[0].size >= MAP_MIN_ELEMENTS:
+            iou = decision_iou(ref, act)
+            quantile = float(np.quantile(diff, MAP_ERROR_QUANTILE)) if diff.size else 0.0
+            entry["decision_iou"] = iou
+            entry["quantile_abs_error"] = {str(MAP_ERROR_QUANTILE): quantile}
+            if tolerance.min_top1_agreement is not None:
+                ok = iou >= tolerance.min_top1_agreement and quantile <= tolerance.max_rel_error
         if kind == "embedding":
             cosine = min_cosine(ref, act, mask)
             entry["min_cosine"] = cosine
@@ -323,6 +340,13 @@ def compare(
     return parity, accuracy
 
 
+def decision_iou(ref: np.ndarray, act: np.ndarray, threshold: float = MAP_THRESHOLD) -> float:
+    """Intersection over union of the values above ``threshold`` in ``act`` and in ``ref`` (1 when neither has any)."""
+    a, b = ref > threshold, act > threshold
+    union = int(np.count_nonzero(a | b))
+    return float(np.count_nonzero(a & b) / union) if union else 1.0
+
+
 def describe_failure(target: str, parity: Parity) -> str:
     """A message naming each output's error against the tolerance."""
     parts = []
@@ -341,6 +365,10 @@ def describe_failure(target: str, parity: Parity) -> str:
             text += f", top-1 agreement {entry['top1_agreement']:.4f}"
         if "min_cosine" in entry:
             text += f", least cosine similarity {entry['min_cosine']:.4f}"
+        if "decision_iou" in entry:
+            (q, value), = entry["quantile_abs_error"].items()
+            text += (f", decisions (> {MAP_THRESHOLD}) overlap {entry['decision_iou']:.4f} (IoU), "
+                     f"{float(q):.0%} of values within {value:.3g}")
         parts.append(text + ("" if entry["passed"] else " FAILED"))
     tol = ", ".join(f"{k} {v}" for k, v in (parity.tolerance or {}).items())
     return (

@@ -109,3 +109,73 @@ def test_a_transformer_gets_the_matmul_only_recipe_and_keeps_its_embeddings_floa
     assert len(embedding) == 1 and embedding[0].data_type == TensorProto.FLOAT  # the table is not quantized
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= {n.op_type for n in written.graph.node}
     assert "QuantizeLinear" not in {n.op_type for n in written.graph.node}  # no static QDQ on activations
+
+
+def _offset_difference_model(path: Path) -> Path:
+    """Zero-sum 3x3 filters (values -1, 0, 1: exact in int8) over inputs that carry a large offset: the output
+    is the small signal, which 8-bit activations (a step of about 4 over the offset) cannot hold."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.zeros((4, 1, 3, 3), np.float32)
+    for k, (a, b) in enumerate([((1, 0), (1, 2)), ((0, 1), (2, 1)), ((0, 0), (2, 2)), ((0, 2), (2, 0))]):
+        w[k, 0, a[0], a[1]], w[k, 0, b[0], b[1]] = 1.0, -1.0
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["edges"])]
+    graph = helper.make_graph(nodes, "edges", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                              [helper.make_tensor_value_info("edges", TensorProto.FLOAT, ["n", 4, 6, 6])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_whose_activations_cannot_be_8_bit_gets_int8_weights_with_float_compute(tmp_path: Path) -> None:
+    """Static and dynamic int8 quantize the activations and lose the signal (they fail parity); the last recipe
+    keeps int8 weights behind DequantizeLinear and computes in float32, so the artifact passes and says so."""
+    import onnx
+    from onnx import TensorProto
+
+    model = _offset_difference_model(tmp_path / "edges.onnx")
+    x = 1000.0 + np.random.default_rng(2).random((32, 1, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    result = convert(model, ["onnx-web-int8"], out=tmp_path / "b", calibration=tmp_path / "cal.npz", report=False)
+    art = result.bundle.manifest.artifacts[0]
+    assert art.parity is not None and art.parity.passed and art.parity.max_abs_error < 0.01
+    notes = art.extra["conversion"]
+    assert notes["recipe"]["name"] == "weights" and notes["recipe"]["weight_only"] and notes["quantized_weight_share"] > 0.8
+    tried = art.extra["routes_tried"]  # static and dynamic failed parity, MatMul-only found no MatMul
+    assert [t["route"].split(" -> ")[-1] for t in tried] == ["onnx-int8", "onnx-int8-second", "onnx-int8-third"]
+    assert all(t["error"].startswith("ParityError") for t in tried[:2])
+    written = onnx.load(str(result.bundle.path / art.file))
+    ops = [n.op_type for n in written.graph.node]
+    assert "DequantizeLinear" in ops and "QuantizeLinear" not in ops and "ConvInteger" not in ops
+    weight = next(i for i in written.graph.initializer if list(i.dims) == [4, 1, 3, 3])
+    assert weight.data_type == TensorProto.INT8
+
+
+def test_quantize_weights_uses_each_ops_output_channel_axis_and_quantizes_a_shared_weight_once() -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.converters.passes.onnx_int8 import quantize_weights
+
+    rng = np.random.default_rng(3)
+    wt = rng.standard_normal((6, 5)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)[:, None]  # rows differ in scale
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["a"], transB=1), helper.make_node("Gemm", ["x", "w"], ["b"], transB=1),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6])],
+                              [numpy_helper.from_array(wt, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert quantize_weights(model) == 1
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == 1 and next(a.i for a in dq[0].attribute if a.name == "axis") == 0  # transB: rows are outputs
+    assert [i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT and list(i.dims) == [6, 5]] == []
+    onnx.checker.check_model(model)
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = 2 * x @ wt.T
+    assert np.abs(got - want).max() <= 0.01 * np.abs(want).max()

@@ -245,3 +245,31 @@ def test_edgekit_run_keeps_litert_log_lines_off_the_terminal(tflite_bundle: tupl
         assert done.returncode == 0, done.stderr
         assert "provider: XNNPACK" in done.stdout
         assert ("XNNPACK delegate" in done.stderr) == shown, done.stderr
+
+
+def test_dynamic_range_that_loses_the_signal_falls_back_to_int8_weights_with_float_compute(tmp_path: Path) -> None:
+    """Zero-sum filters of -1, 0 and 1 (exact in int8) over inputs with an offset of 1000: dynamic range
+    quantizes each input to 8 bits at run time (a step of about 8) and loses the signal, so the target
+    falls back to int8 weights with float32 compute, which keeps it; the manifest says which and why."""
+    import keras
+
+    rng = np.random.default_rng(4)
+    kernel = np.zeros((3, 3, 4, 32), np.float32)
+    for f in range(32):
+        cells = rng.permutation(36)[:6]
+        kernel.reshape(36, 32)[cells[:3], f], kernel.reshape(36, 32)[cells[3:], f] = 1.0, -1.0
+    model = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.Conv2D(32, 3, use_bias=False, name="edges")])
+    model.layers[0].set_weights([kernel])
+    source = tmp_path / "edges.keras"
+    model.save(source)
+    np.savez(tmp_path / "cal.npz", x=1000 + rng.random((16, 8, 8, 4), dtype=np.float32))
+    result = convert(source, ["tflite-dynamic-int8"], out=tmp_path / "b", calibration=tmp_path / "cal.npz",
+                     report=False)
+    art = result.bundle.manifest.artifact("tflite-dynamic-int8")
+    assert art.route is not None and art.route[-1] == "tflite-weight-int8", art.extra.get("routes_tried")
+    assert art.parity is not None and art.parity.passed and art.parity.per_output[0]["max_rel_error"] < 0.01
+    assert "weight-only" in art.extra["conversion"]["method"]
+    tried = art.extra["routes_tried"]
+    assert tried[0]["route"].endswith("tflite-dynamic-int8") and tried[0]["error"].startswith("ParityError")
+    fp32 = convert(source, ["tflite"], out=tmp_path / "fp32", calibration=tmp_path / "cal.npz", report=False)
+    assert art.size_bytes < 0.6 * fp32.bundle.manifest.artifact("tflite").size_bytes  # 4.6 KB of weights in 1.2 KB

@@ -206,6 +206,35 @@ def test_a_probability_is_judged_against_its_range_not_the_samples_largest_value
     assert not off.passed
 
 
+def test_a_probability_map_is_judged_by_its_decisions_where_the_target_allows_drift() -> None:
+    """A text detector's map: regions of 1 on a background of 0 with steep edges. 8 bits flip a few edge pixels
+    from 0.4 to 0.6 (max error 1): the regions overlap by 0.99, so an int8 target passes, while an fp32 target,
+    which has no agreement floor, still holds every pixel to the bound. A map whose regions shrink fails."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:32, :32]
+    logits = np.stack([8.0 * (6.0 - np.hypot(yy - cy, xx - cx)) for cy, cx in rng.integers(8, 24, (4, 2))])
+    ref = (1 / (1 + np.exp(-logits)))[:, None].astype(np.float32)  # (4, 1, 32, 32)
+    edge = np.flatnonzero((np.abs(ref - 0.5) < 0.45).ravel())
+    moved = ref.copy().ravel()
+    flip = edge[:: max(1, len(edge) // 6)]
+    moved[flip] = 1.0 - moved[flip]
+    moved = moved.reshape(ref.shape)
+    spec = (TensorSpec("maps", ("b", 1, 32, 32), "float32", extra={"range": [0, 1]}),)
+    int8 = Tolerance(0.25, min_top1_agreement=0.95)
+    held, _ = compare({"maps": ref}, {"maps": moved}, spec, int8)
+    entry = held.per_output[0]
+    assert entry["kind"] == "probability" and entry["max_abs_error"] > 0.5
+    assert held.passed and 0.95 <= entry["decision_iou"] < 1.0 and entry["quantile_abs_error"]["0.99"] < 0.25
+    assert not compare({"maps": ref}, {"maps": moved}, spec, Tolerance(1e-3))[0].passed
+    shrunk = np.clip(ref - 0.3, 0, 1)  # every region loses its rim: IoU well under 0.95
+    failed, _ = compare({"maps": ref}, {"maps": shrunk}, spec, int8)
+    assert not failed.passed and failed.per_output[0]["decision_iou"] < 0.95
+    assert "overlap" in describe_failure("onnx-web-int8", failed)
+    scalar = (TensorSpec("p", ("b", 1), "float32", extra={"range": [0, 1]}),)  # one probability per sample:
+    flipped = compare({"p": np.float32([[0.4]] * 4)}, {"p": np.float32([[0.6]] * 4)}, scalar, int8)[0]
+    assert "decision_iou" not in flipped.per_output[0] and flipped.passed  # the error bound, 0.2 of 1
+
+
 def test_the_graph_says_which_outputs_are_probabilities() -> None:
     from onnx import TensorProto, helper
 

@@ -52,13 +52,23 @@ MATMUL_RECIPE: dict[str, Any] = {"dynamic": True, "op_types": ["MatMul", "Gemm"]
                  "reduce_range": False}
 MATMUL_METHOD = ("dynamic, MatMul and Gemm weights only (uint8 per channel), activations quantized at run time; "
                  "embeddings, normalizations and softmax stay float")
+# Weight-only int8 (the last recipe of every family, the one Core ML's int8 uses): convolution and matrix
+# weights stored as int8 per output channel, symmetric (full 8 bits: no int8 kernel multiplies them, so
+# nothing saturates), each behind a DequantizeLinear; the model computes in float32. For models whose
+# activations cannot be 8-bit (probability maps that flip at their threshold, recognizers whose per-step
+# decisions move): the download is as small as static int8's, the compute is float's.
+WEIGHTS_RECIPE: dict[str, Any] = {"weight_only": True, "op_types": ["Conv", "ConvTranspose", "MatMul", "Gemm"],
+                                  "weight_type": "QInt8", "per_channel": True, "symmetric": True}
+WEIGHTS_METHOD = ("weight-only: convolution and matrix weights int8 per channel (symmetric), dequantized to float32 "
+                  "in the graph; activations and compute stay float32")
 
 
 class Int8(Pass):
     """Quantize to int8 with the recipes of the model's family (:func:`model_family`), in order: for
     transformers, MatMul/Gemm weights only, dynamically (:data:`MATMUL_RECIPE`), then static QDQ, then
     every weight dynamically; for the rest, static QDQ (per-channel 7-bit weights, with calibration
-    data), then every weight dynamically (:data:`DYNAMIC_RECIPE`), then MatMul/Gemm only. This pass
+    data), then every weight dynamically (:data:`DYNAMIC_RECIPE`), then MatMul/Gemm only; for both, last,
+    int8 weights with float32 compute (:data:`WEIGHTS_RECIPE`). This pass
     uses the first; its fallbacks the next ones, when one fails parity or cannot be loaded. A recipe
     that leaves most of the weights in float is refused. The recipe and family go in the notes."""
 
@@ -84,7 +94,8 @@ class Int8(Pass):
             source = upgraded
         out = ctx.scratch("web-int8.onnx")
         start = time.perf_counter()
-        recipe_fn = {"matmul": self._matmul_only, "static": self._static, "dynamic": self._dynamic}[recipe_name]
+        recipe_fn = {"matmul": self._matmul_only, "static": self._static, "dynamic": self._dynamic,
+                     "weights": self._weights}[recipe_name]
         method, recipe = recipe_fn(source, out, ctx, per_channel_ok)
         log.info("int8 quantization took %.2fs", time.perf_counter() - start)
         model = onnx.load(str(out))
@@ -139,6 +150,19 @@ class Int8(Pass):
         return DYNAMIC_METHOD, {"dynamic": True, **DYNAMIC_RECIPE}
 
 
+    def _weights(self, source: Path, out: Path, ctx: PassContext, per_channel_ok: bool) -> tuple[str, dict[str, Any]]:
+        """int8 weights, float32 compute (:data:`WEIGHTS_RECIPE`)."""
+        import onnx
+
+        model = onnx.load(str(source))
+        count = quantize_weights(model, per_channel=per_channel_ok)
+        if not count:
+            raise ConversionError("the weight-only int8 recipe found no float convolution or matrix weights to quantize")
+        onnx.save(model, str(out))
+        method = WEIGHTS_METHOD if per_channel_ok else WEIGHTS_METHOD.replace("per channel", "per tensor")
+        return method, {**WEIGHTS_RECIPE, "per_channel": per_channel_ok, "quantized_weights": count}
+
+
 class Int8Second(Int8):
     """int8 with the family's second recipe (see :class:`Int8`)."""
 
@@ -151,9 +175,90 @@ class Int8Third(Int8):
     rank = 2
 
 
+class Int8Fourth(Int8):
+    """int8 with the family's fourth recipe (see :class:`Int8`)."""
+
+    rank = 3
+
+
 # The recipes tried in order, by family; "static" needs calibration data and is skipped without it.
-RECIPE_ORDER: dict[str, tuple[str, ...]] = {"transformer": ("matmul", "static", "dynamic"),
-                                             "cnn": ("static", "dynamic", "matmul")}
+RECIPE_ORDER: dict[str, tuple[str, ...]] = {"transformer": ("matmul", "static", "dynamic", "weights"),
+                                             "cnn": ("static", "dynamic", "matmul", "weights")}
+# The axis of each op's weight (its second input) that holds its output channels; MatMul's is its last,
+# Gemm's depends on transB.
+WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": -1, "Gemm": None}
+MIN_WEIGHT_ELEMENTS = 16
+
+
+def quantize_weights(model: Any, per_channel: bool = True) -> int:
+    """Store the float weights of the graph's Conv, ConvTranspose, MatMul and Gemm nodes as int8 (symmetric,
+    per output channel when ``per_channel``, else per tensor) behind a DequantizeLinear, in place; returns
+    how many weights were quantized. A weight shared by several nodes is quantized once; a float weight
+    also read inside a subgraph is kept for it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    dequantized: dict[str, str] = {}
+    added = []
+    for node in graph.node:
+        if node.op_type not in WEIGHT_AXIS or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        name = node.input[1]
+        init = inits[name]
+        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < MIN_WEIGHT_ELEMENTS:
+            continue
+        if name not in dequantized:
+            w = numpy_helper.to_array(init).astype(np.float32)
+            axis = WEIGHT_AXIS[node.op_type]
+            if axis is None:
+                axis = 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+            axis = axis % w.ndim if w.ndim else 0
+            if per_channel and w.ndim >= 2:
+                shape = [1] * w.ndim
+                shape[axis] = -1
+                peak = np.abs(w).max(axis=tuple(i for i in range(w.ndim) if i != axis))
+                scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+                q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+                zero = np.zeros(scale.shape, np.int8)
+            else:
+                peak = float(np.abs(w).max()) if w.size else 0.0
+                scale = np.asarray(peak / 127.0 if peak > 0 else 1.0, np.float32)
+                q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+                zero = np.asarray(0, np.int8)
+            base = f"{name}_int8"
+            graph.initializer.extend([numpy_helper.from_array(q, base), numpy_helper.from_array(scale, f"{base}_scale"),
+                                      numpy_helper.from_array(zero, f"{base}_zero")])
+            dequantized[name] = f"{base}_dq"
+            dq = helper.make_node("DequantizeLinear", [base, f"{base}_scale", f"{base}_zero"], [dequantized[name]],
+                                  name=f"{base}_DequantizeLinear")
+            if per_channel and w.ndim >= 2:
+                dq.attribute.append(helper.make_attribute("axis", axis))
+            added.append(dq)
+        node.input[1] = dequantized[name]
+    if not dequantized:
+        return 0
+    used = {x for n in graph.node for x in n.input} | _subgraph_inputs(graph)
+    kept = [i for i in graph.initializer if i.name not in dequantized or i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = added + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(dequantized)
+
+
+def _subgraph_inputs(graph: Any) -> set[str]:
+    """Every name read by a node inside the graph's subgraphs (If, Loop, Scan bodies), recursively."""
+    from onnx import AttributeProto
+
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                names |= {x for n in sub.node for x in n.input} | _subgraph_inputs(sub)
+    return names
 MIN_QUANTIZED_SHARE = 0.5  # an int8 artifact holds at least this share of its weights in 8 bits
 
 

@@ -162,6 +162,20 @@ class TfliteDynamicInt8(_ToTflite):
         return [tf.lite.OpsSet.TFLITE_BUILTINS]
 
 
+class TfliteWeightInt8(_ToTflite):
+    """int8 weights per channel with float32 activations and compute (the fp32 TFLite, its weights quantized
+    by ai-edge-quantizer): the fallback when dynamic range quantization fails parity."""
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        from edgekit.converters.passes.tflite_quantize import TfliteWeightInt8 as Weights
+        from edgekit.converters.passes.tflite_quantize import _version, weight_only_int8
+
+        fp32 = super()._run(value, ctx)
+        fp32.file.write_bytes(weight_only_int8(fp32.file))
+        notes = {**fp32.notes, "method": Weights.method, "quantizer": _version()}
+        return Value(self.produces, path=fp32.file, notes=notes, inputs=fp32.inputs, outputs=fp32.outputs)
+
+
 class TfliteInt8(_ToTflite):
     """Full-integer int8 from the calibration samples; float I/O unless ``--int8-io``."""
 

@@ -77,6 +77,29 @@ class TfliteDynamicInt8Weights(_Quantize):
         q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
 
 
+class TfliteWeightInt8(_Quantize):
+    """int8 weights per channel, float32 activations and compute: the fallback when dynamic range fails parity
+    (activations quantized at run time move a probability map's edges or a recognizer's steps)."""
+
+    method = ("weight-only: int8 weights per channel (ai-edge-quantizer), dequantized at load; float32 activations "
+              "and compute")
+
+    def _recipe(self, q: Any) -> None:
+        from ai_edge_quantizer import recipe
+
+        q.load_quantization_recipe(recipe.weight_only_wi8_afp32())
+
+
+def weight_only_int8(path: Path) -> bytes:
+    """The ``.tflite`` at ``path`` with int8 weights per channel and float32 compute (:class:`TfliteWeightInt8`)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    q = quantizer.Quantizer(str(path))
+    q.load_quantization_recipe(recipe.weight_only_wi8_afp32())
+    with captured_output():
+        return bytes(q.quantize().quantized_model)
+
+
 class TfliteFloat16Mixed(TfliteFloat16Weights):
     """float16 weights except on the ops measured to need float32 ones: the fallback when every weight in
     float16 fails parity (a detector's deep stack, an audio model's CQT kernels).
