@@ -96,11 +96,10 @@ def build_target(
                 cache.bad[names[:-1]] = f"its fp32 program failed parity for {target.id}"
             elif isinstance(exc, ParityError) and target.precision == "fp32":  # this route's graph is wrong
                 cache.bad[names[:-1]] = f"its fp32 artifact failed parity for {target.id}"
-            elif isinstance(exc, ParityError) and any(_prefix(r) == names[:-1] for r in routes[i + 1:]):
-                # routes on the same graph with another precision step (mixed float16) come next
-                later = routes[i + 1:]
-                routes[i + 1:] = [r for r in later if _prefix(r) == names[:-1]] + \
-                    [r for r in later if _prefix(r) != names[:-1]]
+            elif isinstance(exc, ParityError) and (retries := _precision_retries(route, routes[i + 1:])):
+                # routes on the same graph with another precision step (mixed float16, the next int8 recipe)
+                # or another precision fallback (int8 weights on the fp32 program) come next
+                routes[i + 1:] = retries + [r for r in routes[i + 1:] if r not in retries]
             elif isinstance(exc, (ParityError, OutputExistsError, MissingDependencyError)):
                 if tried:
                     raise _with_routes(exc, tried) from exc
@@ -119,6 +118,22 @@ def build_target(
 
 def _prefix(route: list[Any]) -> tuple[str, ...]:
     return tuple(step.name for step in route[:-1])
+
+
+def _precision_retries(route: list[Any], later: list[list[Any]]) -> list[list[Any]]:
+    """The routes in ``later`` worth trying after ``route`` failed a reduced-precision parity: those on the same
+    graph with another last step, and those with a precision fallback pass ``route`` lacks (a pass standing in
+    for another that makes a reduced-precision kind: mixed float16, int8 weights on the fp32 program) and no
+    alternative converter it lacks."""
+    from edgekit.converters.registry import TARGETS
+
+    reduced = {t.kind for t in TARGETS.values() if t.precision != "fp32"}
+
+    def precision_fallback(r: list[Any]) -> bool:
+        new = [p for p in r if p not in route]
+        return any(p.fallback_of and p.produces in reduced for p in new) and not any(p.alternative for p in new)
+
+    return [r for r in later if _prefix(r) == _prefix(route) or precision_fallback(r)]
 
 
 def judged_as_given(target: TargetInfo, source: Source) -> TargetInfo:

@@ -52,8 +52,10 @@ def _family(kind: str) -> str:
 
 
 def _combos(route: list[PassInfo], passes: tuple[PassInfo, ...]) -> list[list[PassInfo]]:
-    """``route`` with fallback passes in place of the default ones: each alone, then two of them."""
-    options = [[step, *(p for p in passes if p.fallback_of == step.name)] for step in route]
+    """``route`` with fallback passes in place of the default ones: each alone, then two of them (a fallback
+    that reads another kind than the pass it stands in for comes by :func:`_widened` instead)."""
+    options = [[step, *(p for p in passes if p.fallback_of == step.name and p.consumes == step.consumes)]
+               for step in route]
     combos = sorted((c for c in itertools.product(*(range(len(o)) for o in options)) if any(c)),
                     key=lambda c: (sum(1 for i in c if i), c[::-1]))  # one pass replaced, then two
     return [[options[i][k] for i, k in enumerate(c)] for c in combos]
@@ -69,6 +71,9 @@ def fallback_routes(source: str, target: TargetInfo, first: list[PassInfo],
     that reach the target from this source.
     """
     out = _combos(first, passes)
+    for candidate in _widened(source, first, passes):
+        if candidate != first and candidate not in out:
+            out.append(candidate)
     for name in ALTERNATIVES:
         allowed = usable_passes((name,), passes)
         for step in (p for p in allowed if p.alternative == name):
@@ -83,6 +88,20 @@ def fallback_routes(source: str, target: TargetInfo, first: list[PassInfo],
             for candidate in (route, *_combos(route, passes)):
                 if candidate != first and candidate not in out:
                     out.append(candidate)
+    return out
+
+
+def _widened(source: str, route: list[PassInfo], passes: tuple[PassInfo, ...]) -> list[list[PassInfo]]:
+    """``route`` with a fallback pass that reads a wider kind than the pass it stands in for (int8 weights on
+    Core ML's fp32 program when float16 cannot hold the model), reached by its own shortest route, then
+    the same with that route's fallbacks."""
+    reach = reachable_kinds(source, usable_passes((), passes))
+    out: list[list[PassInfo]] = []
+    for i, step in enumerate(route):
+        for p in passes:
+            if p.fallback_of == step.name and p.consumes != step.consumes and p.consumes in reach:
+                wide = [*reach[p.consumes], p, *route[i + 1:]]
+                out += [c for c in (wide, *_combos(wide, passes)) if c not in out]
     return out
 
 

@@ -152,6 +152,9 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.TORCH_EXPORT, Kind.COREML_FP16, ("torch", "coremltools"), fallback_of="torch-program-coreml-fp16"),
     PassInfo("coreml-int8", "edgekit.converters.passes.coreml:CoremlInt8",
              Kind.COREML_FP16, Kind.COREML_INT8, ("coremltools",)),
+    # int8 weights on the fp32 program, when float16 cannot hold the model (integer-valued sums past 65504)
+    PassInfo("coreml-int8-fp32", "edgekit.converters.passes.coreml:CoremlInt8Fp32",
+             Kind.COREML_FP32, Kind.COREML_INT8, ("coremltools",), fallback_of="coreml-int8"),
     PassInfo("coreml-palettize4", "edgekit.converters.passes.coreml:CoremlPalettize4",
              Kind.COREML_FP16, Kind.COREML_PAL4, ("coremltools",)),
     PassInfo("coreml-palettize6", "edgekit.converters.passes.coreml:CoremlPalettize6",
@@ -212,7 +215,7 @@ TARGETS: dict[str, TargetInfo] = {
                    Tolerance(max_rel_error=1e-3),
                    Kind.COREML_FP32, suffix=".mlpackage"),
         TargetInfo("coreml-int8", Kind.COREML_INT8, "mlpackage", "int8", "coreml",
-                   "fp16 program with linear int8 weights (per channel)",
+                   "fp16 program with linear int8 weights (per channel); the fp32 program's where float16 cannot hold it",
                    Tolerance(max_rel_error=0.25, min_top1_agreement=0.98, min_cosine=0.98),
                    Kind.COREML_FP32, suffix=".mlpackage"),
         TargetInfo("coreml-palettize4", Kind.COREML_PAL4, "mlpackage", "palettize4", "coreml",

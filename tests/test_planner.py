@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from edgekit.converters.planner import plan, reachable_kinds, resolve_targets, usable_passes
+from edgekit.converters.planner import ordered_routes, plan, reachable_kinds, resolve_targets, usable_passes
 from edgekit.converters.registry import PASSES, TARGETS, Kind, PassInfo
 from edgekit.errors import NoRouteError, UnknownTargetError
 
@@ -28,6 +28,41 @@ def test_every_source_reaches_every_target(source: str, first: dict[str, list[st
         assert route[-1].produces == target.kind
         assert all(a.produces == b.consumes for a, b in zip(route, route[1:], strict=False))
         assert all(p.alternative is None for p in route)
+
+
+@pytest.mark.parametrize("source", [Kind.ONNX, Kind.TORCH_MODULE, Kind.TORCH_EXPORT, Kind.KERAS, Kind.TF_SAVED_MODEL])
+def test_every_fallback_route_chains_its_kinds(source: str) -> None:
+    """Fallback passes stand in only where they read what the step before makes: int8 weights on Core ML's
+    fp32 program come after an fp32 conversion, never after the fp16 one."""
+    for target in TARGETS.values():
+        routes = ordered_routes(source, target, plan(source, target))
+        for route in routes:
+            names = [p.name for p in route]
+            assert route[0].consumes == source and route[-1].produces == target.kind, names
+            assert all(a.produces == b.consumes for a, b in zip(route, route[1:], strict=False)), names
+        if target.id == "coreml-int8":
+            wide = [r for r in routes if r[-1].name == "coreml-int8-fp32"]
+            assert wide and all(r[-2].produces == Kind.COREML_FP32 for r in wide)
+            assert routes.index(wide[0]) > 0  # after the fp16 program's route
+
+
+def test_a_reduced_precision_parity_failure_retries_the_precision_fallbacks_only() -> None:
+    """coreml-int8 from a PyTorch module failed parity on the fp16 program: the mixed-precision fp16 program, then
+    int8 weights on the fp32 program are tried; no route through another converter is."""
+    from edgekit.converters.artifacts import _precision_retries
+
+    target = TARGETS["coreml-int8"]
+    first = plan(Kind.TORCH_MODULE, target)
+    assert [p.name for p in first] == ["torch-coreml-fp16", "coreml-int8"]
+    routes = ordered_routes(Kind.TORCH_MODULE, target, first)
+    retries = [[p.name for p in r] for r in _precision_retries(first, [r for r in routes if r != first])]
+    mixed, wide = ["torch-coreml-fp16-mixed", "coreml-int8"], ["torch-coreml-fp32", "coreml-int8-fp32"]
+    assert mixed in retries and wide in retries and retries.index(mixed) < retries.index(wide)
+    assert all(r[0].startswith("torch-coreml-fp") for r in retries)  # nothing through ONNX or onnx2tf
+    onnx_first = plan(Kind.ONNX, TARGETS["onnx-web-int8"])
+    later = [r for r in ordered_routes(Kind.ONNX, TARGETS["onnx-web-int8"], onnx_first) if r != onnx_first]
+    assert [r[-1].name for r in _precision_retries(onnx_first, later)] == [
+        "onnx-int8-second", "onnx-int8-third", "onnx-int8-fourth"]
 
 
 def test_via_takes_the_alternative_route_where_it_reaches() -> None:

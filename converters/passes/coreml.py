@@ -364,6 +364,16 @@ class CoremlInt8(_Compress):
         return cto.linear_quantize_weights(model, config)
 
 
+class CoremlInt8Fp32(CoremlInt8):
+    """Linear symmetric int8 weights on the fp32 program: the fallback when the fp16 one fails parity (a model
+    whose sums float16 cannot hold runs its int8 weights in float32 compute, on CPU and GPU)."""
+
+    def _run(self, value: Value, ctx: PassContext) -> Value:
+        made = super()._run(value, ctx)
+        notes = {**made.notes, "compute_precision": "fp32 (the fp16 program failed parity)"}
+        return Value(made.kind, path=made.file, notes=notes, inputs=made.inputs, outputs=made.outputs)
+
+
 class CoremlPalettize4(_Compress):
     """4-bit k-means palettes (constexpr_lut_to_dense)."""
 
