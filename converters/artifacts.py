@@ -96,6 +96,12 @@ def build_target(
                 cache.bad[names[:-1]] = f"its fp32 program failed parity for {target.id}"
             elif isinstance(exc, ParityError) and target.precision == "fp32":  # this route's graph is wrong
                 cache.bad[names[:-1]] = f"its fp32 artifact failed parity for {target.id}"
+            elif (isinstance(exc, ParityError) and target.precision != "fp32"
+                  and (wrong := _wrong_graph(target, route, cache, ctx, staging, source, samples, reference, say))):
+                # the graph this route quantized is wrong in fp32 already (onnx2tf guessed a layout): another
+                # route's graph may be right, so it is tried before the precision fallbacks on this one
+                cache.bad[wrong] = f"its fp32 artifact failed parity for {target.id}"
+                routes[i + 1:] = sorted(routes[i + 1:], key=lambda r: bad(r) is not None)
             elif isinstance(exc, ParityError) and (retries := _precision_retries(route, routes[i + 1:])):
                 # routes on the same graph with another precision step (mixed float16, the next int8 recipe)
                 # or another precision fallback (int8 weights on the fp32 program) come next
@@ -118,6 +124,39 @@ def build_target(
 
 def _prefix(route: list[Any]) -> tuple[str, ...]:
     return tuple(step.name for step in route[:-1])
+
+
+def _wrong_graph(target: TargetInfo, route: list[Any], cache: RouteCache, ctx: PassContext, staging: Path,
+                 source: Source, samples: Samples, reference: dict[str, np.ndarray], say: Progress) -> tuple[str, ...]:
+    """The prefix of ``route`` whose graph fails fp32 parity, when a reduced-precision target failed on it: the
+    graph before the last step that has an fp32 sibling (tflite-fp32 beside tflite-dynamic-int8, tf-coreml-fp32
+    beside tf-coreml-fp16) is converted to fp32 and validated (in a scratch folder, not the bundle); an empty
+    tuple when it passes, has no sibling or cannot be built. Prefixes already known bad are not rebuilt."""
+    from edgekit.converters.registry import PASSES
+
+    fp32 = next((t for t in TARGETS.values() if t.kind == target.reference_kind and t.precision == "fp32"), None)
+    for i in range(len(route) - 1, -1, -1):
+        step = next((p for p in PASSES if p.consumes == route[i].consumes and p.produces == target.reference_kind
+                     and p.fallback_of is None and p.alternative is None), None)
+        if step is not None:
+            break
+    else:
+        return ()
+    prefix = tuple(s.name for s in route[:i])
+    if fp32 is None or not prefix or prefix in cache.bad:
+        return ()
+    check = staging / ".fp32-check"
+    check.mkdir(exist_ok=True)
+    try:
+        _build_on_route(judged_as_given(fp32, source), [*route[:i], step], cache, ctx, check, source, samples,
+                        reference, False, say)
+    except ParityError:
+        return prefix
+    except Exception:  # noqa: BLE001 - the check is a hint; the route's own error stands
+        return ()
+    finally:
+        shutil.rmtree(check, ignore_errors=True)
+    return ()
 
 
 def _precision_retries(route: list[Any], later: list[list[Any]]) -> list[list[Any]]:
