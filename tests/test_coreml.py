@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,8 @@ def _convert_pair(module: Any, x: np.ndarray, tmp_path: Path) -> tuple[np.ndarra
                            inputs=[ct.TensorType(name="x", shape=x.shape, dtype=np.float32)],
                            outputs=[ct.TensorType(name="y", dtype=np.float32)])
         model.save(str(tmp_path / "m.mlpackage"))
+        if getattr(model, "is_temp_package", False):  # ct.convert wrote one in the system temp dir first
+            shutil.rmtree(model.package_path, ignore_errors=True)
         torch.onnx.export(module, (example,), str(tmp_path / "m.onnx"), input_names=["x"], output_names=["y"],
                           dynamo=False)
     ours = MilRuntime().open(tmp_path / "m.mlpackage").run({"x": x})["y"]
