@@ -90,6 +90,8 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.ONNX_WEB, Kind.ONNX_WEB_INT8, ("onnx", "onnxruntime"), fallback_of="onnx-int8"),
     PassInfo("onnx-int8-fourth", "edgekit.converters.passes.onnx_int8:Int8Fourth",
              Kind.ONNX_WEB, Kind.ONNX_WEB_INT8, ("onnx", "onnxruntime"), fallback_of="onnx-int8"),
+    PassInfo("onnx-int8-fifth", "edgekit.converters.passes.onnx_int8:Int8Fifth",
+             Kind.ONNX_WEB, Kind.ONNX_WEB_INT8, ("onnx", "onnxruntime"), fallback_of="onnx-int8"),
     PassInfo("keras-tf", "edgekit.converters.passes.tf_graph:KerasToTf",
              Kind.KERAS, Kind.TF, ("tensorflow",)),
     PassInfo("saved-model-tf", "edgekit.converters.passes.tf_graph:SavedModelToTf",

@@ -179,3 +179,50 @@ def test_quantize_weights_uses_each_ops_output_channel_axis_and_quantizes_a_shar
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     want = 2 * x @ wt.T
     assert np.abs(got - want).max() <= 0.01 * np.abs(want).max()
+
+
+def _outlier_model(path: Path) -> Path:
+    """Three matrix products; the first weight's row for an input that is always 0 holds 100s, so int8 per
+    output channel (scale 100/127) rounds every other value of that weight to 0: 8 bits cannot hold it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w1 = (rng.standard_normal((64, 64)) * 0.05).astype(np.float32)
+    w1[0] = 100.0
+    weights = {"w1": w1, "w2": (rng.standard_normal((64, 128)) * 0.1).astype(np.float32),
+               "w3": (rng.standard_normal((128, 32)) * 0.1).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["ra"]),
+             helper.make_node("MatMul", ["ra", "w2"], ["b"]), helper.make_node("Relu", ["b"], ["rb"]),
+             helper.make_node("MatMul", ["rb", "w3"], ["scores"])]
+    graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 32])],
+                              [numpy_helper.from_array(w, name) for name, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_weight_8_bits_cannot_hold_is_found_by_measurement_and_kept_in_float16(tmp_path: Path) -> None:
+    """Every int8 recipe, weight-only too, rounds the outlier weight's other values to 0 and fails parity;
+    the mixed recipe measures the weights, keeps the one that breaks the model in float16 and the others
+    in int8, passes, and records which weight stayed float and the bytes it cost."""
+    import onnx
+    from onnx import TensorProto
+
+    model = _outlier_model(tmp_path / "outlier.onnx")
+    x = np.random.default_rng(6).standard_normal((64, 64)).astype(np.float32)
+    x[:, 0] = 0.0
+    np.savez(tmp_path / "cal.npz", x=x)
+    result = convert(model, ["onnx-web-int8"], out=tmp_path / "b", calibration=tmp_path / "cal.npz", report=False)
+    art = result.bundle.manifest.artifacts[0]
+    assert art.parity is not None and art.parity.passed
+    recipe = art.extra["conversion"]["recipe"]
+    assert recipe["name"] == "weights-mixed" and recipe["float_weight_count"] == 1, recipe  # w1 (renamed by onnxslim)
+    assert recipe["weight_bytes_ratio"] <= 0.4 and recipe["float_weight_share"] == 0.25  # 4096 of 16384
+    tried = art.extra["routes_tried"]
+    assert tried[-1]["route"].endswith("onnx-int8-fourth") and tried[-1]["error"].startswith("ParityError")
+    written = onnx.load(str(result.bundle.path / art.file))
+    types = {tuple(i.dims): i.data_type for i in written.graph.initializer if len(i.dims) == 2}
+    assert types == {(64, 64): TensorProto.FLOAT16, (64, 128): TensorProto.INT8, (128, 32): TensorProto.INT8}

@@ -62,7 +62,7 @@ def test_a_reduced_precision_parity_failure_retries_the_precision_fallbacks_only
     onnx_first = plan(Kind.ONNX, TARGETS["onnx-web-int8"])
     later = [r for r in ordered_routes(Kind.ONNX, TARGETS["onnx-web-int8"], onnx_first) if r != onnx_first]
     assert [r[-1].name for r in _precision_retries(onnx_first, later)] == [
-        "onnx-int8-second", "onnx-int8-third", "onnx-int8-fourth"]
+        "onnx-int8-second", "onnx-int8-third", "onnx-int8-fourth", "onnx-int8-fifth"]
 
 
 def test_via_takes_the_alternative_route_where_it_reaches() -> None:

@@ -100,25 +100,28 @@ def verdict(parity: Parity, tolerance: Tolerance) -> tuple[bool, float]:
 
 def search(measure: Measure, names: list[str], types: Mapping[str, str], weights: Mapping[str, int],
            fixed_fp32_types: frozenset[str], runs: Callable[[], int], target: str, instead: str,
-           share_of: Callable[[set[str]], float] | None = None) -> Choice:
+           share_of: Callable[[set[str]], float] | None = None, *, max_share: float = MAX_FP32_WEIGHT_SHARE,
+           precisions: tuple[str, str] = ("float16", "compute in float32")) -> Choice:
     """Which of the ops ``names`` (in graph order) to compute in float16; see the module docstring.
 
     ``measure`` runs the graph with a set of ops in float16 and says whether the outputs pass and the
     worst error; ``runs`` counts the runs so far; ``target`` and ``instead`` word the refusal.
     ``share_of`` gives the share of the model's weights the kept ops hold (default: their ``weights``
     over all ops'; a graph whose ops share weights, or whose integer weights count too, says its own).
+    The same search chooses int8 weights among float16 ones (:mod:`onnx_int8_mixed`): ``precisions``
+    words the lower precision and what the kept ops do instead, ``max_share`` bounds what they may hold.
 
     Raises:
-        ParityError: More than ``MAX_FP32_WEIGHT_SHARE`` of the weights must stay float32.
+        ParityError: More than ``max_share`` of the weights must stay in the higher precision.
     """
     everything = frozenset(names)
 
     def choice(kept: set[str], method: str, error: float) -> Choice:
         share = share_of(kept) if share_of else sum(weights[n] for n in kept) / (sum(weights.values()) or 1)
-        if share > MAX_FP32_WEIGHT_SHARE:
+        if share > max_share:
             raise ParityError(
-                f"float16 cannot hold this model: to stay within the {target} tolerance, ops holding "
-                f"{share:.0%} of the weights must compute in float32 ({', '.join(sorted(set(types[n] for n in kept)))}); "
+                f"{precisions[0]} cannot hold this model: to stay within the {target} tolerance, ops holding "
+                f"{share:.0%} of the weights must {precisions[1]} ({', '.join(sorted(set(types[n] for n in kept)))}); "
                 f"{instead}")
         return Choice(half=everything - kept, method=method, fp32_op_types=dict(Counter(types[n] for n in kept)),
                       fp32_weight_share=share, search_error=error, runs=runs())
@@ -132,8 +135,8 @@ def search(measure: Measure, names: list[str], types: Mapping[str, str], weights
     groups = [names[i:i + size] for i in range(0, len(names), size)]
     harm = [measure(frozenset(g))[1] for g in groups]
     order = sorted(range(len(groups)), key=lambda i: -harm[i])
-    log.info("mixed precision: %d ops in %d groups; error of each group alone in float16: %s", len(names),
-             len(groups), ", ".join(f"{h:.3g}" for h in harm))
+    log.info("mixed precision: %d ops in %d groups; error of each group alone in %s: %s", len(names),
+             len(groups), precisions[0], ", ".join(f"{h:.3g}" for h in harm))
 
     def kept_by(k: int) -> set[str]:
         return {n for i in order[:k] for n in groups[i]}

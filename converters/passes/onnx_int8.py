@@ -67,10 +67,12 @@ class Int8(Pass):
     """Quantize to int8 with the recipes of the model's family (:func:`model_family`), in order: for
     transformers, MatMul/Gemm weights only, dynamically (:data:`MATMUL_RECIPE`), then static QDQ, then
     every weight dynamically; for the rest, static QDQ (per-channel 7-bit weights, with calibration
-    data), then every weight dynamically (:data:`DYNAMIC_RECIPE`), then MatMul/Gemm only; for both, last,
-    int8 weights with float32 compute (:data:`WEIGHTS_RECIPE`). This pass
+    data), then every weight dynamically (:data:`DYNAMIC_RECIPE`), then MatMul/Gemm only; for both, then
+    int8 weights with float32 compute (:data:`WEIGHTS_RECIPE`), and last the same with the weights that
+    8 bits cannot hold in float16 (``weights-mixed``, measured: :mod:`onnx_int8_mixed`). This pass
     uses the first; its fallbacks the next ones, when one fails parity or cannot be loaded. A recipe
-    that leaves most of the weights in float is refused. The recipe and family go in the notes."""
+    that leaves most of the weights in float is refused (the mixed one: past its byte budget). The
+    recipe and family go in the notes."""
 
     rank = 0  # which of the family's recipes this pass uses
 
@@ -95,12 +97,12 @@ class Int8(Pass):
         out = ctx.scratch("web-int8.onnx")
         start = time.perf_counter()
         recipe_fn = {"matmul": self._matmul_only, "static": self._static, "dynamic": self._dynamic,
-                     "weights": self._weights}[recipe_name]
+                     "weights": self._weights, "weights-mixed": self._weights_mixed}[recipe_name]
         method, recipe = recipe_fn(source, out, ctx, per_channel_ok)
         log.info("int8 quantization took %.2fs", time.perf_counter() - start)
         model = onnx.load(str(out))
         share = quantized_weight_share(model)
-        if share < MIN_QUANTIZED_SHARE:
+        if share < MIN_QUANTIZED_SHARE and recipe_name != "weights-mixed":  # that one has a byte budget
             raise ConversionError(f"the int8 recipe '{recipe_name}' quantized only {share:.0%} of this model's weights "
                                   "outside embedding tables (its matrix products or convolutions hold few of them); an "
                                   "int8 target must hold most weights in 8 bits")
@@ -162,6 +164,18 @@ class Int8(Pass):
         method = WEIGHTS_METHOD if per_channel_ok else WEIGHTS_METHOD.replace("per channel", "per tensor")
         return method, {**WEIGHTS_RECIPE, "per_channel": per_channel_ok, "quantized_weights": count}
 
+    def _weights_mixed(self, source: Path, out: Path, ctx: PassContext,
+                       per_channel_ok: bool) -> tuple[str, dict[str, Any]]:
+        """int8 weights but the fewest float16 ones that pass parity, float32 compute (onnx_int8_mixed)."""
+        import onnx
+
+        from edgekit.converters.passes import onnx_int8_mixed
+
+        model, found = onnx_int8_mixed.mixed_weights(onnx.load(str(source)), ctx, per_channel_ok)
+        onnx.save(model, str(out))
+        method = onnx_int8_mixed.METHOD if per_channel_ok else onnx_int8_mixed.METHOD.replace("per channel", "per tensor")
+        return method, {**WEIGHTS_RECIPE, "per_channel": per_channel_ok, **found}
+
 
 class Int8Second(Int8):
     """int8 with the family's second recipe (see :class:`Int8`)."""
@@ -181,20 +195,27 @@ class Int8Fourth(Int8):
     rank = 3
 
 
+class Int8Fifth(Int8):
+    """int8 with the family's fifth recipe (see :class:`Int8`)."""
+
+    rank = 4
+
+
 # The recipes tried in order, by family; "static" needs calibration data and is skipped without it.
-RECIPE_ORDER: dict[str, tuple[str, ...]] = {"transformer": ("matmul", "static", "dynamic", "weights"),
-                                             "cnn": ("static", "dynamic", "matmul", "weights")}
+RECIPE_ORDER: dict[str, tuple[str, ...]] = {"transformer": ("matmul", "static", "dynamic", "weights", "weights-mixed"),
+                                             "cnn": ("static", "dynamic", "matmul", "weights", "weights-mixed")}
 # The axis of each op's weight (its second input) that holds its output channels; MatMul's is its last,
 # Gemm's depends on transB.
 WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": -1, "Gemm": None}
 MIN_WEIGHT_ELEMENTS = 16
 
 
-def quantize_weights(model: Any, per_channel: bool = True) -> int:
+def quantize_weights(model: Any, per_channel: bool = True, *, only: frozenset[str] | None = None,
+                     skip: frozenset[str] = frozenset()) -> int:
     """Store the float weights of the graph's Conv, ConvTranspose, MatMul and Gemm nodes as int8 (symmetric,
     per output channel when ``per_channel``, else per tensor) behind a DequantizeLinear, in place; returns
-    how many weights were quantized. A weight shared by several nodes is quantized once; a float weight
-    also read inside a subgraph is kept for it."""
+    how many weights were quantized. ``only`` limits it to those weights, ``skip`` leaves those float. A
+    weight shared by several nodes is quantized once; a float weight also read inside a subgraph is kept for it."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
@@ -206,6 +227,8 @@ def quantize_weights(model: Any, per_channel: bool = True) -> int:
             continue
         name = node.input[1]
         init = inits[name]
+        if name in skip or (only is not None and name not in only):
+            continue
         if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < MIN_WEIGHT_ELEMENTS:
             continue
         if name not in dequantized:
@@ -238,7 +261,7 @@ def quantize_weights(model: Any, per_channel: bool = True) -> int:
         node.input[1] = dequantized[name]
     if not dequantized:
         return 0
-    used = {x for n in graph.node for x in n.input} | _subgraph_inputs(graph)
+    used = {x for n in graph.node for x in n.input} | subgraph_inputs(graph)
     kept = [i for i in graph.initializer if i.name not in dequantized or i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
@@ -248,7 +271,7 @@ def quantize_weights(model: Any, per_channel: bool = True) -> int:
     return len(dequantized)
 
 
-def _subgraph_inputs(graph: Any) -> set[str]:
+def subgraph_inputs(graph: Any) -> set[str]:
     """Every name read by a node inside the graph's subgraphs (If, Loop, Scan bodies), recursively."""
     from onnx import AttributeProto
 
@@ -257,7 +280,7 @@ def _subgraph_inputs(graph: Any) -> set[str]:
         for attr in node.attribute:
             subs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
             for sub in subs:
-                names |= {x for n in sub.node for x in n.input} | _subgraph_inputs(sub)
+                names |= {x for n in sub.node for x in n.input} | subgraph_inputs(sub)
     return names
 MIN_QUANTIZED_SHARE = 0.5  # an int8 artifact holds at least this share of its weights in 8 bits
 
