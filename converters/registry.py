@@ -112,6 +112,9 @@ PASSES: tuple[PassInfo, ...] = (
     PassInfo("tflite-weight-int8", "edgekit.converters.passes.tflite:TfliteWeightInt8",
              Kind.TF, Kind.TFLITE_DYNAMIC_INT8, ("tensorflow", "ai_edge_litert", "ai_edge_quantizer"),
              fallback_of="tflite-dynamic-int8"),
+    # int8 weights but on the ops measured to need float16 ones, from the fp32 .tflite (reached by its own route)
+    PassInfo("tflite-weight-int8-mixed", "edgekit.converters.passes.tflite_quantize:TfliteWeightInt8Mixed",
+             Kind.TFLITE, Kind.TFLITE_DYNAMIC_INT8, ("ai_edge_quantizer",), fallback_of="tflite-dynamic-int8"),
     PassInfo("tflite-int8", "edgekit.converters.passes.tflite:TfliteInt8",
              Kind.TF, Kind.TFLITE_INT8, ("tensorflow", "ai_edge_litert")),
     PassInfo("tflite-int16x8", "edgekit.converters.passes.tflite:TfliteInt16x8",
@@ -124,6 +127,8 @@ PASSES: tuple[PassInfo, ...] = (
     PassInfo("tflite-aeq-dynamic-int8", "edgekit.converters.passes.tflite_quantize:TfliteDynamicInt8Weights",
              Kind.TFLITE, Kind.TFLITE_DYNAMIC_INT8, ("ai_edge_quantizer",)),
     PassInfo("tflite-aeq-weight-int8", "edgekit.converters.passes.tflite_quantize:TfliteWeightInt8",
+             Kind.TFLITE, Kind.TFLITE_DYNAMIC_INT8, ("ai_edge_quantizer",), fallback_of="tflite-aeq-dynamic-int8"),
+    PassInfo("tflite-aeq-weight-int8-mixed", "edgekit.converters.passes.tflite_quantize:TfliteWeightInt8MixedAfter",
              Kind.TFLITE, Kind.TFLITE_DYNAMIC_INT8, ("ai_edge_quantizer",), fallback_of="tflite-aeq-dynamic-int8"),
     PassInfo("torch-coreml-fp32", "edgekit.converters.passes.coreml:TorchModuleToCoremlFp32",
              Kind.TORCH_MODULE, Kind.COREML_FP32, ("torch", "coremltools")),
@@ -154,6 +159,9 @@ PASSES: tuple[PassInfo, ...] = (
              Kind.TORCH_EXPORT, Kind.COREML_FP16, ("torch", "coremltools"), fallback_of="torch-program-coreml-fp16"),
     PassInfo("coreml-int8", "edgekit.converters.passes.coreml:CoremlInt8",
              Kind.COREML_FP16, Kind.COREML_INT8, ("coremltools",)),
+    # int8 weights but those measured to need float16 (kept uncompressed in the fp16 program)
+    PassInfo("coreml-int8-mixed", "edgekit.converters.passes.coreml_int8_mixed:CoremlInt8Mixed",
+             Kind.COREML_FP16, Kind.COREML_INT8, ("coremltools",), fallback_of="coreml-int8"),
     # int8 weights on the fp32 program, when float16 cannot hold the model (integer-valued sums past 65504)
     PassInfo("coreml-int8-fp32", "edgekit.converters.passes.coreml:CoremlInt8Fp32",
              Kind.COREML_FP32, Kind.COREML_INT8, ("coremltools",), fallback_of="coreml-int8"),

@@ -60,6 +60,7 @@ class MilSession(TimedSession):
         super().__init__()
         self._function = function
         self.half: frozenset[str] = frozenset()  # ops computed as float16 although declared fp32 (see run_block)
+        self.weights: dict[str, np.ndarray] = {}  # constants replaced by these values (see run_block)
         self.provider = "mil-reference"
         self.attempts = (Attempt(self.provider, True),)
         self.load_seconds = load_seconds
@@ -71,7 +72,7 @@ class MilSession(TimedSession):
         env: Env = {}
         for name, var in self._function.inputs.items():
             env[name] = np.asarray(feeds[name]).astype(dtype_of(var))
-        run_block(self._function.operations, env, self.half)
+        run_block(self._function.operations, env, self.half, self.weights)
         return {o.name: env[o.name] for o in self._function.outputs}
 
 

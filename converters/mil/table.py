@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -66,15 +66,18 @@ def _as_half(value: Any) -> Any:
     return value
 
 
-def run_block(operations: Any, env: Env, half: frozenset[str] = frozenset()) -> None:
+def run_block(operations: Any, env: Env, half: frozenset[str] = frozenset(),
+              weights: Mapping[str, np.ndarray] | None = None) -> None:
     """Evaluate ``operations`` in order, writing each result into ``env`` (rounded to its declared dtype).
 
     ``half`` names ops (by their first output) to compute as a float16 program would, although the program
     declares them float32: their float inputs and results are rounded to float16 (mixed-precision search).
+    ``weights`` replaces the values of the named constants (the mixed int8 search: dequantized weights).
     """
     for op in operations:
         if op.op_type == "const":
-            env[op.outputs[0].name] = np.asarray(op.outputs[0].val)
+            name = op.outputs[0].name
+            env[name] = np.asarray(weights[name] if weights and name in weights else op.outputs[0].val)
             continue
         rounded = bool(half) and bool(op.outputs) and op.outputs[0].name in half
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgekit._console import captured_output
 from edgekit.converters.passes import Pass, PassContext, Value, carried_notes
+from edgekit.converters.passes.mixed_search import MAX_FP32_WEIGHT_SHARE
 from edgekit.converters.registry import Kind
 from edgekit.errors import ConversionError
 
@@ -58,12 +59,8 @@ class TfliteFloat16Weights(_Quantize):
         from ai_edge_quantizer import qtyping
         from ai_edge_quantizer.quantizer import AlgorithmName
 
-        q.update_quantization_recipe(
-            regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-            algorithm_key=AlgorithmName.FLOAT_CASTING,
-            op_config=qtyping.OpQuantizationConfig(
-                weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
-                compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True))
+        q.update_quantization_recipe(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                     algorithm_key=AlgorithmName.FLOAT_CASTING, op_config=_float16_config())
 
 
 class TfliteDynamicInt8Weights(_Quantize):
@@ -110,6 +107,10 @@ class TfliteFloat16Mixed(TfliteFloat16Weights):
     """
 
     method = "float16 weights except on the ops measured to need float32 (ai-edge-quantizer), float32 compute and I/O"
+    target = "tflite-fp16"  # whose tolerance the search aims at
+    instead = "use the tflite (fp32) target, or tflite-dynamic-int8 for smaller weights"
+    precisions = ("float16", "compute in float32")  # the lower precision, and what the ops kept out of it do
+    max_share = MAX_FP32_WEIGHT_SHARE  # of the weights, at most, kept out of the lower precision
 
     def _run(self, value: Value, ctx: PassContext) -> Value:
         from edgekit.converters.artifacts import held_to
@@ -119,18 +120,21 @@ class TfliteFloat16Mixed(TfliteFloat16Weights):
         ops = _weighted_ops(value.file)
         if not ops:
             raise ConversionError("the model has no float weights for float16 to hold")
-        tolerance = held_to(TARGETS["tflite-fp16"], quantized_source=ctx.quantized_source).tolerance
+        tolerance = held_to(TARGETS[self.target], quantized_source=ctx.quantized_source).tolerance
         measure = _Measure(self, value, ctx, tolerance)
         names = [name for name, _, _, _ in ops]
         types = {name: kind for name, kind, _, _ in ops}
         weights = {name: size for name, _, size, _ in ops}
         measure.members = {name: members for name, _, _, members in ops}
-        choice = search(measure, names, types, weights, frozenset(), lambda: measure.runs, "tflite-fp16",
-                        "use the tflite (fp32) target, or tflite-dynamic-int8 for smaller weights")
+        choice = search(measure, names, types, weights, frozenset(), lambda: measure.runs, self.target,
+                        self.instead, max_share=self.max_share, precisions=self.precisions)
         out = ctx.scratch(f"{self.name}.tflite")
         out.write_bytes(measure.quantized(choice.half))
-        notes = carried_notes(value.notes, {"method": self.method, "quantizer": _version(), **choice.notes()})
+        notes = carried_notes(value.notes, {"method": self.method, "quantizer": _version(), **self._notes(choice)})
         return Value(self.produces, path=out, notes=notes, inputs=value.inputs, outputs=value.outputs)
+
+    def _notes(self, choice: Any) -> dict[str, Any]:
+        return dict(choice.notes())
 
     def quantized(self, path: Path, half: frozenset[str]) -> bytes:
         """The model at ``path`` with the weights of the ops named in ``half`` (first output names) in float16."""
@@ -140,23 +144,79 @@ class TfliteFloat16Mixed(TfliteFloat16Weights):
 
         q = quantizer.Quantizer(str(path))
         q.update_quantization_recipe(
-            regex="^(?:" + "|".join(re.escape(n) for n in sorted(half)) + ");",
-            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING,
-            op_config=qtyping.OpQuantizationConfig(
-                weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
-                compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True))
+            regex=_names_regex(half), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING, op_config=_float16_config())
         with captured_output():
             return bytes(q.quantize().quantized_model)
+
+
+class TfliteWeightInt8Mixed(TfliteFloat16Mixed):
+    """int8 weights per channel except on the ops measured to need float16 ones, float32 compute: the last
+    fallback of dynamic-range int8, when int8 weights everywhere fail parity (an audio model's CQT kernels,
+    docs/adr/0019). The same search as float16's chooses the ops whose weights are int8."""
+
+    method = ("weight-only, mixed: int8 weights per channel except on the ops measured to need float16 "
+              "(ai-edge-quantizer), float32 compute and I/O")
+    target = "tflite-dynamic-int8"
+    instead = "use tflite-fp16, or accept the drift with --accept-parity-failure"
+    precisions = ("int8", "keep float16 weights")
+    max_share = 0.6  # as onnx_int8_mixed.MAX_FLOAT_WEIGHT_SHARE
+
+    def _notes(self, choice: Any) -> dict[str, Any]:
+        return {"compute_precision": "fp32", "float16_ops": dict(sorted(choice.fp32_op_types.items())),
+                "float16_weight_share": round(choice.fp32_weight_share, 4),
+                "float16_op_count": sum(choice.fp32_op_types.values()),
+                "mixed_method": choice.method.replace("kept float32", "kept float16 weights"),
+                "search_max_rel_error": float(f"{choice.search_error:.3g}"), "search_runs": choice.runs}
+
+    def quantized(self, path: Path, half: frozenset[str]) -> bytes:
+        """The model at ``path`` with int8 weights on the ops named in ``half`` and float16 ones on the rest
+        (nothing in int8: the fp32 file, the search's reference)."""
+        if not half:
+            return path.read_bytes()
+        from ai_edge_quantizer import qtyping, quantizer, recipe
+
+        q = quantizer.Quantizer(str(path))
+        q.update_quantization_recipe(
+            regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING, op_config=_float16_config())
+        int8 = recipe.weight_only_wi8_afp32()[0]
+        q.update_quantization_recipe(
+            regex=_names_regex(half), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            algorithm_key=int8["algorithm_key"], op_config=qtyping.OpQuantizationConfig.from_dict(int8["op_config"]))
+        with captured_output():
+            return bytes(q.quantize().quantized_model)
+
+
+class TfliteWeightInt8MixedAfter(TfliteWeightInt8Mixed):
+    """:class:`TfliteWeightInt8Mixed` as the fallback of ``tflite-aeq-dynamic-int8`` (routes that reach TFLite
+    without TensorFlow: litert-torch)."""
+
+
+def _names_regex(names: frozenset[str]) -> str:
+    """ai-edge-quantizer's op selector for the ops whose first outputs are ``names``."""
+    return "^(?:" + "|".join(re.escape(n) for n in sorted(names)) + ");"
+
+
+def _float16_config() -> Any:
+    """float16 weights dequantized at load, float32 compute (ai-edge-quantizer's float casting)."""
+    from ai_edge_quantizer import qtyping
+
+    return qtyping.OpQuantizationConfig(
+        weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+        compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
 
 
 def _weighted_ops(path: Path) -> list[tuple[str, str, int, tuple[str, ...]]]:
     """The units the search chooses among: ops that read float constant tensors, those sharing a weight
     joined into one (ai-edge-quantizer fails on a weight read by a float16 and a float32 op, and both read
-    the same stored copy anyway). Each: (name, op type, float weight elements, the ops' first output names)."""
+    the same stored copy anyway). Each: (name, op type, float weight elements stored, each once, the ops'
+    first output names)."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
     model = tfl.read_model(str(path))
     ops: list[tuple[str, str, set[tuple[int, int]], int]] = []
+    sizes: dict[tuple[int, int], int] = {}
     for sg_index, sg in enumerate(model.subgraphs):
         for op_index, op in enumerate(sg.operators):
             names = [tfl.get_tensor_name(sg.tensors[i]) for i in op.outputs if i != -1]
@@ -166,6 +226,7 @@ def _weighted_ops(path: Path) -> list[tuple[str, str, int, tuple[str, ...]]]:
                 data = tfl.get_tensor_data(sg.tensors[i], model.buffers) if i != -1 else None
                 if data is not None and data.dtype == np.float32:
                     consts.add((sg_index, i))
+                    sizes[(sg_index, i)] = int(data.size)
                     size += int(data.size)
             if names and size:
                 ops.append((names[0], tfl.get_op_name_by_index(model, sg_index, op_index), consts, size))
@@ -191,7 +252,8 @@ def _weighted_ops(path: Path) -> list[tuple[str, str, int, tuple[str, ...]]]:
     for members in units.values():
         first = ops[members[0]]
         kinds = sorted({ops[m][1] for m in members})
-        out.append((first[0], "+".join(kinds), sum(ops[m][3] for m in members), tuple(ops[m][0] for m in members)))
+        stored = set().union(*(ops[m][2] for m in members))  # a weight the unit's ops share counts once
+        out.append((first[0], "+".join(kinds), sum(sizes[c] for c in stored), tuple(ops[m][0] for m in members)))
     return out
 
 
