@@ -199,7 +199,7 @@ TARGETS: dict[str, TargetInfo] = {
                    "float16 weights and compute, float32 inputs and outputs",
                    Tolerance(max_rel_error=5e-2, min_top1_agreement=0.99, min_cosine=0.999), Kind.ONNX_WEB, variants=("ort",)),
         TargetInfo("onnx-web-int8", Kind.ONNX_WEB_INT8, "onnx", "int8", "onnx-web",
-                   "int8 weights (static QDQ with calibration data, else dynamic, else weight-only)",
+                   "int8 weights (static QDQ with calibration data, else dynamic, else weight-only, float16 where measured)",
                    Tolerance(max_rel_error=0.25, min_top1_agreement=0.95, min_cosine=0.98), Kind.ONNX_WEB, variants=("ort",)),
         TargetInfo("tflite", Kind.TFLITE, "tflite", "fp32", "tflite",
                    "fp32 TFLite for the LiteRT interpreter",
