@@ -39,7 +39,7 @@ def test_tflite_int8_keeps_the_weight_8_bits_cannot_hold_in_float16(outlier_bund
     assert art["parity"]["passed"]
     assert art["route"][-1] == "tflite-weight-int8-mixed", art["route"]
     notes = art["conversion"]
-    assert notes["float16_op_count"] == 1 and notes["float16_weight_share"] == 0.25, notes  # 4096 of 16384
+    assert notes["float16_weight_count"] == 1 and notes["float16_weight_share"] == 0.25, notes  # 4096 of 16384
     tried = [t["route"].split(" -> ")[-1] for t in art["routes_tried"]]  # dynamic range and weight-only failed
     assert "tflite-dynamic-int8" in tried and "tflite-weight-int8" in tried
     from ai_edge_litert.interpreter import Interpreter

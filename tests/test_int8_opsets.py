@@ -219,8 +219,8 @@ def test_a_weight_8_bits_cannot_hold_is_found_by_measurement_and_kept_in_float16
     art = result.bundle.manifest.artifacts[0]
     assert art.parity is not None and art.parity.passed
     recipe = art.extra["conversion"]["recipe"]
-    assert recipe["name"] == "weights-mixed" and recipe["float_weight_count"] == 1, recipe  # w1 (renamed by onnxslim)
-    assert recipe["weight_bytes_ratio"] <= 0.4 and recipe["float_weight_share"] == 0.25  # 4096 of 16384
+    assert recipe["name"] == "weights-mixed" and recipe["float16_weight_count"] == 1, recipe  # w1 (renamed by onnxslim)
+    assert recipe["weight_bytes_ratio"] <= 0.4 and recipe["float16_weight_share"] == 0.25  # 4096 of 16384
     tried = art.extra["routes_tried"]
     assert tried[-1]["route"].endswith("onnx-int8-fourth") and tried[-1]["error"].startswith("ParityError")
     written = onnx.load(str(result.bundle.path / art.file))

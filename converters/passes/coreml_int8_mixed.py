@@ -6,7 +6,7 @@ edgekit's MIL interpreter then runs the fp16 program with any chosen set of its 
 dequantized int8 values, and the search float16 mixed precision uses (:func:`mixed_search.search`)
 picks the set. The shipped program is compressed again by coremltools with the weights left out
 uncompressed (``op_name_configs``), so they stay float16; the pipeline checks it as any artifact. At
-most :data:`MAX_FLOAT_WEIGHT_SHARE` of the weights may stay float16.
+most ``mixed_search.MAX_FLOAT16_WEIGHT_SHARE`` of the weights may stay float16.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from edgekit._console import captured_output
 from edgekit.converters.passes import Pass, PassContext, Value
 from edgekit.errors import ConversionError
 
-MAX_FLOAT_WEIGHT_SHARE = 0.6  # as onnx_int8_mixed's
-
 
 class CoremlInt8Mixed(Pass):
     """int8 weights (linear symmetric, per channel) on the fp16 program except those measured to need float16."""
@@ -33,7 +31,7 @@ class CoremlInt8Mixed(Pass):
         from edgekit.converters.artifacts import held_to
         from edgekit.converters.mil import load_program
         from edgekit.converters.passes.coreml import WEIGHT_THRESHOLD, _save
-        from edgekit.converters.passes.mixed_search import search
+        from edgekit.converters.passes.mixed_search import INT8_PRECISIONS, MAX_FLOAT16_WEIGHT_SHARE, int8_notes, search
         from edgekit.converters.registry import TARGETS
 
         model = ct.models.MLModel(str(value.file), skip_model_load=True)
@@ -50,18 +48,15 @@ class CoremlInt8Mixed(Pass):
         choice = search(measure, names, {n: kind for n, (_, kind, _) in found.items()},
                         {n: int(v.size) for n, (v, _, _) in found.items()}, frozenset(), lambda: measure.runs,
                         "coreml-int8", "use coreml-fp16, or accept the drift with --accept-parity-failure",
-                        max_share=MAX_FLOAT_WEIGHT_SHARE, precisions=("int8", "keep float16 weights"))
+                        max_share=MAX_FLOAT16_WEIGHT_SHARE, precisions=INT8_PRECISIONS)
         kept = [n for n in names if n not in choice.half]
         config = cto.OptimizationConfig(global_config=int8, op_name_configs={found[n][2]: None for n in kept})
         with captured_output():
             mixed = cto.linear_quantize_weights(model, config)
         out = _save(mixed, ctx, self.name)
-        method = f"measured: {len(kept)} of {len(names)} weights kept float16 after {choice.runs} runs"
         notes = {**value.notes, "compression": f"{self.name} (coremltools.optimize.coreml linear int8, weights with "
                  f"at least {WEIGHT_THRESHOLD} elements, those measured to need it kept float16)",
-                 "float16_weight_count": len(kept), "float16_weight_share": round(choice.fp32_weight_share, 4),
-                 "float16_weight_ops": dict(sorted(choice.fp32_op_types.items())), "mixed_method": method,
-                 "search_max_rel_error": float(f"{choice.search_error:.3g}"), "search_runs": choice.runs}
+                 **int8_notes(choice, len(names))}
         return Value(self.produces, path=out, notes=notes, inputs=value.inputs, outputs=value.outputs)
 
 
@@ -98,7 +93,7 @@ class _Measure:
     def __init__(self, function: Any, value: Value, ctx: PassContext, tolerance: Any,
                  dequantized: dict[str, np.ndarray]):
         from edgekit.converters.mil import MilSession
-        from edgekit.converters.passes.mixed_search import SEARCH_SAMPLES, subset, with_margin
+        from edgekit.converters.passes.mixed_search import search_samples, with_margin
         from edgekit.runtimes.adapt import adapt, describe_io
 
         self.runs = 0
@@ -109,8 +104,7 @@ class _Measure:
         kinds = {s.name: s.kind for s in value.outputs or ()}
         self._specs = tuple(replace(s, kind=kinds.get(s.name)) for s in self._session.outputs)
         self._like = ctx.inputs
-        first = ctx.inputs[0].shape[0] if ctx.inputs and ctx.inputs[0].shape else None
-        self._samples = subset(ctx.samples, ctx.inputs, max(SEARCH_SAMPLES, first if isinstance(first, int) else 0))
+        self._samples = search_samples(ctx.samples, ctx.inputs)
         self._margin = with_margin(tolerance)
         self._reference = self._run(frozenset())
 

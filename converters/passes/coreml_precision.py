@@ -21,10 +21,9 @@ import numpy as np
 
 from edgekit.bundle import TensorSpec
 from edgekit.converters.passes.mixed_search import (
-    SEARCH_SAMPLES,
     Choice,
     search,
-    subset,
+    search_samples,
     verdict,
     with_margin,
 )
@@ -80,8 +79,7 @@ class _Search:
                     f"the fp32 program of this route differs from the source beyond the float16 tolerance "
                     f"({worst['name']}: max relative error {worst['max_rel_error']:.3g}), so no choice of precision "
                     "can pass on it: the route's graph is wrong, not float16")
-        first = like[0].shape[0] if like and like[0].shape else None
-        self._samples = subset(samples, like, max(SEARCH_SAMPLES, first if isinstance(first, int) else 0))
+        self._samples = search_samples(samples, like)
         self._margin = with_margin(tolerance)
         valid = FP16ComputePrecision()
         self.ops = [op for op in function.operations

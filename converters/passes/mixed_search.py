@@ -41,6 +41,10 @@ SEARCH_SAMPLES = 8  # samples the search runs on (the parity check after it uses
 REFINE_RUNS = 12
 RELEASE_RUNS = 16
 MAX_FP32_WEIGHT_SHARE = 0.5
+# The int8 searches (docs/adr/0019): at most this share of the weights stays float16, so that an int8 artifact's
+# weights take at most 0.4 of their float32 bytes (float16 everywhere is 0.5, int8 0.25).
+MAX_FLOAT16_WEIGHT_SHARE = 0.6
+INT8_PRECISIONS = ("int8", "keep float16 weights")  # ``search``'s wording for them
 MARGIN = 0.7  # the search aims at this fraction of the target's error bound
 
 Measure = Callable[[frozenset[str]], tuple[bool, float]]
@@ -70,6 +74,21 @@ def subset(samples: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...], n:
     if is_single_feed(samples, inputs):
         return dict(samples)
     return {k: v[:n] if np.ndim(v) else v for k, v in samples.items()}
+
+
+def search_samples(samples: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    """The samples a search runs on: the first ``SEARCH_SAMPLES``, or a fixed batch of more."""
+    first = inputs[0].shape[0] if inputs and inputs[0].shape else None
+    return subset(samples, inputs, max(SEARCH_SAMPLES, first if isinstance(first, int) else 0))
+
+
+def int8_notes(choice: Choice, count: int) -> dict[str, Any]:
+    """What an int8 search records (the ``count`` candidates, those kept float16 by op type, how it measured)."""
+    kept = sum(choice.fp32_op_types.values())
+    return {"float16_weight_count": kept, "float16_weight_share": round(choice.fp32_weight_share, 4),
+            "float16_weight_ops": dict(sorted(choice.fp32_op_types.items())),
+            "mixed_method": f"measured: {kept} of {count} weights kept float16 after {choice.runs} runs",
+            "search_max_rel_error": float(f"{choice.search_error:.3g}"), "search_runs": choice.runs}
 
 
 def with_margin(tolerance: Tolerance) -> Tolerance:

@@ -71,7 +71,7 @@ class Int8(Pass):
     int8 weights with float32 compute (:data:`WEIGHTS_RECIPE`), and last the same with the weights that
     8 bits cannot hold in float16 (``weights-mixed``, measured: :mod:`onnx_int8_mixed`). This pass
     uses the first; its fallbacks the next ones, when one fails parity or cannot be loaded. A recipe
-    that leaves most of the weights in float is refused (the mixed one: past its byte budget). The
+    that leaves most of the weights in float is refused (the mixed one: past its float16 share). The
     recipe and family go in the notes."""
 
     rank = 0  # which of the family's recipes this pass uses
@@ -102,7 +102,7 @@ class Int8(Pass):
         log.info("int8 quantization took %.2fs", time.perf_counter() - start)
         model = onnx.load(str(out))
         share = quantized_weight_share(model)
-        if share < MIN_QUANTIZED_SHARE and recipe_name != "weights-mixed":  # that one has a byte budget
+        if share < MIN_QUANTIZED_SHARE and recipe_name != "weights-mixed":  # its search bounds the float16 share
             raise ConversionError(f"the int8 recipe '{recipe_name}' quantized only {share:.0%} of this model's weights "
                                   "outside embedding tables (its matrix products or convolutions hold few of them); an "
                                   "int8 target must hold most weights in 8 bits")
@@ -210,11 +210,10 @@ WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": -1, "Gemm": None}
 MIN_WEIGHT_ELEMENTS = 16
 
 
-def quantize_weights(model: Any, per_channel: bool = True, *, only: frozenset[str] | None = None,
-                     skip: frozenset[str] = frozenset()) -> int:
+def quantize_weights(model: Any, per_channel: bool = True, *, only: frozenset[str] | None = None) -> int:
     """Store the float weights of the graph's Conv, ConvTranspose, MatMul and Gemm nodes as int8 (symmetric,
     per output channel when ``per_channel``, else per tensor) behind a DequantizeLinear, in place; returns
-    how many weights were quantized. ``only`` limits it to those weights, ``skip`` leaves those float. A
+    how many weights were quantized. ``only`` limits it to those weights. A
     weight shared by several nodes is quantized once; a float weight also read inside a subgraph is kept for it."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -227,7 +226,7 @@ def quantize_weights(model: Any, per_channel: bool = True, *, only: frozenset[st
             continue
         name = node.input[1]
         init = inits[name]
-        if name in skip or (only is not None and name not in only):
+        if only is not None and name not in only:
             continue
         if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < MIN_WEIGHT_ELEMENTS:
             continue

@@ -5,8 +5,7 @@ parity: the search float16 mixed precision uses (:func:`mixed_search.search`) ch
 store as int8; here a candidate is a convolution or matrix weight, "lower precision" is int8 per channel
 behind a DequantizeLinear, and a weight left out is stored as float16 behind a Cast to float32 (float32
 where float16 cannot hold its values). The graph computes in float32 either way. The artifact must stay
-an 8-bit one in size: at most :data:`MAX_FLOAT_WEIGHT_SHARE` of the weights may stay float16, so its
-weights take at most 0.4 of their float32 bytes (float16 everywhere is 0.5, int8 0.25).
+an 8-bit one in size: at most ``mixed_search.MAX_FLOAT16_WEIGHT_SHARE`` of the weights may stay float16.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ from edgekit.errors import ConversionError
 
 log = logging.getLogger(__name__)
 
-MAX_FLOAT_WEIGHT_SHARE = 0.6  # of the weight elements, at most, stay float16
-FP16_MAX = 65504.0
 METHOD = ("weight-only, mixed: convolution and matrix weights int8 per channel (symmetric) but those measured to "
           "need more, in float16; activations and compute stay float32")
 
@@ -51,14 +48,13 @@ class _Measure:
 
     def __init__(self, model: Any, ctx: PassContext, per_channel: bool, names: list[str]):
         from edgekit.converters.artifacts import held_to
-        from edgekit.converters.passes.mixed_search import SEARCH_SAMPLES, subset, with_margin
+        from edgekit.converters.passes.mixed_search import search_samples, with_margin
         from edgekit.converters.registry import TARGETS
         from edgekit.parity import attention_mask
 
         self.model, self.ctx, self.per_channel, self.names = model, ctx, per_channel, frozenset(names)
         self.runs = 0
-        first = ctx.inputs[0].shape[0] if ctx.inputs and ctx.inputs[0].shape else None
-        self.samples = subset(ctx.samples, ctx.inputs, max(SEARCH_SAMPLES, first if isinstance(first, int) else 0))
+        self.samples = search_samples(ctx.samples, ctx.inputs)
         self.mask = attention_mask(self.samples, ctx.inputs)
         tolerance = held_to(TARGETS["onnx-web-int8"], quantized_source=ctx.quantized_source).tolerance
         self.margin = with_margin(tolerance)
@@ -94,9 +90,9 @@ def mixed_weights(model: Any, ctx: PassContext, per_channel: bool) -> tuple[Any,
 
     Raises:
         ConversionError: There are no weights to quantize.
-        ParityError: More than :data:`MAX_FLOAT_WEIGHT_SHARE` of the weights would have to stay float16.
+        ParityError: More than ``MAX_FLOAT16_WEIGHT_SHARE`` of the weights would have to stay float16.
     """
-    from edgekit.converters.passes.mixed_search import search
+    from edgekit.converters.passes.mixed_search import INT8_PRECISIONS, MAX_FLOAT16_WEIGHT_SHARE, int8_notes, search
 
     weights = quantizable_weights(model)
     if not weights:
@@ -106,17 +102,15 @@ def mixed_weights(model: Any, ctx: PassContext, per_channel: bool) -> tuple[Any,
     measure = _Measure(model, ctx, per_channel, names)
     choice = search(measure, names, {name: op for name, op, _ in weights}, sizes, frozenset(), lambda: measure.runs,
                     "onnx-web-int8", "choose onnx-web-fp16, or accept the drift with --accept-parity-failure",
-                    max_share=MAX_FLOAT_WEIGHT_SHARE, precisions=("int8", "keep float16 weights"))
+                    max_share=MAX_FLOAT16_WEIGHT_SHARE, precisions=INT8_PRECISIONS)
     out, wide = measure.build(choice.half)
     kept = set(names) - choice.half
     total = sum(sizes.values())
     stored = sum(sizes[n] for n in choice.half) + 2 * sum(sizes[n] for n in kept) + 2 * sum(sizes[n] for n in wide)
-    method = f"measured: {len(kept)} of {len(names)} weights kept float16 after {choice.runs} runs"
-    log.info("mixed int8: %s", method)
-    return out, {"float_weights": sorted(kept)[:32], "float_weight_count": len(kept),
-                 "float32_weights": sorted(wide)[:32], "float_weight_share": round(choice.fp32_weight_share, 4),
-                 "weight_bytes_ratio": round(stored / (4 * total), 4), "mixed_method": method,
-                 "search_max_rel_error": float(f"{choice.search_error:.3g}"), "search_runs": choice.runs}
+    notes = int8_notes(choice, len(names))
+    log.info("mixed int8: %s", notes["mixed_method"])
+    return out, {**notes, "float16_weights": sorted(kept)[:32], "float32_weights": sorted(wide)[:32],
+                 "weight_bytes_ratio": round(stored / (4 * total), 4)}
 
 
 def _copy(model: Any) -> Any:
@@ -132,6 +126,7 @@ def _float16_weights(model: Any, names: frozenset[str]) -> set[str]:
     float16 cannot hold (finite values past its range) or that a subgraph reads, which stay float32."""
     from onnx import TensorProto, helper, numpy_helper
 
+    from edgekit.converters.passes.onnx_fp16_ranges import FP16_MAX
     from edgekit.converters.passes.onnx_int8 import subgraph_inputs
 
     graph = model.graph

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.converters.passes import PassContext
-from edgekit.converters.passes.mixed_search import SEARCH_SAMPLES, Choice, search, subset, verdict, with_margin
+from edgekit.converters.passes.mixed_search import Choice, search, search_samples, verdict, with_margin
 from edgekit.converters.passes.onnx_fp16_ranges import FP16_MAX
 from edgekit.parity import Tolerance, attention_mask, compare, run_batched
 
@@ -43,10 +43,9 @@ class _Search:
                       and any(o in self.floats for o in n.output)]
         self.weights = {n.name: sum(int(np.prod(self.inits[x].dims)) for x in n.input
                                     if x in self.inits and x in self.floats) for n in self.nodes}
-        first = ctx.inputs[0].shape[0] if ctx.inputs and ctx.inputs[0].shape else None
         self.inputs = ctx.inputs
         self.outputs = ctx.outputs
-        self.samples = subset(ctx.samples, ctx.inputs, max(SEARCH_SAMPLES, first if isinstance(first, int) else 0))
+        self.samples = search_samples(ctx.samples, ctx.inputs)
         self.mask = attention_mask(self.samples, ctx.inputs)
         self.margin = with_margin(tolerance)
         self.reference = self._run(frozenset())

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekit._console import captured_output
 from edgekit.converters.passes import Pass, PassContext, Value, carried_notes
-from edgekit.converters.passes.mixed_search import MAX_FP32_WEIGHT_SHARE
+from edgekit.converters.passes.mixed_search import INT8_PRECISIONS, MAX_FLOAT16_WEIGHT_SHARE, MAX_FP32_WEIGHT_SHARE
 from edgekit.converters.registry import Kind
 from edgekit.errors import ConversionError
 
@@ -130,10 +130,11 @@ class TfliteFloat16Mixed(TfliteFloat16Weights):
                         self.instead, max_share=self.max_share, precisions=self.precisions)
         out = ctx.scratch(f"{self.name}.tflite")
         out.write_bytes(measure.quantized(choice.half))
-        notes = carried_notes(value.notes, {"method": self.method, "quantizer": _version(), **self._notes(choice)})
+        notes = carried_notes(value.notes, {"method": self.method, "quantizer": _version(), **self._notes(choice, len(names))})
         return Value(self.produces, path=out, notes=notes, inputs=value.inputs, outputs=value.outputs)
 
-    def _notes(self, choice: Any) -> dict[str, Any]:
+    def _notes(self, choice: Any, count: int) -> dict[str, Any]:
+        """What the manifest records of the search (``count`` candidates)."""
         return dict(choice.notes())
 
     def quantized(self, path: Path, half: frozenset[str]) -> bytes:
@@ -159,15 +160,13 @@ class TfliteWeightInt8Mixed(TfliteFloat16Mixed):
               "(ai-edge-quantizer), float32 compute and I/O")
     target = "tflite-dynamic-int8"
     instead = "use tflite-fp16, or accept the drift with --accept-parity-failure"
-    precisions = ("int8", "keep float16 weights")
-    max_share = 0.6  # as onnx_int8_mixed.MAX_FLOAT_WEIGHT_SHARE
+    precisions = INT8_PRECISIONS
+    max_share = MAX_FLOAT16_WEIGHT_SHARE
 
-    def _notes(self, choice: Any) -> dict[str, Any]:
-        return {"compute_precision": "fp32", "float16_ops": dict(sorted(choice.fp32_op_types.items())),
-                "float16_weight_share": round(choice.fp32_weight_share, 4),
-                "float16_op_count": sum(choice.fp32_op_types.values()),
-                "mixed_method": choice.method.replace("kept float32", "kept float16 weights"),
-                "search_max_rel_error": float(f"{choice.search_error:.3g}"), "search_runs": choice.runs}
+    def _notes(self, choice: Any, count: int) -> dict[str, Any]:
+        from edgekit.converters.passes.mixed_search import int8_notes
+
+        return {"compute_precision": "fp32", **int8_notes(choice, count)}
 
     def quantized(self, path: Path, half: frozenset[str]) -> bytes:
         """The model at ``path`` with int8 weights on the ops named in ``half`` and float16 ones on the rest
@@ -261,14 +260,13 @@ class _Measure:
     """Runs a float16 choice's quantized file with LiteRT on the search samples against the fp32 file's outputs."""
 
     def __init__(self, owner: TfliteFloat16Mixed, value: Value, ctx: PassContext, tolerance: Any):
-        from edgekit.converters.passes.mixed_search import SEARCH_SAMPLES, subset, with_margin
+        from edgekit.converters.passes.mixed_search import search_samples, with_margin
         from edgekit.parity import attention_mask
 
         self.owner, self.value, self.ctx = owner, value, ctx
         self.runs = 0
         self.members: dict[str, tuple[str, ...]] = {}
-        first = ctx.inputs[0].shape[0] if ctx.inputs and ctx.inputs[0].shape else None
-        self.samples = subset(ctx.samples, ctx.inputs, max(SEARCH_SAMPLES, first if isinstance(first, int) else 0))
+        self.samples = search_samples(ctx.samples, ctx.inputs)
         self.mask = attention_mask(self.samples, ctx.inputs)
         self.margin = with_margin(tolerance)
         self.kinds = {s.name: s.kind for s in ctx.outputs}
